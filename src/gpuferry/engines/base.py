@@ -1,0 +1,89 @@
+"""The small interface every frame upscaler implements: RGB uint8 frames in, bigger frames out."""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Sequence
+
+import numpy as np
+from PIL import Image
+
+from gpuferry.errors import BadInputError
+
+#: the smallest frame side an engine accepts; smaller inputs are bad input, not a crash
+MIN_SIDE = 4
+
+
+class Engine(ABC):
+    """Upscales batches of HxWx3 uint8 RGB frames by ``scale``.
+
+    Engines keep no per-video state, so one engine serves a whole job (and several inputs).
+    ``batch_size`` is how many frames the pipeline should hand over per call.
+    """
+
+    name: str = "engine"
+    scale: int = 1
+    batch_size: int = 1
+
+    @abstractmethod
+    def upscale(self, frames: Sequence[np.ndarray]) -> list[np.ndarray]:
+        """Return one upscaled frame per input frame, in order."""
+
+    def describe(self) -> str:
+        """One line naming the engine, device and model, for logs and progress."""
+        return self.name
+
+    def close(self) -> None:
+        """Free the engine's resources (networks, device memory)."""
+
+    def __enter__(self) -> Engine:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def check_frame(frame: np.ndarray) -> None:
+    """Refuse frames an engine cannot take, with a clear message instead of a native crash."""
+    if frame.ndim != 3 or frame.shape[2] != 3 or frame.dtype != np.uint8:
+        raise BadInputError(f"expected an HxWx3 uint8 RGB frame, got {frame.shape} {frame.dtype}")
+    height, width = frame.shape[:2]
+    if height < MIN_SIDE or width < MIN_SIDE:
+        raise BadInputError(
+            f"frame size {width}x{height} is too small to upscale (minimum {MIN_SIDE}x{MIN_SIDE})",
+            step="upscale",
+        )
+
+
+def lanczos_resize(frame: np.ndarray, width: int, height: int) -> np.ndarray:
+    """Resize an RGB uint8 frame with Lanczos (Pillow), the proper way to change scale."""
+    if frame.shape[1] == width and frame.shape[0] == height:
+        return frame
+    image = Image.fromarray(frame, mode="RGB")
+    return np.asarray(image.resize((width, height), Image.Resampling.LANCZOS))
+
+
+class Rescaled(Engine):
+    """Runs an engine at its network scale, then resizes to the requested scale with Lanczos.
+
+    Used when a model has no network for the requested scale (x4-only models at x2/x3).
+    """
+
+    def __init__(self, inner: Engine, scale: int) -> None:
+        self.inner = inner
+        self.scale = scale
+        self.name = inner.name
+        self.batch_size = inner.batch_size
+
+    def upscale(self, frames: Sequence[np.ndarray]) -> list[np.ndarray]:
+        results = self.inner.upscale(frames)
+        return [
+            lanczos_resize(out, src.shape[1] * self.scale, src.shape[0] * self.scale)
+            for src, out in zip(frames, results, strict=True)
+        ]
+
+    def describe(self) -> str:
+        return f"{self.inner.describe()}, x{self.inner.scale} then Lanczos to x{self.scale}"
+
+    def close(self) -> None:
+        self.inner.close()

@@ -1,0 +1,89 @@
+"""Real-ESRGAN through the plain ncnn package: on the CPU everywhere, on Vulkan where a GPU exists."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+
+import numpy as np
+
+from gpuferry.engines.base import Engine, check_frame
+from gpuferry.errors import EngineUnavailableError
+from gpuferry.models.registry import ModelSpec
+from gpuferry.models.weights import NcnnWeights, locate_ncnn_weights
+
+
+def default_threads() -> int:
+    """Use every core this process may run on."""
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except AttributeError:  # pragma: no cover - not Linux
+        return max(1, os.cpu_count() or 1)
+
+
+class NcnnEngine(Engine):
+    """Runs one ncnn network at its own scale (input blob ``data``, output blob ``output``)."""
+
+    batch_size = 1
+
+    def __init__(
+        self,
+        spec: ModelSpec,
+        network_scale: int,
+        *,
+        gpu_index: int | None = None,
+        threads: int | None = None,
+        weights: NcnnWeights | None = None,
+    ) -> None:
+        try:
+            import ncnn
+        except ImportError as exc:  # pragma: no cover - ncnn is a hard dependency
+            raise EngineUnavailableError(f"the ncnn package cannot be imported: {exc}") from exc
+        self._ncnn = ncnn
+        self.spec = spec
+        self.scale = network_scale
+        self.gpu_index = gpu_index
+        self.threads = threads or default_threads()
+        self.weights = weights or locate_ncnn_weights(spec, network_scale)
+        self.name = "ncnn-vulkan" if gpu_index is not None else "ncnn-cpu"
+        net = ncnn.Net()
+        net.opt.num_threads = self.threads
+        if gpu_index is not None:
+            net.opt.use_vulkan_compute = True
+            net.set_vulkan_device(gpu_index)
+        else:
+            net.opt.use_vulkan_compute = False
+        if net.load_param(str(self.weights.param)) != 0 or net.load_model(str(self.weights.bin)) != 0:
+            raise EngineUnavailableError(
+                f"ncnn could not load {self.weights.param.name}", path=str(self.weights.bin), step="load model"
+            )
+        self._net = net
+        self._norm = [1.0 / 255.0] * 3
+
+    def _one(self, frame: np.ndarray) -> np.ndarray:
+        check_frame(frame)
+        ncnn = self._ncnn
+        height, width = frame.shape[:2]
+        mat = ncnn.Mat.from_pixels(np.ascontiguousarray(frame), ncnn.Mat.PixelType.PIXEL_RGB, width, height)
+        mat.substract_mean_normalize([], self._norm)
+        extractor = self._net.create_extractor()
+        extractor.input("data", mat)
+        status, out = extractor.extract("output")
+        if status != 0:
+            raise EngineUnavailableError(f"ncnn inference failed with status {status}", step="upscale")
+        chw = np.asarray(out)
+        # float CHW 0..1 -> uint8 HWC, rounded (truncation would darken every pixel by half a step)
+        scaled = np.clip(chw * 255.0 + 0.5, 0.0, 255.0).astype(np.uint8)
+        return np.ascontiguousarray(scaled.transpose(1, 2, 0))
+
+    def upscale(self, frames: Sequence[np.ndarray]) -> list[np.ndarray]:
+        return [self._one(frame) for frame in frames]
+
+    def describe(self) -> str:
+        where = f"Vulkan GPU {self.gpu_index}" if self.gpu_index is not None else f"CPU, {self.threads} threads"
+        return f"{self.name} ({self.spec.name} x{self.scale}, {where})"
+
+    def close(self) -> None:
+        net, self._net = getattr(self, "_net", None), None
+        if net is not None:
+            net.clear()
