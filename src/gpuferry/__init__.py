@@ -10,3 +10,7 @@ except PackageNotFoundError:  # pragma: no cover - running from a source tree wi
     __version__ = "0.0.0"
 
 __all__ = ["__version__"]
+
+from gpuferry.api import Upscaler, UpscaleResult, upscale  # noqa: E402
+
+__all__ += ["UpscaleResult", "Upscaler", "upscale"]

@@ -1,0 +1,184 @@
+"""The one interface every backend implements: run commands, spawn detached work, move bytes, report GPUs."""
+
+from __future__ import annotations
+
+import posixpath
+from abc import ABC, abstractmethod
+from dataclasses import dataclass
+from types import TracebackType
+from typing import Mapping, Sequence
+
+from ..errors import RemoteCommandError
+
+
+@dataclass(frozen=True)
+class CommandResult:
+    """What a finished command left: its exit code and its stdout and stderr merged."""
+
+    exit_code: int
+    output: str
+
+    @property
+    def ok(self) -> bool:
+        return self.exit_code == 0
+
+
+@dataclass(frozen=True)
+class FileStat:
+    """Size and modification time of a file (or directory) on the far side."""
+
+    size: int
+    mtime: float
+    is_dir: bool = False
+
+
+@dataclass(frozen=True)
+class GpuInfo:
+    """One GPU as nvidia-smi reports it; memory in bytes."""
+
+    name: str
+    memory_total: int
+    memory_free: int
+
+
+class Backend(ABC):
+    """Where commands run and files live.
+
+    Paths are POSIX strings on the far side; relative paths are relative to ``workdir``.
+    Commands are argv lists: the backend quotes them for the far side, callers never do.
+    Failures come out as classes of :mod:`gpuferry.errors`.
+    """
+
+    #: short name of the backend kind ("local", "ssh", "jupyter", "cgpu")
+    kind: str = "backend"
+
+    @property
+    @abstractmethod
+    def workdir(self) -> str:
+        """The directory relative paths and commands without ``cwd`` start from."""
+
+    def resolve(self, path: str) -> str:
+        """The absolute far-side path for ``path`` (relative paths start at ``workdir``)."""
+        return posixpath.normpath(posixpath.join(self.workdir, str(path)))
+
+    # --- commands -------------------------------------------------------------------------------
+
+    @abstractmethod
+    def run(
+        self,
+        argv: Sequence[str],
+        timeout: float,
+        cwd: str | None = None,
+        env: Mapping[str, str] | None = None,
+    ) -> CommandResult:
+        """Run ``argv`` to completion (stdin is empty) and return its exit code and merged output.
+
+        A non-zero exit is a result, not an error. Raises CommandTimeoutError past ``timeout``
+        seconds (the command is stopped where the backend can), ConnectionLostError when the link
+        drops before the exit code is known.
+        """
+
+    def run_checked(
+        self,
+        argv: Sequence[str],
+        timeout: float,
+        cwd: str | None = None,
+        env: Mapping[str, str] | None = None,
+    ) -> CommandResult:
+        """``run``, raising RemoteCommandError on a non-zero exit."""
+        result = self.run(argv, timeout=timeout, cwd=cwd, env=env)
+        if not result.ok:
+            tail = result.output[-2000:]
+            raise RemoteCommandError(
+                f"`{argv[0] if argv else ''}` exited with {result.exit_code} on {self.kind}: {tail}",
+                step=self.kind,
+            )
+        return result
+
+    @abstractmethod
+    def spawn(
+        self,
+        argv: Sequence[str],
+        log_path: str,
+        exit_code_path: str,
+        pid_path: str,
+        cwd: str | None = None,
+        env: Mapping[str, str] | None = None,
+    ) -> int:
+        """Start ``argv`` detached (own session, immune to hang-ups) and return its process-group id.
+
+        Output goes to ``log_path``; ``pid_path`` receives the pid at start and ``exit_code_path``
+        the exit code (written atomically: rename of a temporary file) when the process ends.
+        The process survives this backend being closed or the connection dropping.
+        """
+
+    @abstractmethod
+    def is_alive(self, pid: int) -> bool:
+        """Whether the process ``pid`` still runs (a zombie counts as ended)."""
+
+    @abstractmethod
+    def kill(self, pid: int, signal_number: int = 15) -> None:
+        """Send a signal to the process group ``pid`` started by ``spawn``; no error if it is gone."""
+
+    # --- files ----------------------------------------------------------------------------------
+
+    @abstractmethod
+    def read_bytes(self, path: str, offset: int = 0, length: int | None = None) -> bytes:
+        """Up to ``length`` bytes from ``offset`` (to the end when None); short at end of file."""
+
+    @abstractmethod
+    def write_bytes(self, path: str, data: bytes, offset: int = 0) -> None:
+        """Resume-style write: afterwards the file holds its first ``offset`` bytes, then ``data``.
+
+        ``offset=0`` creates or replaces the file. ``offset`` larger than the current size is a
+        RemoteFileError (no holes). The parent directory must exist. This is what a resumable
+        transfer needs: ask ``stat`` for the size, then continue from there.
+        """
+
+    @abstractmethod
+    def stat(self, path: str) -> FileStat | None:
+        """Size and mtime of ``path``, or None when it does not exist."""
+
+    @abstractmethod
+    def sha256(self, path: str, length: int | None = None) -> str:
+        """Hex sha256 of the file (of its first ``length`` bytes when given), computed far side."""
+
+    @abstractmethod
+    def listdir(self, path: str) -> list[str]:
+        """The names in a directory, sorted."""
+
+    @abstractmethod
+    def remove(self, path: str, recursive: bool = False) -> None:
+        """Remove a file or an empty directory (any directory when ``recursive``); missing is fine."""
+
+    @abstractmethod
+    def mkdir(self, path: str, mode: int = 0o755, parents: bool = False) -> None:
+        """Create a directory; an existing directory is fine. ``parents`` creates missing parents."""
+
+    @abstractmethod
+    def rename(self, src: str, dst: str) -> None:
+        """Atomically rename ``src`` to ``dst``, replacing ``dst`` if it exists."""
+
+    # --- machine --------------------------------------------------------------------------------
+
+    @abstractmethod
+    def gpus(self) -> list[GpuInfo]:
+        """The GPUs nvidia-smi reports (empty when there is none or no nvidia-smi)."""
+
+    @abstractmethod
+    def free_disk(self, path: str) -> int:
+        """Free bytes on the file system holding ``path``."""
+
+    def close(self) -> None:
+        """Release connections; detached processes keep running."""
+
+    def __enter__(self) -> "Backend":
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()

@@ -1,0 +1,50 @@
+"""Decode a video's frames to RGB numpy arrays, in presentation order, with their timestamps."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+import av
+import numpy as np
+
+from gpuferry.errors import BadInputError
+
+
+@dataclass(frozen=True)
+class SourceFrame:
+    """One decoded frame: its index in the video, RGB pixels and its pts in the stream's time base."""
+
+    index: int
+    rgb: np.ndarray
+    pts: int | None
+
+
+def iter_video_frames(
+    path: str | os.PathLike[str],
+    stream_index: int,
+    start: int = 0,
+    stop: int | None = None,
+) -> Iterator[SourceFrame]:
+    """Yield frames ``start <= index < stop`` as HxWx3 uint8 RGB.
+
+    Frames deeper than 8 bits are reduced to 8 bits here: the models work on 8-bit RGB.
+    """
+    source = str(path)
+    index = 0
+    try:
+        with av.open(source, metadata_errors="replace") as container:
+            stream = container.streams[stream_index]
+            stream.thread_type = "AUTO"
+            for frame in container.decode(stream):
+                if stop is not None and index >= stop:
+                    return
+                if index >= start:
+                    yield SourceFrame(index=index, rgb=frame.to_ndarray(format="rgb24"), pts=frame.pts)
+                index += 1
+    except av.FFmpegError as exc:
+        reason = getattr(exc, "strerror", None) or str(exc)
+        raise BadInputError(
+            f"video is corrupt or truncated at frame {index} ({reason})", path=source, step="decode"
+        ) from None

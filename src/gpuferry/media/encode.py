@@ -1,0 +1,263 @@
+"""Encode upscaled frames with the source's timestamps, rotation and colour tags, and copy its
+audio and subtitle packets unchanged, interleaved by time."""
+
+from __future__ import annotations
+
+import errno
+import logging
+import os
+from dataclasses import dataclass, field
+
+import av
+import numpy as np
+
+from gpuferry.errors import (
+    BadInputError,
+    DiskFullError,
+    EncodeError,
+    OutputNotWritableError,
+    UsageError,
+)
+from gpuferry.media.formats import default_codec_for
+from gpuferry.media.probe import MediaInfo, VideoInfo
+
+log = logging.getLogger(__name__)
+
+#: the largest frame side the default encoders accept
+MAX_SIDE = 16384
+
+# codecs whose quality knob is "crf" plus a "preset"
+_X26X = {"libx264", "libx265"}
+
+
+@dataclass(frozen=True)
+class EncodeOptions:
+    """How the video stream is encoded; None means "pick from the output extension and source"."""
+
+    codec: str | None = None
+    crf: int = 18
+    preset: str = "medium"
+    pix_fmt: str | None = None
+
+
+@dataclass
+class WriterReport:
+    """What was written: frames encoded, streams copied, streams that could not be copied."""
+
+    frames: int = 0
+    copied_streams: list[str] = field(default_factory=list)
+    dropped_streams: list[str] = field(default_factory=list)
+
+
+def _choose_pix_fmt(codec: av.Codec, options: EncodeOptions, video: VideoInfo, fallback: str) -> str:
+    """Keep the source's pixel format (10-bit stays 10-bit) when the encoder can write it."""
+    if options.pix_fmt:
+        return options.pix_fmt
+    supported = {fmt.name for fmt in (codec.video_formats or ())}
+    if video.pix_fmt in supported:
+        return video.pix_fmt
+    if video.bit_depth > 8:
+        for candidate in ("yuv420p10le", "yuv420p10"):
+            if candidate in supported:
+                return candidate
+    return fallback
+
+
+def _check_size(width: int, height: int, pix_fmt: str, path: str) -> None:
+    if width > MAX_SIDE or height > MAX_SIDE:
+        raise BadInputError(
+            f"output size {width}x{height} exceeds the encoder's limit of {MAX_SIDE} pixels a side",
+            path=path,
+            step="encode",
+            hints=["Use a smaller --scale.", "Downscale the input first."],
+        )
+    fmt = av.VideoFormat(pix_fmt)
+    subsampled = fmt.chroma_width < fmt.width if fmt.width else False
+    if subsampled and (width % 2 or height % 2):
+        raise BadInputError(
+            f"output size {width}x{height} is odd, which {pix_fmt} cannot hold",
+            path=path,
+            step="encode",
+            hints=["Use --scale 2 or 4 (even sizes).", "Or pass --pix-fmt yuv444p."],
+        )
+
+
+class StreamCopier:
+    """Copies the source's audio and subtitle packets into the output, packet for packet.
+
+    It reads the source a second time so that video decoding and packet copying never wait on each
+    other, and hands packets over only up to a given time so the output stays interleaved.
+    """
+
+    def __init__(self, source: str, output: av.container.OutputContainer, video_index: int) -> None:
+        self.report_copied: list[str] = []
+        self.report_dropped: list[str] = []
+        self._input = av.open(source, metadata_errors="replace")
+        self._mapping: dict[int, av.stream.Stream] = {}
+        supported = output.supported_codecs
+        for stream in self._input.streams:
+            if stream.index == video_index or stream.type not in ("audio", "subtitle"):
+                continue
+            label = f"{stream.type} #{stream.index} ({stream.codec_context.name})"
+            if stream.codec_context.name not in supported:
+                self.report_dropped.append(f"{label}: the output container cannot hold it")
+                continue
+            out_stream = output.add_stream_from_template(stream)
+            out_stream.metadata.update(stream.metadata)
+            self._mapping[stream.index] = out_stream
+            self.report_copied.append(label)
+        self._output = output
+        self._packets = (
+            self._input.demux([self._input.streams[i] for i in self._mapping]) if self._mapping else iter(())
+        )
+        self._pending: av.Packet | None = None
+
+    def mux_until(self, seconds: float | None) -> None:
+        """Copy packets whose time is at or before ``seconds`` (all remaining ones for None)."""
+        while True:
+            packet = self._pending or next(self._packets, None)
+            self._pending = None
+            if packet is None:
+                return
+            if packet.dts is None and packet.pts is None:
+                continue  # demuxer flush packet
+            stamp = packet.dts if packet.dts is not None else packet.pts
+            if seconds is not None and float(stamp * packet.time_base) > seconds:
+                self._pending = packet
+                return
+            packet.stream = self._mapping[packet.stream_index]
+            self._output.mux(packet)
+
+    def close(self) -> None:
+        self._input.close()
+
+
+class VideoWriter:
+    """Writes upscaled RGB frames to a new file, keeping the source's timing and side streams."""
+
+    def __init__(
+        self,
+        output_path: str | os.PathLike[str],
+        source: MediaInfo,
+        width: int,
+        height: int,
+        options: EncodeOptions = EncodeOptions(),
+        *,
+        container_format: str | None = None,
+        copy_streams: bool = True,
+    ) -> None:
+        if source.video is None:
+            raise UsageError("VideoWriter needs a video source")
+        self.path = str(output_path)
+        self.video = source.video
+        self.report = WriterReport()
+        default_codec, default_pix_fmt = default_codec_for(self.path)
+        codec_name = options.codec or default_codec
+        try:
+            codec = av.Codec(codec_name, "w")
+        except (av.FFmpegError, ValueError):
+            raise UsageError(f"unknown video encoder {codec_name!r}", step="encode") from None
+        pix_fmt = _choose_pix_fmt(codec, options, self.video, default_pix_fmt)
+        _check_size(width, height, pix_fmt, source.path)
+        try:
+            self._out = av.open(self.path, "w", format=container_format)
+        except av.FFmpegError as exc:
+            raise map_write_error(exc, self.path) from None
+        try:
+            self._stream = self._add_video_stream(codec_name, pix_fmt, width, height, options)
+            self._copier = (
+                StreamCopier(source.path, self._out, self.video.index) if copy_streams else None
+            )
+            if self._copier:
+                self.report.copied_streams = self._copier.report_copied
+                self.report.dropped_streams = self._copier.report_dropped
+                for dropped in self._copier.report_dropped:
+                    log.warning("not copied: %s", dropped)
+        except Exception:
+            self._out.close()
+            raise
+        self._time_base = self.video.time_base
+        self._frame_step = 1 / (self.video.fps * self._time_base) if self.video.fps else 1
+
+    def _add_video_stream(
+        self, codec_name: str, pix_fmt: str, width: int, height: int, options: EncodeOptions
+    ) -> av.video.stream.VideoStream:
+        video = self.video
+        stream = self._out.add_stream(codec_name, rate=video.fps)
+        stream.width, stream.height, stream.pix_fmt = width, height, pix_fmt
+        # encode in the source's time base so that every frame keeps its exact timestamp (VFR too)
+        stream.time_base = video.time_base
+        stream.codec_context.time_base = video.time_base
+        stream.codec_context.thread_type = "AUTO"
+        ctx = stream.codec_context
+        ctx.color_primaries = video.color_primaries
+        ctx.color_trc = video.color_trc
+        ctx.colorspace = video.colorspace
+        ctx.color_range = video.color_range
+        if video.rotation:
+            stream.set_display_rotation(video.rotation)
+        settings: dict[str, str] = {}
+        if codec_name in _X26X:
+            settings = {"crf": str(options.crf), "preset": options.preset}
+        elif codec_name.startswith("libvpx"):
+            settings = {"crf": str(options.crf), "b": "0", "row-mt": "1", "deadline": "good"}
+        stream.options = settings
+        return stream
+
+    def write(self, rgb: np.ndarray, pts: int | None, index: int) -> None:
+        """Encode one frame at its source timestamp (derived from its index when the source has none)."""
+        frame = av.VideoFrame.from_ndarray(rgb, format="rgb24")
+        if pts is None:
+            pts = self.video.start_pts + round(index * self._frame_step)
+        frame.pts = pts
+        frame.time_base = self._time_base
+        try:
+            packets = self._stream.encode(frame)
+            self._mux(packets)
+        except av.FFmpegError as exc:
+            raise map_write_error(exc, self.path) from None
+        except OSError as exc:
+            raise map_write_error(exc, self.path) from None
+        self.report.frames += 1
+
+    def _mux(self, packets: list[av.Packet]) -> None:
+        for packet in packets:
+            if self._copier and packet.dts is not None:
+                self._copier.mux_until(float(packet.dts * packet.time_base))
+            self._out.mux(packet)
+
+    def close(self) -> WriterReport:
+        """Flush the encoder and the remaining copied packets, and close the file."""
+        try:
+            self._mux(self._stream.encode(None))
+            if self._copier:
+                self._copier.mux_until(None)
+            self._out.close()
+        except (av.FFmpegError, OSError) as exc:
+            self.abort()
+            raise map_write_error(exc, self.path) from None
+        finally:
+            if self._copier:
+                self._copier.close()
+        return self.report
+
+    def abort(self) -> None:
+        """Close without caring whether the file is complete (the caller deletes it)."""
+        try:
+            self._out.close()
+        except Exception:  # noqa: BLE001 - the file is being thrown away anyway
+            pass
+        if self._copier:
+            self._copier.close()
+
+
+def map_write_error(exc: BaseException, path: str) -> Exception:
+    """Turn FFmpeg/OS write failures into disk-full, permission or encoder errors."""
+    code = getattr(exc, "errno", None)
+    reason = getattr(exc, "strerror", None) or str(exc)
+    if code in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG):
+        return DiskFullError(f"no space left while writing ({reason})", path=path, step="encode")
+    if code in (errno.EACCES, errno.EPERM, errno.EROFS, errno.ENOENT):
+        return OutputNotWritableError(f"cannot write the output ({reason})", path=path, step="encode")
+    return EncodeError(f"encoding failed ({reason})", path=path, step="encode")
+

@@ -1,0 +1,240 @@
+"""Probe a video or image: streams, true frame count, fps, VFR, rotation, pixel format, bit depth."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import asdict, dataclass, field
+from fractions import Fraction
+from pathlib import Path
+from typing import Any
+
+import av
+from PIL import Image, UnidentifiedImageError
+
+from gpuferry.errors import BadInputError
+from gpuferry.media.formats import is_image_path
+
+
+@dataclass(frozen=True)
+class VideoInfo:
+    """The main video stream as it really is (frame count from the packets, not the header)."""
+
+    index: int
+    codec: str
+    width: int
+    height: int
+    frames: int
+    fps: Fraction
+    time_base: Fraction
+    duration: float
+    vfr: bool
+    rotation: int
+    pix_fmt: str
+    bit_depth: int
+    color_primaries: int
+    color_trc: int
+    colorspace: int
+    color_range: int
+    start_pts: int
+
+    @property
+    def size(self) -> tuple[int, int]:
+        return (self.width, self.height)
+
+
+@dataclass(frozen=True)
+class MediaInfo:
+    """What a file holds. ``video`` is None for still images (then ``image_size`` is set)."""
+
+    path: str
+    kind: str  # "video" or "image"
+    file_size: int
+    container: str
+    video: VideoInfo | None = None
+    image_size: tuple[int, int] | None = None
+    image_mode: str | None = None
+    audio_streams: int = 0
+    subtitle_streams: int = 0
+    other_streams: list[str] = field(default_factory=list)
+
+    @property
+    def frames(self) -> int:
+        return self.video.frames if self.video else 1
+
+    @property
+    def size(self) -> tuple[int, int]:
+        if self.video:
+            return self.video.size
+        assert self.image_size is not None
+        return self.image_size
+
+    def to_json(self) -> dict[str, Any]:
+        data = asdict(self)
+        if self.video:
+            for key in ("fps", "time_base"):
+                data["video"][key] = str(data["video"][key])
+        return data
+
+
+def check_readable_file(path: str | os.PathLike[str]) -> Path:
+    """Refuse a missing, non-regular or empty input with a one-line reason."""
+    source = Path(path)
+    if not source.exists():
+        raise BadInputError("file not found", path=str(source), step="probe")
+    if not source.is_file():
+        raise BadInputError("not a regular file", path=str(source), step="probe")
+    if source.stat().st_size == 0:
+        raise BadInputError("file is empty (0 bytes)", path=str(source), step="probe")
+    if not os.access(source, os.R_OK):
+        raise BadInputError("file is not readable (permission denied)", path=str(source), step="probe")
+    return source
+
+
+def probe(path: str | os.PathLike[str]) -> MediaInfo:
+    """Describe a video or image file; every way it can be unusable is a BadInputError."""
+    source = check_readable_file(path)
+    if is_image_path(source):
+        return _probe_image(source)
+    return _probe_video(source)
+
+
+def _probe_image(source: Path) -> MediaInfo:
+    try:
+        with Image.open(source) as image:
+            image.verify()
+        with Image.open(source) as image:
+            size, mode, fmt = image.size, image.mode, image.format or "image"
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
+        raise BadInputError(f"not a valid image ({exc})", path=str(source), step="probe") from None
+    return MediaInfo(
+        path=str(source),
+        kind="image",
+        file_size=source.stat().st_size,
+        container=fmt.lower(),
+        image_size=size,
+        image_mode=mode,
+    )
+
+
+def _pick_video_stream(container: av.container.InputContainer) -> av.video.stream.VideoStream | None:
+    """The first video stream that is not cover art."""
+    for stream in container.streams.video:
+        if not stream.disposition & av.stream.Disposition.attached_pic:
+            return stream
+    return None
+
+
+def _probe_video(source: Path) -> MediaInfo:
+    try:
+        container = av.open(str(source), metadata_errors="replace")
+    except av.FFmpegError as exc:
+        raise BadInputError(
+            f"not a video or image that ffmpeg can read ({_ffmpeg_reason(exc)})",
+            path=str(source),
+            step="probe",
+        ) from None
+    with container:
+        stream = _pick_video_stream(container)
+        audio = len(container.streams.audio)
+        subtitles = len(container.streams.subtitles)
+        if stream is None:
+            cause = "audio only: no video stream" if audio else "no video stream"
+            raise BadInputError(cause, path=str(source), step="probe")
+        if stream.codec_context.width <= 0 or stream.codec_context.height <= 0:
+            raise BadInputError("video stream has no picture size", path=str(source), step="probe")
+        video = _inspect_video_stream(source, container, stream)
+        others = [
+            f"{s.type}:{s.codec_context.name if s.codec_context else '?'}"
+            for s in container.streams
+            if s.type not in ("video", "audio", "subtitle")
+        ]
+        return MediaInfo(
+            path=str(source),
+            kind="video",
+            file_size=source.stat().st_size,
+            container=container.format.name,
+            video=video,
+            audio_streams=audio,
+            subtitle_streams=subtitles,
+            other_streams=others,
+        )
+
+
+def _inspect_video_stream(
+    source: Path, container: av.container.InputContainer, stream: av.video.stream.VideoStream
+) -> VideoInfo:
+    """Count packets (the header's frame count can lie), detect VFR, decode one frame for rotation."""
+    first_frame = _first_frame(source, stream.index)
+    pts_values: list[int] = []
+    last_end = 0
+    try:
+        for packet in container.demux(stream):
+            if packet.size == 0:
+                continue
+            if packet.pts is not None:
+                pts_values.append(packet.pts)
+                last_end = max(last_end, packet.pts + (packet.duration or 0))
+    except av.FFmpegError as exc:
+        raise BadInputError(
+            f"video is truncated or corrupt ({_ffmpeg_reason(exc)})", path=str(source), step="probe"
+        ) from None
+    frames = len(pts_values)
+    if frames == 0:
+        raise BadInputError("video has zero frames", path=str(source), step="probe")
+    claimed = stream.frames or 0
+    if claimed > frames and container.format.name.startswith("mov"):
+        raise BadInputError(
+            f"video is truncated: its index lists {claimed} frames but only {frames} are in the file",
+            path=str(source),
+            step="probe",
+        )
+
+    time_base = stream.time_base or Fraction(1, 90000)
+    pts_values.sort()
+    deltas = {b - a for a, b in zip(pts_values, pts_values[1:])}
+    # one tick of jitter is rounding in the container's time base, not variable frame rate
+    vfr = bool(deltas) and (max(deltas) - min(deltas)) > 1
+    fps = stream.average_rate or stream.guessed_rate or Fraction(25)
+    start = pts_values[0]
+    duration = float((last_end - start) * time_base) if last_end > start else float(frames / fps)
+
+    ctx = stream.codec_context
+    pix_fmt = first_frame.format.name
+    bit_depth = max((component.bits for component in first_frame.format.components), default=8)
+    return VideoInfo(
+        index=stream.index,
+        codec=ctx.name,
+        width=first_frame.width,
+        height=first_frame.height,
+        frames=frames,
+        fps=Fraction(fps),
+        time_base=Fraction(time_base),
+        duration=duration,
+        vfr=vfr,
+        rotation=int(first_frame.rotation or 0),
+        pix_fmt=pix_fmt,
+        bit_depth=bit_depth,
+        color_primaries=int(first_frame.color_primaries),
+        color_trc=int(first_frame.color_trc),
+        colorspace=int(first_frame.colorspace),
+        color_range=int(first_frame.color_range),
+        start_pts=start,
+    )
+
+
+def _first_frame(source: Path, stream_index: int) -> av.VideoFrame:
+    """Decode the first frame in a fresh container (rotation and real pixel format live there)."""
+    try:
+        with av.open(str(source), metadata_errors="replace") as container:
+            for frame in container.decode(container.streams[stream_index]):
+                return frame
+    except av.FFmpegError as exc:
+        raise BadInputError(
+            f"video cannot be decoded ({_ffmpeg_reason(exc)})", path=str(source), step="probe"
+        ) from None
+    raise BadInputError("video has zero frames", path=str(source), step="probe")
+
+
+def _ffmpeg_reason(exc: av.FFmpegError) -> str:
+    """FFmpeg's own words for a failure, without the file name it repeats."""
+    return getattr(exc, "strerror", None) or str(exc)

@@ -1,0 +1,175 @@
+"""Decode -> engine -> encode with bounded queues on separate threads; frames never touch the disk.
+
+Decoding and encoding run on their own threads so they overlap inference; the queues between the
+stages are small and bounded, so memory stays flat whatever the video's length. The engine runs on
+the calling thread so that Ctrl-C lands where it can stop everything.
+"""
+
+from __future__ import annotations
+
+import queue
+import threading
+import time
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass
+
+import numpy as np
+
+from gpuferry.engines.base import Engine
+from gpuferry.errors import CancelledError
+from gpuferry.media.decode import SourceFrame
+
+_END = object()
+_POLL_S = 0.2
+
+
+@dataclass(frozen=True)
+class FrameProgress:
+    """How far a stream has come: frames done of total, rate and time left."""
+
+    done: int
+    total: int
+    elapsed: float
+
+    @property
+    def fps(self) -> float:
+        return self.done / self.elapsed if self.elapsed > 0 else 0.0
+
+    @property
+    def eta(self) -> float | None:
+        if self.done == 0 or self.total <= 0:
+            return None
+        return max(0.0, (self.total - self.done) / self.fps) if self.fps else None
+
+
+class _Stage(threading.Thread):
+    """A worker thread that remembers the exception that ended it."""
+
+    def __init__(self, name: str, target: Callable[[], None], failed: threading.Event) -> None:
+        super().__init__(name=name, daemon=True)
+        self._body = target
+        self._failed = failed
+        self.error: BaseException | None = None
+
+    def run(self) -> None:
+        try:
+            self._body()
+        except BaseException as exc:  # noqa: BLE001 - handed to the main thread, which re-raises
+            self.error = exc
+            self._failed.set()
+
+
+def _put(q: queue.Queue, item: object, stop: threading.Event) -> bool:
+    """Put into a bounded queue, giving up when the pipeline is stopping."""
+    while not stop.is_set():
+        try:
+            q.put(item, timeout=_POLL_S)
+            return True
+        except queue.Full:
+            continue
+    return False
+
+
+def _get(q: queue.Queue, stop: threading.Event) -> object:
+    while True:
+        try:
+            return q.get(timeout=_POLL_S)
+        except queue.Empty:
+            if stop.is_set():
+                return _END
+
+
+def run_stream(
+    frames: Iterable[SourceFrame],
+    engine: Engine,
+    write: Callable[[np.ndarray, SourceFrame], None],
+    total: int,
+    *,
+    on_progress: Callable[[FrameProgress], None] | None = None,
+    cancel: threading.Event | None = None,
+    queue_size: int = 8,
+) -> int:
+    """Upscale every frame from ``frames`` and hand each result to ``write`` in order.
+
+    Returns the number of frames written. Any stage's exception stops the others and is re-raised
+    here; ``cancel`` stops the pipeline with CancelledError.
+    """
+    failed = threading.Event()
+    stop = threading.Event()
+    decoded: queue.Queue = queue.Queue(maxsize=queue_size)
+    upscaled: queue.Queue = queue.Queue(maxsize=queue_size)
+    written = 0
+
+    def decode_all() -> None:
+        iterator: Iterator[SourceFrame] = iter(frames)
+        try:
+            for frame in iterator:
+                if not _put(decoded, frame, stop):
+                    return
+        finally:
+            close = getattr(iterator, "close", None)
+            if close:
+                close()
+        _put(decoded, _END, stop)
+
+    def encode_all() -> None:
+        nonlocal written
+        while True:
+            item = _get(upscaled, stop)
+            if item is _END:
+                return
+            rgb, source = item  # type: ignore[misc]
+            write(rgb, source)
+            written += 1
+
+    decoder = _Stage("gpuferry-decode", decode_all, failed)
+    encoder = _Stage("gpuferry-encode", encode_all, failed)
+    decoder.start()
+    encoder.start()
+    started = time.monotonic()
+    processed = 0
+    try:
+        finished = False
+        while not finished:
+            if cancel is not None and cancel.is_set():
+                raise CancelledError("cancelled", step="upscale")
+            if failed.is_set():
+                break
+            batch: list[SourceFrame] = []
+            item = _get(decoded, failed)
+            if item is _END:
+                finished = True
+            else:
+                batch.append(item)  # type: ignore[arg-type]
+                while len(batch) < engine.batch_size:
+                    try:
+                        more = decoded.get_nowait()
+                    except queue.Empty:
+                        break
+                    if more is _END:
+                        finished = True
+                        break
+                    batch.append(more)  # type: ignore[arg-type]
+            if batch:
+                outputs = engine.upscale([frame.rgb for frame in batch])
+                for source, rgb in zip(batch, outputs, strict=True):
+                    if not _put(upscaled, (rgb, source), failed):
+                        break
+                processed += len(batch)
+                if on_progress is not None:
+                    on_progress(FrameProgress(processed, total, time.monotonic() - started))
+        if not failed.is_set():
+            _put(upscaled, _END, failed)
+            encoder.join()
+    except BaseException:
+        stop.set()
+        failed.set()
+        raise
+    finally:
+        stop.set()
+        decoder.join(timeout=10)
+        encoder.join(timeout=10)
+    for stage in (decoder, encoder):
+        if stage.error is not None:
+            raise stage.error
+    return written
