@@ -12,7 +12,7 @@ from gpuferry.engines.vulkan_probe import probe_vulkan
 from gpuferry.errors import EngineUnavailableError, UsageError
 from gpuferry.models.registry import DEFAULT_MODEL, ModelSpec, get_model, resolve_scale
 
-ENGINE_NAMES = ("auto", "ncnn", "resample")
+ENGINE_NAMES = ("auto", "torch", "ncnn", "resample")
 DEVICE_NAMES = ("auto", "cuda", "vulkan", "cpu")
 
 
@@ -52,14 +52,28 @@ def _ncnn_cpu(request: EngineRequest, spec: ModelSpec, network_scale: int) -> En
     return NcnnEngine(spec, network_scale, threads=request.threads)
 
 
+def _torch_cuda(request: EngineRequest, spec: ModelSpec, network_scale: int) -> Engine:
+    from gpuferry.engines.torch_engine import build_torch_engine  # torch itself is imported lazily
+
+    return build_torch_engine(spec, network_scale, device="cuda", tile=request.tile, threads=request.threads)
+
+
+def _torch_cpu(request: EngineRequest, spec: ModelSpec, network_scale: int) -> Engine:
+    from gpuferry.engines.torch_engine import build_torch_engine
+
+    return build_torch_engine(spec, network_scale, device="cpu", tile=request.tile, threads=request.threads)
+
+
 def _resample(request: EngineRequest, spec: ModelSpec, network_scale: int) -> Engine:
     return ResampleEngine(request.scale)
 
 
 #: the order ``auto`` tries, best first
 CANDIDATES: list[Candidate] = [
+    ("torch", "cuda", _torch_cuda),
     ("ncnn", "vulkan", _ncnn_vulkan),
     ("ncnn", "cpu", _ncnn_cpu),
+    ("torch", "cpu", _torch_cpu),
     ("resample", "cpu", _resample),
 ]
 
