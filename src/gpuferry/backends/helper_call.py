@@ -1,0 +1,80 @@
+"""Build the argv that runs remote_helper.py on the far side, and turn its JSON reply into results or errors."""
+
+from __future__ import annotations
+
+import base64
+import json
+import textwrap
+import zlib
+from functools import lru_cache
+from pathlib import Path
+from typing import Any
+
+from ..errors import ConnectionLostError, NotInstalledError, RemoteFileError
+
+HELPER_PATH = Path(__file__).with_name("remote_helper.py")
+
+#: Decompresses and runs the helper source given as the first argument (wrapped lines are fine:
+#: b64decode drops the newlines), so the command line holds only base64 and stays terminal-safe.
+BOOTSTRAP = "import base64,sys,zlib;exec(zlib.decompress(base64.b64decode(sys.argv[1])))"
+
+#: Line width for base64 arguments: a terminal's canonical line buffer holds 4095 characters.
+WRAP_WIDTH = 76
+
+
+def encode_wrapped(payload: bytes) -> str:
+    """Base64 in short lines, safe to type into a terminal inside single quotes."""
+    return "\n".join(textwrap.wrap(base64.b64encode(payload).decode("ascii"), WRAP_WIDTH))
+
+
+@lru_cache(maxsize=1)
+def encoded_helper_source() -> str:
+    return encode_wrapped(zlib.compress(HELPER_PATH.read_bytes(), 9))
+
+
+def encode_arguments(arguments: dict[str, Any]) -> str:
+    return encode_wrapped(json.dumps(arguments, ensure_ascii=True).encode("ascii"))
+
+
+def helper_argv(python: str, operation: str, arguments: dict[str, Any]) -> list[str]:
+    """The argv that runs ``operation`` of the helper with ``arguments`` under ``python``."""
+    return [python, "-c", BOOTSTRAP, encoded_helper_source(), operation, encode_arguments(arguments)]
+
+
+def local_helper_argv(python: str, operation: str, arguments: dict[str, Any]) -> list[str]:
+    """The argv that runs the helper from this package's file (for the local backend)."""
+    return [python, str(HELPER_PATH), operation, encode_arguments(arguments)]
+
+
+def parse_reply(output: str, operation: str, path: str | None, backend_kind: str) -> Any:
+    """The ``result`` of a helper reply; a failed file operation becomes RemoteFileError."""
+    for line in reversed(output.splitlines()):
+        line = line.strip()
+        if line.startswith("{") and line.endswith("}"):
+            try:
+                reply = json.loads(line)
+            except ValueError:
+                continue
+            if not isinstance(reply, dict) or "ok" not in reply:
+                continue
+            if reply["ok"]:
+                return reply.get("result")
+            raise RemoteFileError(
+                f"{operation} failed on {backend_kind}: {reply.get('message') or reply.get('error')}",
+                path=path,
+                step=backend_kind,
+            )
+    raise_helper_missing(output, operation, backend_kind)
+
+
+def raise_helper_missing(output: str, operation: str, backend_kind: str) -> None:
+    """No JSON reply: python3 is missing on the far side, or the output was cut."""
+    lowered = output.lower()
+    if "not found" in lowered or "no such file" in lowered:
+        raise NotInstalledError(
+            f"python3 is needed on the {backend_kind} target for file operations: {output[-500:].strip()}",
+            step=backend_kind,
+        )
+    raise ConnectionLostError(
+        f"{operation} on {backend_kind} returned no reply: {output[-500:].strip()!r}", step=backend_kind
+    )

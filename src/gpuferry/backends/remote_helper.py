@@ -1,0 +1,287 @@
+"""Far-side helper: one small stdlib-only program that performs a file or process operation by name.
+
+Sent to the far side as ``python3 -c BOOTSTRAP <source> <op> <args>`` (see helper_call.py) or run as
+a script locally. Arguments arrive as base64-encoded JSON, so no path ever meets a shell unquoted.
+Replies are one JSON line ``{"ok": true, "result": ...}`` or ``{"ok": false, "error": ..., ...}``;
+the ``exec`` operation instead streams the command's merged output and exits with its exit code.
+Python 3.8+, no third-party imports: it runs on whatever python3 the far side has.
+"""
+
+import base64
+import errno
+import hashlib
+import json
+import os
+import shutil
+import signal
+import stat as stat_module
+import subprocess
+import sys
+
+COPY_BLOCK = 1 << 20
+
+
+def reply(ok, **fields):
+    fields["ok"] = ok
+    sys.stdout.write("\n" + json.dumps(fields) + "\n")
+    sys.stdout.flush()
+
+
+def exit_status(returncode):
+    return 128 - returncode if returncode < 0 else returncode
+
+
+def op_info(args):
+    return {
+        "cwd": os.getcwd(),
+        "jupyter_root": os.environ.get("JUPYTER_SERVER_ROOT"),
+        "home": os.path.expanduser("~"),
+        "python": sys.version.split()[0],
+    }
+
+
+def op_exec(args):
+    """Run argv with stdout and stderr on our stdout; kill its process group past the timeout."""
+    env = dict(os.environ)
+    env.update(args.get("env") or {})
+    sys.stdout.flush()
+    try:
+        child = subprocess.Popen(
+            args["argv"], cwd=args.get("cwd"), env=env, stdin=subprocess.DEVNULL,
+            stderr=subprocess.STDOUT, start_new_session=True,
+        )
+    except FileNotFoundError as exc:
+        missing = args["cwd"] if exc.filename == args.get("cwd") else args["argv"][0]
+        sys.stdout.write("gpuferry-helper: not found: %s\n" % missing)
+        sys.stdout.flush()
+        sys.exit(127 if missing != args.get("cwd") else 1)
+    except PermissionError:
+        sys.stdout.write("gpuferry-helper: permission denied: %s\n" % args["argv"][0])
+        sys.stdout.flush()
+        sys.exit(126)
+    try:
+        returncode = child.wait(timeout=args.get("timeout"))
+    except subprocess.TimeoutExpired:
+        try:
+            os.killpg(child.pid, signal.SIGKILL)
+        except OSError:
+            pass
+        child.wait()
+        sys.stdout.write("\n" + args["timeout_marker"] + "\n")
+        sys.stdout.flush()
+        sys.exit(124)
+    sys.exit(exit_status(returncode))
+
+
+def op_stat(args):
+    try:
+        info = os.stat(args["path"])
+    except FileNotFoundError:
+        return None
+    return {"size": info.st_size, "mtime": info.st_mtime, "is_dir": stat_module.S_ISDIR(info.st_mode)}
+
+
+def op_sha256(args):
+    digest = hashlib.sha256()
+    remaining = args.get("length")
+    with open(args["path"], "rb") as handle:
+        while remaining is None or remaining > 0:
+            block = handle.read(COPY_BLOCK if remaining is None else min(COPY_BLOCK, remaining))
+            if not block:
+                break
+            digest.update(block)
+            if remaining is not None:
+                remaining -= len(block)
+    return digest.hexdigest()
+
+
+def op_read(args):
+    with open(args["path"], "rb") as handle:
+        handle.seek(args.get("offset", 0))
+        length = args.get("length")
+        data = handle.read() if length is None else handle.read(length)
+    return base64.b64encode(data).decode("ascii")
+
+
+def op_splice(args):
+    """Make ``path`` hold its first ``offset`` bytes followed by the staged file; remove the stage."""
+    stage, path, offset = args["stage"], args["path"], args["offset"]
+    if offset == 0:
+        os.replace(stage, path)
+        return os.stat(path).st_size
+    size = os.stat(path).st_size
+    if offset > size:
+        os.remove(stage)
+        raise OSError(errno.EINVAL, "offset %d is past the end of the file (%d bytes)" % (offset, size), path)
+    with open(path, "r+b") as target, open(stage, "rb") as source:
+        target.truncate(offset)
+        target.seek(offset)
+        shutil.copyfileobj(source, target, COPY_BLOCK)
+    os.remove(stage)
+    return os.stat(path).st_size
+
+
+def op_listdir(args):
+    return sorted(os.listdir(args["path"]))
+
+
+def op_remove(args):
+    path = args["path"]
+    try:
+        info = os.lstat(path)
+    except FileNotFoundError:
+        return None
+    if stat_module.S_ISDIR(info.st_mode):
+        if args.get("recursive"):
+            shutil.rmtree(path)
+        else:
+            os.rmdir(path)
+    else:
+        os.remove(path)
+    return None
+
+
+def op_mkdir(args):
+    path, mode = args["path"], args.get("mode", 0o755)
+    if args.get("parents"):
+        os.makedirs(path, mode, exist_ok=True)
+    elif not os.path.isdir(path):
+        os.mkdir(path, mode)
+    return None
+
+
+def op_rename(args):
+    os.replace(args["src"], args["dst"])
+    return None
+
+
+def write_atomically(path, text):
+    temporary = "%s.tmp-%d" % (path, os.getpid())
+    with open(temporary, "w") as handle:
+        handle.write(text)
+        handle.flush()
+        os.fsync(handle.fileno())
+    os.replace(temporary, path)
+
+
+def op_spawn(args):
+    """Fork a session leader that runs argv, records its pid, waits and records the exit code."""
+    read_end, write_end = os.pipe()
+    leader = os.fork()
+    if leader:
+        os.close(write_end)
+        chunks = []
+        while True:
+            chunk = os.read(read_end, 65536)
+            if not chunk:
+                break
+            chunks.append(chunk)
+        os.close(read_end)
+        os.waitpid(leader, os.WNOHANG)
+        message = json.loads(b"".join(chunks).decode() or '{"ok": false, "error": "SpawnFailed", "message": "no report"}')
+        if not message["ok"]:
+            raise OSError(errno.ECHILD, message.get("message", "spawn failed"))
+        return message["pid"]
+    # The leader: detach from the caller's terminal, session and stdio, then supervise the command.
+    try:
+        os.close(read_end)
+        os.setsid()
+        signal.signal(signal.SIGHUP, signal.SIG_IGN)
+        devnull = os.open(os.devnull, os.O_RDWR)
+        for descriptor in (0, 1, 2):
+            os.dup2(devnull, descriptor)
+        env = dict(os.environ)
+        env.update(args.get("env") or {})
+        try:
+            log = os.open(args["log"], os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+            child = subprocess.Popen(
+                args["argv"], cwd=args.get("cwd"), env=env, stdin=devnull, stdout=log, stderr=log,
+                preexec_fn=lambda: signal.signal(signal.SIGHUP, signal.SIG_DFL),
+            )
+        except OSError as exc:
+            failure = {"ok": False, "message": "%s: %s" % (exc.strerror or type(exc).__name__, exc.filename)}
+            os.write(write_end, json.dumps(failure).encode())
+            os._exit(1)
+        write_atomically(args["pid_file"], "%d\n" % os.getpid())
+        os.write(write_end, json.dumps({"ok": True, "pid": os.getpid()}).encode())
+        os.close(write_end)
+        returncode = exit_status(child.wait())
+        write_atomically(args["exit_code_file"], "%d\n" % returncode)
+    finally:
+        os._exit(0)
+
+
+def op_alive(args):
+    pid = args["pid"]
+    try:
+        with open("/proc/%d/stat" % pid) as handle:
+            state = handle.read().rsplit(")", 1)[1].split()[0]
+        return state not in ("Z", "X")
+    except FileNotFoundError:
+        return False
+    except OSError:
+        pass
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def op_kill(args):
+    for target in (-args["pid"], args["pid"]):
+        try:
+            os.kill(target, args.get("signal", signal.SIGTERM))
+            return True
+        except ProcessLookupError:
+            continue
+    return False
+
+
+def op_gpus(args):
+    smi = shutil.which("nvidia-smi")
+    if not smi:
+        return []
+    try:
+        text = subprocess.run(
+            [smi, "--query-gpu=name,memory.total,memory.free", "--format=csv,noheader,nounits"],
+            stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, timeout=30, check=True,
+        ).stdout.decode("utf-8", "replace")
+    except (OSError, subprocess.SubprocessError):
+        return []
+    gpus = []
+    for line in text.splitlines():
+        fields = [field.strip() for field in line.rsplit(",", 2)]
+        if len(fields) == 3 and fields[1].isdigit() and fields[2].isdigit():
+            mebibyte = 1024 * 1024
+            gpus.append({"name": fields[0], "total": int(fields[1]) * mebibyte, "free": int(fields[2]) * mebibyte})
+    return gpus
+
+
+def op_free_disk(args):
+    return shutil.disk_usage(args["path"]).free
+
+
+OPERATIONS = {
+    "info": op_info, "exec": op_exec, "stat": op_stat, "sha256": op_sha256, "read": op_read,
+    "splice": op_splice, "listdir": op_listdir, "remove": op_remove, "mkdir": op_mkdir,
+    "rename": op_rename, "spawn": op_spawn, "alive": op_alive, "kill": op_kill, "gpus": op_gpus,
+    "free_disk": op_free_disk,
+}
+
+
+def main():
+    operation = sys.argv[-2]
+    args = json.loads(base64.b64decode(sys.argv[-1]).decode("utf-8"))
+    try:
+        result = OPERATIONS[operation](args)
+    except OSError as exc:
+        reply(False, error=type(exc).__name__, errno=exc.errno, message=exc.strerror or str(exc))
+        return
+    reply(True, result=result)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,335 @@
+"""The ssh backend: asyncssh with the user's ~/.ssh/config, agent and known_hosts; sftp for files."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Mapping, Sequence
+
+import asyncssh
+
+from ..errors import (
+    CommandTimeoutError,
+    ConnectionLostError,
+    NotAuthenticatedError,
+    RemoteFileError,
+    UsageError,
+)
+from .base import CommandResult, FileStat
+from .event_loop_thread import EventLoopThread
+from .helper_ops import HelperOperations
+from .secrets import Secret
+from .shell_line import shell_line
+
+
+class HostKeyNotTrustedError(NotAuthenticatedError):
+    """The server's host key is unknown or differs from known_hosts (not retried)."""
+
+    kind = "host_key_not_trusted"
+    transient = False
+    default_hints = (
+        "Check the key fingerprint with the host's owner, then add it: `ssh HOST true` (answer yes).",
+        "Or opt in to trusting a first-seen key with accept_new_host_key=True (never for a changed key).",
+    )
+
+
+@dataclass
+class SshSettings:
+    """Where and how to connect; unset values come from ~/.ssh/config and asyncssh's defaults."""
+
+    host: str
+    port: int | None = None
+    username: str | None = None
+    client_keys: list[str] | None = None
+    passphrase: Secret | None = None
+    known_hosts: str | None = None
+    config_files: list[str] | None = None
+    accept_new_host_key: bool = False
+    connect_timeout: float = 20.0
+    keepalive_interval: float = 15.0
+    keepalive_count_max: int = 4
+    workdir: str | None = None
+    python: str = "python3"
+
+
+SIGNAL_NUMBERS = {"HUP": 1, "INT": 2, "QUIT": 3, "KILL": 9, "SEGV": 11, "PIPE": 13, "TERM": 15}
+
+LOST = (asyncssh.ConnectionLost, asyncssh.DisconnectError, ConnectionError, asyncssh.ChannelOpenError)
+
+
+class SshBackend(HelperOperations):
+    """One ssh connection (with an sftp session) held open until ``close``."""
+
+    kind = "ssh"
+
+    def __init__(self, settings: SshSettings | None = None, **options: Any) -> None:
+        self.settings = settings or SshSettings(**options)
+        self.python = self.settings.python
+        self._loop = EventLoopThread(name=f"gpuferry-ssh-{self.settings.host}")
+        self._connection: asyncssh.SSHClientConnection | None = None
+        self._sftp: asyncssh.SFTPClient | None = None
+        try:
+            self._loop.call(self._connect())
+        except BaseException:
+            self._loop.stop()
+            raise
+
+    def __repr__(self) -> str:
+        return f"SshBackend(host={self.settings.host!r}, port={self.settings.port!r}, username={self.settings.username!r})"
+
+    @property
+    def where(self) -> str:
+        return f"{self.settings.host}:{self.settings.port or 22}"
+
+    # --- connection -----------------------------------------------------------------------------
+
+    def _connect_options(self) -> dict[str, Any]:
+        settings = self.settings
+        options: dict[str, Any] = {
+            "connect_timeout": settings.connect_timeout,
+            "keepalive_interval": settings.keepalive_interval,
+            "keepalive_count_max": settings.keepalive_count_max,
+        }
+        if settings.port is not None:
+            options["port"] = settings.port
+        if settings.username is not None:
+            options["username"] = settings.username
+        if settings.client_keys is not None:
+            options["client_keys"] = settings.client_keys
+        if settings.passphrase is not None:
+            options["passphrase"] = settings.passphrase.reveal()
+        if settings.known_hosts is not None:
+            options["known_hosts"] = settings.known_hosts
+        if settings.config_files is not None:
+            options["config"] = settings.config_files
+        return options
+
+    async def _connect(self) -> None:
+        try:
+            try:
+                self._connection = await asyncssh.connect(self.settings.host, **self._connect_options())
+            except asyncssh.HostKeyNotVerifiable:
+                if not self.settings.accept_new_host_key:
+                    raise
+                await self._trust_first_seen_key()
+                self._connection = await asyncssh.connect(self.settings.host, **self._connect_options())
+            self._sftp = await self._connection.start_sftp_client()
+            if self.settings.workdir is None:
+                self.settings.workdir = await self._sftp.realpath(".")
+        except asyncssh.HostKeyNotVerifiable as error:
+            raise HostKeyNotTrustedError(
+                f"host key of {self.where} is not trusted: {error.reason}", step=self.kind
+            ) from None
+        except asyncssh.PermissionDenied:
+            raise NotAuthenticatedError(
+                f"{self.where} refused our keys (user {self.settings.username or 'from ssh config'})",
+                step=self.kind,
+                hints=["Check `ssh HOST true` works with the same user and key.",
+                       "Load the key into the agent (`ssh-add`) or set the key path for the target."],
+            ) from None
+        except (OSError, asyncio.TimeoutError, asyncssh.Error) as error:
+            raise ConnectionLostError(
+                f"cannot connect to {self.where}: {type(error).__name__}: {error}", step=self.kind
+            ) from None
+
+    def _known_hosts_path(self) -> Path:
+        return Path(self.settings.known_hosts or Path.home() / ".ssh" / "known_hosts")
+
+    async def _trust_first_seen_key(self) -> None:
+        """Trust-on-first-use: record the key only when known_hosts has none for this host."""
+        path = self._known_hosts_path()
+        port = self.settings.port or 22
+        host_pattern = self.settings.host if port == 22 else f"[{self.settings.host}]:{port}"
+        if path.exists():
+            known = asyncssh.read_known_hosts(str(path))
+            trusted_keys = known.match(self.settings.host, "", port)[0]
+            if trusted_keys:
+                raise asyncssh.HostKeyNotVerifiable("host key differs from the one in known_hosts")
+        key = await asyncssh.get_server_host_key(self.settings.host, port)
+        if key is None:
+            raise asyncssh.HostKeyNotVerifiable("server sent no host key")
+        path.parent.mkdir(parents=True, exist_ok=True)
+        line = f"{host_pattern} {key.export_public_key('openssh').decode().strip()}\n"
+        with open(path, "a", encoding="utf-8") as handle:
+            handle.write(line)
+
+    def close(self) -> None:
+        if self._connection is not None:
+            connection, self._connection = self._connection, None
+            self._sftp = None
+
+            async def shut() -> None:
+                connection.close()
+                try:
+                    await asyncio.wait_for(connection.wait_closed(), 5)
+                except (asyncio.TimeoutError, OSError, asyncssh.Error):
+                    pass
+
+            try:
+                self._loop.call(shut())
+            except RuntimeError:
+                pass
+        self._loop.stop()
+
+    def _require_connection(self) -> asyncssh.SSHClientConnection:
+        if self._connection is None:
+            raise ConnectionLostError(f"the ssh backend for {self.where} is closed", step=self.kind)
+        return self._connection
+
+    @property
+    def workdir(self) -> str:
+        return self.settings.workdir or "."
+
+    # --- commands -------------------------------------------------------------------------------
+
+    def run(
+        self,
+        argv: Sequence[str],
+        timeout: float,
+        cwd: str | None = None,
+        env: Mapping[str, str] | None = None,
+    ) -> CommandResult:
+        if not argv:
+            raise UsageError("empty command")
+        line = shell_line(argv, cwd=self.resolve(cwd if cwd is not None else "."), env=env, replace_shell=True)
+        return self._loop.call(self._run_line(line, timeout, argv[0]))
+
+    def _run_argv(self, argv: Sequence[str], timeout: float) -> CommandResult:
+        return self._loop.call(self._run_line(shell_line(argv, replace_shell=True), timeout, argv[0]))
+
+    async def _run_line(self, line: str, timeout: float, program: str) -> CommandResult:
+        connection = self._require_connection()
+        try:
+            process = await connection.create_process(
+                line, stdin=asyncssh.DEVNULL, stderr=asyncssh.STDOUT, encoding=None
+            )
+            try:
+                completed = await asyncio.wait_for(process.wait(), timeout)
+            except asyncio.TimeoutError:
+                try:
+                    process.send_signal("KILL")
+                except (OSError, asyncssh.Error):
+                    pass
+                process.close()
+                raise CommandTimeoutError(f"`{program}` ran past {timeout:g} s on {self.where}", step=self.kind) from None
+        except LOST as error:
+            raise ConnectionLostError(
+                f"connection to {self.where} lost while running `{program}`: {error}", step=self.kind
+            ) from None
+        exit_code = completed.exit_status
+        if exit_code is None or exit_code < 0:
+            signal_name = completed.exit_signal[0] if completed.exit_signal else ""
+            exit_code = 128 + SIGNAL_NUMBERS.get(signal_name, 127)
+        output = completed.stdout or b""
+        return CommandResult(exit_code, output.decode("utf-8", "replace"))
+
+    # --- files (sftp) ---------------------------------------------------------------------------
+
+    async def _sftp_call(self, operation: str, path: str, work: Any) -> Any:
+        if self._sftp is None:
+            raise ConnectionLostError(f"the ssh backend for {self.where} is closed", step=self.kind)
+        try:
+            return await work(self._sftp)
+        except asyncssh.SFTPError as error:
+            raise RemoteFileError(f"{operation} failed on {self.where}: {error.reason}", path=path, step=self.kind) from None
+        except LOST as error:
+            raise ConnectionLostError(f"connection to {self.where} lost during {operation}: {error}", step=self.kind) from None
+
+    def _with_sftp(self, operation: str, path: str, work: Any) -> Any:
+        return self._loop.call(self._sftp_call(operation, path, work))
+
+    def read_bytes(self, path: str, offset: int = 0, length: int | None = None) -> bytes:
+        absolute = self.resolve(path)
+
+        async def work(sftp: asyncssh.SFTPClient) -> bytes:
+            async with sftp.open(absolute, "rb") as handle:
+                return await handle.read(-1 if length is None else length, offset)
+
+        return self._with_sftp("read", absolute, work)
+
+    def write_bytes(self, path: str, data: bytes, offset: int = 0) -> None:
+        absolute = self.resolve(path)
+
+        async def work(sftp: asyncssh.SFTPClient) -> None:
+            if offset == 0:
+                async with sftp.open(absolute, "wb") as handle:
+                    await handle.write(data, 0)
+                return
+            async with sftp.open(absolute, "r+b") as handle:
+                size = (await handle.stat()).size or 0
+                if offset > size:
+                    raise RemoteFileError(
+                        f"write at offset {offset} is past the end of the file ({size} bytes)",
+                        path=absolute, step=self.kind,
+                    )
+                await handle.truncate(offset)
+                await handle.write(data, offset)
+
+        self._with_sftp("write", absolute, work)
+
+    def stat(self, path: str) -> FileStat | None:
+        absolute = self.resolve(path)
+
+        async def work(sftp: asyncssh.SFTPClient) -> FileStat | None:
+            try:
+                attrs = await sftp.stat(absolute)
+            except asyncssh.SFTPNoSuchFile:
+                return None
+            is_dir = attrs.type == asyncssh.FILEXFER_TYPE_DIRECTORY
+            return FileStat(attrs.size or 0, float(attrs.mtime or 0), is_dir)
+
+        return self._with_sftp("stat", absolute, work)
+
+    def listdir(self, path: str) -> list[str]:
+        absolute = self.resolve(path)
+
+        async def work(sftp: asyncssh.SFTPClient) -> list[str]:
+            names = await sftp.listdir(absolute)
+            return sorted(name for name in names if name not in (".", ".."))
+
+        return self._with_sftp("listdir", absolute, work)
+
+    def remove(self, path: str, recursive: bool = False) -> None:
+        absolute = self.resolve(path)
+
+        async def work(sftp: asyncssh.SFTPClient) -> None:
+            try:
+                attrs = await sftp.lstat(absolute)
+            except asyncssh.SFTPNoSuchFile:
+                return
+            if attrs.type != asyncssh.FILEXFER_TYPE_DIRECTORY:
+                await sftp.remove(absolute)
+            elif recursive:
+                await sftp.rmtree(absolute)
+            else:
+                await sftp.rmdir(absolute)
+
+        self._with_sftp("remove", absolute, work)
+
+    def mkdir(self, path: str, mode: int = 0o755, parents: bool = False) -> None:
+        absolute = self.resolve(path)
+        attrs = asyncssh.SFTPAttrs(permissions=mode)
+
+        async def work(sftp: asyncssh.SFTPClient) -> None:
+            if parents:
+                await sftp.makedirs(absolute, attrs, exist_ok=True)
+            elif not await sftp.isdir(absolute):
+                await sftp.mkdir(absolute, attrs)
+
+        self._with_sftp("mkdir", absolute, work)
+
+    def rename(self, src: str, dst: str) -> None:
+        source, target = self.resolve(src), self.resolve(dst)
+
+        async def work(sftp: asyncssh.SFTPClient) -> None:
+            await sftp.posix_rename(source, target)
+
+        self._with_sftp("rename", source, work)
+
+
+def default_client_keys() -> list[str] | None:
+    """Keys named by GPUFERRY_SSH_KEY (os.pathsep-separated), else asyncssh's defaults and agent."""
+    value = os.environ.get("GPUFERRY_SSH_KEY")
+    return value.split(os.pathsep) if value else None

@@ -1,0 +1,63 @@
+"""Start a real jupyter_server on 127.0.0.1 with a token, a root directory and private runtime dirs."""
+
+from __future__ import annotations
+
+import os
+import secrets
+import subprocess
+import sys
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterator
+
+from .ports import free_port, stop_process, wait_for_port
+
+
+@dataclass(frozen=True)
+class JupyterServer:
+    """How to reach the test jupyter_server (token kept out of repr)."""
+
+    url: str
+    root_dir: Path
+    log: Path
+    token_file: Path
+
+    def token(self) -> str:
+        return self.token_file.read_text().strip()
+
+
+@contextmanager
+def running_jupyter(directory: Path) -> Iterator[JupyterServer]:
+    """A jupyter_server with terminals enabled until the block ends."""
+    root = directory / "root"
+    runtime = directory / "runtime"
+    for path in (root, runtime):
+        path.mkdir(parents=True, exist_ok=True)
+    token = secrets.token_hex(24)
+    token_file = directory / "token"
+    token_file.write_text(token)
+    port = free_port()
+    env = {
+        **os.environ,
+        "JUPYTER_RUNTIME_DIR": str(runtime),
+        "JUPYTER_DATA_DIR": str(runtime / "data"),
+        "JUPYTER_CONFIG_DIR": str(runtime / "config"),
+        "SHELL": "/bin/bash",
+    }
+    log = directory / "jupyter.log"
+    with open(log, "wb") as log_handle:
+        process = subprocess.Popen(
+            [
+                sys.executable, "-m", "jupyter_server",
+                "--ServerApp.ip=127.0.0.1", f"--ServerApp.port={port}", "--ServerApp.port_retries=0",
+                f"--IdentityProvider.token={token}", f"--ServerApp.root_dir={root}",
+                "--ServerApp.open_browser=False", "--allow-root",
+            ],
+            env=env, stdin=subprocess.DEVNULL, stdout=log_handle, stderr=subprocess.STDOUT,
+        )
+    try:
+        wait_for_port(port, process, str(log), attempts=600)
+        yield JupyterServer(url=f"http://127.0.0.1:{port}", root_dir=root, log=log, token_file=token_file)
+    finally:
+        stop_process(process)

@@ -1,0 +1,91 @@
+"""Start a real OpenSSH sshd on 127.0.0.1 with a temp host key, a client key and a known_hosts file."""
+
+from __future__ import annotations
+
+import getpass
+import os
+import subprocess
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterator
+
+from .ports import free_port, stop_process, wait_for_port
+
+SSHD = "/usr/sbin/sshd"
+INSTALL_HINT = "run scripts/install-test-system-deps.sh as root (installs openssh-server)"
+
+
+@dataclass(frozen=True)
+class SshServer:
+    """How to reach the test sshd."""
+
+    host: str
+    port: int
+    username: str
+    client_key: Path
+    known_hosts: Path
+    host_public_key: Path
+    empty_ssh_config: Path
+    log: Path
+
+
+def make_key(path: Path) -> None:
+    subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", "gpuferry-test", "-f", str(path)], check=True)
+
+
+@contextmanager
+def running_sshd(directory: Path) -> Iterator[SshServer]:
+    """An sshd listening on 127.0.0.1:<free port> until the block ends."""
+    if not os.access(SSHD, os.X_OK):
+        raise RuntimeError(f"{SSHD} is missing: {INSTALL_HINT}")
+    directory.mkdir(parents=True, exist_ok=True)
+    host_key, client_key = directory / "host_ed25519", directory / "client_ed25519"
+    make_key(host_key)
+    make_key(client_key)
+    authorized_keys = directory / "authorized_keys"
+    authorized_keys.write_text(Path(f"{client_key}.pub").read_text())
+    port = free_port()
+    known_hosts = directory / "known_hosts"
+    host_public = Path(f"{host_key}.pub").read_text().split()
+    known_hosts.write_text(f"[127.0.0.1]:{port} {host_public[0]} {host_public[1]}\n")
+    config = directory / "sshd_config"
+    config.write_text(
+        "\n".join(
+            [
+                f"Port {port}",
+                "ListenAddress 127.0.0.1",
+                f"HostKey {host_key}",
+                f"PidFile {directory / 'sshd.pid'}",
+                f"AuthorizedKeysFile {authorized_keys}",
+                "PasswordAuthentication no",
+                "KbdInteractiveAuthentication no",
+                "PubkeyAuthentication yes",
+                "PermitRootLogin prohibit-password",
+                "UsePAM no",
+                "StrictModes no",
+                "Subsystem sftp internal-sftp",
+                "ClientAliveInterval 0",
+                "MaxStartups 50",
+                "MaxSessions 50",
+                "LogLevel VERBOSE",
+                "",
+            ]
+        )
+    )
+    if os.geteuid() == 0:
+        Path("/run/sshd").mkdir(parents=True, exist_ok=True)
+    subprocess.run([SSHD, "-t", "-f", str(config)], check=True)
+    log = directory / "sshd.log"
+    process = subprocess.Popen([SSHD, "-D", "-f", str(config), "-E", str(log)], stdin=subprocess.DEVNULL)
+    empty_config = directory / "ssh_config"
+    empty_config.write_text("")
+    try:
+        wait_for_port(port, process, str(log))
+        yield SshServer(
+            host="127.0.0.1", port=port, username=getpass.getuser(), client_key=client_key,
+            known_hosts=known_hosts, host_public_key=Path(f"{host_key}.pub"),
+            empty_ssh_config=empty_config, log=log,
+        )
+    finally:
+        stop_process(process)
