@@ -8,6 +8,7 @@ from collections.abc import Iterable
 from pathlib import Path
 
 from gpuferry.engines import EngineChoice, EngineRequest, create_engine
+from gpuferry.engines.base import check_size
 from gpuferry.errors import GpuferryError
 from gpuferry.events import EventSink, ignore, make_event
 from gpuferry.media.encode import EncodeOptions
@@ -70,6 +71,7 @@ class Upscaler:
         output_path = Path(output) if output is not None else default_output(source_path, self.request.scale)
         try:
             info = probe(source_path)  # bad input is reported before any engine is built
+            check_size(*info.size, path=str(source_path))
             result = upscale_file(
                 source_path,
                 output_path,

@@ -43,16 +43,21 @@ class Engine(ABC):
         self.close()
 
 
+def check_size(width: int, height: int, path: str | None = None) -> None:
+    """Refuse picture sizes an engine cannot take, before any work, instead of a native crash."""
+    if height < MIN_SIDE or width < MIN_SIDE:
+        raise BadInputError(
+            f"picture size {width}x{height} is too small to upscale (minimum {MIN_SIDE}x{MIN_SIDE})",
+            path=path,
+            step="upscale",
+        )
+
+
 def check_frame(frame: np.ndarray) -> None:
     """Refuse frames an engine cannot take, with a clear message instead of a native crash."""
     if frame.ndim != 3 or frame.shape[2] != 3 or frame.dtype != np.uint8:
         raise BadInputError(f"expected an HxWx3 uint8 RGB frame, got {frame.shape} {frame.dtype}")
-    height, width = frame.shape[:2]
-    if height < MIN_SIDE or width < MIN_SIDE:
-        raise BadInputError(
-            f"frame size {width}x{height} is too small to upscale (minimum {MIN_SIDE}x{MIN_SIDE})",
-            step="upscale",
-        )
+    check_size(frame.shape[1], frame.shape[0])
 
 
 def lanczos_resize(frame: np.ndarray, width: int, height: int) -> np.ndarray:

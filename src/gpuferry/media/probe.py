@@ -129,7 +129,7 @@ def _probe_video(source: Path) -> MediaInfo:
         container = av.open(str(source), metadata_errors="replace")
     except av.FFmpegError as exc:
         raise BadInputError(
-            f"not a video or image that ffmpeg can read ({_ffmpeg_reason(exc)})",
+            f"not a readable video: truncated, corrupt or not a video at all ({_ffmpeg_reason(exc)})",
             path=str(source),
             step="probe",
         ) from None
@@ -190,11 +190,19 @@ def _inspect_video_stream(
         )
 
     time_base = stream.time_base or Fraction(1, 90000)
+    fps = stream.average_rate or stream.guessed_rate or Fraction(25)
+    claimed_duration = _claimed_duration(stream)
+    measured = float((last_end - min(pts_values)) * time_base)
+    if claimed_duration is not None and claimed_duration - measured > max(3 / fps, 0.02 * claimed_duration):
+        raise BadInputError(
+            f"video is truncated: it should last {claimed_duration:.2f} s but its frames end at {measured:.2f} s",
+            path=str(source),
+            step="probe",
+        )
     pts_values.sort()
     deltas = {b - a for a, b in zip(pts_values, pts_values[1:])}
     # one tick of jitter is rounding in the container's time base, not variable frame rate
     vfr = bool(deltas) and (max(deltas) - min(deltas)) > 1
-    fps = stream.average_rate or stream.guessed_rate or Fraction(25)
     start = pts_values[0]
     duration = float((last_end - start) * time_base) if last_end > start else float(frames / fps)
 
@@ -220,6 +228,20 @@ def _inspect_video_stream(
         color_range=int(first_frame.color_range),
         start_pts=start,
     )
+
+
+def _claimed_duration(stream: av.video.stream.VideoStream) -> float | None:
+    """The video stream's length as its container states it (index or matroska DURATION tag)."""
+    if stream.duration and stream.time_base:
+        return float(stream.duration * stream.time_base)
+    tag = stream.metadata.get("DURATION") or stream.metadata.get("duration")
+    if not tag:
+        return None
+    try:
+        hours, minutes, seconds = tag.split(":")
+        return int(hours) * 3600 + int(minutes) * 60 + float(seconds)
+    except ValueError:
+        return None
 
 
 def _first_frame(source: Path, stream_index: int) -> av.VideoFrame:

@@ -1,0 +1,41 @@
+# Two commands work from a clean clone: `make demo` and `make test`. Everything they need is
+# installed here (pip into .venv, Debian packages with apt when missing), nothing by hand.
+PYTHON ?= python3
+VENV   := .venv
+PY     := $(VENV)/bin/python
+PIP    := $(PY) -m pip --disable-pip-version-check
+# the CPU build of torch that this machine kind keeps on disk; an unpinned torch pulls a multi-GB CUDA build
+TORCH  := torch==2.13.0
+
+.PHONY: demo test install install-test system-deps bench clean
+
+$(PY):
+	$(PYTHON) -m venv $(VENV)
+	$(PIP) install -q --upgrade pip
+
+$(VENV)/.installed: pyproject.toml | $(PY)
+	$(PIP) install -q -e .
+	touch $@
+
+$(VENV)/.installed-test: pyproject.toml $(VENV)/.installed
+	$(PIP) install -q $(TORCH) -e '.[torch,remote,dev]'
+	touch $@
+
+install: $(VENV)/.installed
+
+install-test: $(VENV)/.installed-test
+
+system-deps:
+	bash scripts/install-system-deps.sh
+
+demo: install
+	$(PY) scripts/demo.py demo-out
+
+test: install-test system-deps
+	$(PY) -m pytest -q
+
+bench: install-test
+	$(PY) bench/pipeline.py
+
+clean:
+	rm -rf demo-out .pytest_cache build *.egg-info src/*.egg-info

@@ -1,0 +1,46 @@
+"""Shared fixtures: real clips generated at test time (nothing large is committed)."""
+
+from __future__ import annotations
+
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from gpuferry.media.synth import make_clip
+
+
+@pytest.fixture(scope="session")
+def clips(tmp_path_factory: pytest.TempPathFactory) -> "ClipFactory":
+    return ClipFactory(tmp_path_factory.mktemp("clips"))
+
+
+class ClipFactory:
+    """Makes each kind of clip once per session; tests copy what they need."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+        self._made: dict[str, Path] = {}
+
+    def get(self, name: str, **kwargs: object) -> Path:
+        if name not in self._made:
+            path = self.root / name
+            make_clip(path, **{"frames": 12, "width": 64, "height": 48, **kwargs})  # type: ignore[arg-type]
+            self._made[name] = path
+        return self._made[name]
+
+    def with_subtitles(self) -> Path:
+        """An mkv with video, audio and an srt subtitle stream, made by a real ffmpeg binary."""
+        import imageio_ffmpeg
+
+        path = self.root / "subs.mkv"
+        if not path.exists():
+            base = self.get("subs_base.mkv")
+            srt = self.root / "subs.srt"
+            srt.write_text("1\n00:00:00,000 --> 00:00:00,300\nHello\n\n2\n00:00:00,300 --> 00:00:00,500\nWorld\n")
+            subprocess.run(
+                [imageio_ffmpeg.get_ffmpeg_exe(), "-v", "error", "-y", "-i", str(base), "-i", str(srt),
+                 "-map", "0", "-map", "1", "-c", "copy", "-c:s", "srt", str(path)],
+                check=True,
+            )
+        return path
