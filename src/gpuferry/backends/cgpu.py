@@ -1,0 +1,165 @@
+"""The cgpu backend: a Colab runtime reached through the cgpu CLI (run, copy) as a subprocess.
+
+cgpu's contract (see shared/reference/remote-gpu.md): output merged on stdout, an "Authenticated as"
+first line, its own exit code unreliable (a lost sentinel reads as exit 1), copy is upload-only and
+whole-file. So every command goes through the far-side helper between our own markers, downloads are
+base64 chunks printed by the helper, and uploads are staged by ``cgpu copy`` then spliced in place.
+"""
+
+from __future__ import annotations
+
+import os
+import shlex
+import signal
+import subprocess
+import tempfile
+import uuid
+from dataclasses import dataclass, field
+from typing import Any, Mapping, Sequence
+
+from ..errors import (
+    CommandTimeoutError,
+    ConnectionLostError,
+    NotInstalledError,
+    RemoteFileError,
+    UsageError,
+)
+from .base import CommandResult
+from .cgpu_messages import classify_failure
+from .helper_call import helper_argv
+from .helper_ops import HelperOperations
+from .markers import Framing, parse_framed
+from .shell_line import check_env_names
+
+
+@dataclass
+class CgpuSettings:
+    """How to call cgpu. ``remote_root`` is where ``cgpu copy`` puts a relative destination."""
+
+    executable: str = "cgpu"
+    config_dir: str | None = None
+    remote_root: str = "/content"
+    workdir: str | None = None
+    python: str = "python3"
+    new_runtime: bool = False
+    #: seconds allowed on top of a command's own timeout for cgpu's login and runtime look-up
+    call_overhead: float = 60.0
+    #: extra environment for the cgpu process itself (not for remote commands)
+    process_env: dict[str, str] = field(default_factory=dict)
+
+
+class CgpuBackend(HelperOperations):
+    """Runs commands on a Colab runtime through the cgpu CLI."""
+
+    kind = "cgpu"
+
+    def __init__(self, settings: CgpuSettings | None = None, **options: Any) -> None:
+        self.settings = settings or CgpuSettings(**options)
+        self.python = self.settings.python
+        self._new_runtime_pending = self.settings.new_runtime
+
+    def __repr__(self) -> str:
+        return f"CgpuBackend(executable={self.settings.executable!r}, remote_root={self.settings.remote_root!r})"
+
+    @property
+    def workdir(self) -> str:
+        return self.settings.workdir or self.settings.remote_root
+
+    # --- the cgpu process -----------------------------------------------------------------------
+
+    def _cgpu(self, arguments: list[str], timeout: float) -> tuple[int, str]:
+        """Run cgpu with ``arguments``; its exit code and merged output."""
+        argv = [self.settings.executable]
+        if self.settings.config_dir:
+            argv += ["-c", self.settings.config_dir]
+        if self._new_runtime_pending and arguments[0] in ("run", "copy"):
+            arguments = [arguments[0], "--new-runtime", *arguments[1:]]
+            self._new_runtime_pending = False
+        argv += arguments
+        env = {**os.environ, **self.settings.process_env}
+        try:
+            process = subprocess.Popen(
+                argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                env=env, start_new_session=True,
+            )
+        except FileNotFoundError:
+            raise NotInstalledError(f"cgpu not found ({self.settings.executable!r})", step=self.kind) from None
+        except PermissionError:
+            raise NotInstalledError(f"cgpu is not executable ({self.settings.executable!r})", step=self.kind) from None
+        try:
+            output, _ = process.communicate(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            try:
+                os.killpg(process.pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+            process.communicate()
+            raise CommandTimeoutError(
+                f"cgpu {arguments[0]} ran past {timeout:g} s (the remote command may still be running)",
+                step=self.kind,
+            ) from None
+        return process.returncode, output.decode("utf-8", "replace")
+
+    def _run_framed(self, argv: Sequence[str], framing: Framing, timeout: float, program: str) -> CommandResult:
+        line = framing.wrap(shlex.join(argv))
+        exit_code, raw = self._cgpu(["run", line], timeout + self.settings.call_overhead)
+        framed = parse_framed(raw, framing)
+        if framed.timed_out:
+            raise CommandTimeoutError(f"`{program}` ran past {timeout:g} s on the Colab runtime", step=self.kind)
+        if framed.exit_code is not None:
+            return CommandResult(framed.exit_code, framed.output)
+        known = classify_failure(raw if not framed.started else framed.output + raw[-500:], step=self.kind)
+        if framed.started:
+            raise ConnectionLostError(
+                f"cgpu lost the runtime while the command ran (outcome unknown): {raw.strip()[-300:]}",
+                step=self.kind,
+            )
+        if known is not None:
+            raise known
+        raise ConnectionLostError(f"cgpu run failed (exit {exit_code}): {raw.strip()[-300:]}", step=self.kind)
+
+    # --- commands -------------------------------------------------------------------------------
+
+    def run(
+        self,
+        argv: Sequence[str],
+        timeout: float,
+        cwd: str | None = None,
+        env: Mapping[str, str] | None = None,
+    ) -> CommandResult:
+        if not argv:
+            raise UsageError("empty command")
+        check_env_names(env)
+        framing = Framing()
+        arguments = {
+            "argv": list(argv),
+            "cwd": self.resolve(cwd if cwd is not None else "."),
+            "env": dict(env or {}),
+            "timeout": timeout,
+            "timeout_marker": framing.timeout,
+        }
+        return self._run_framed(helper_argv(self.python, "exec", arguments), framing, timeout, argv[0])
+
+    def _run_argv(self, argv: Sequence[str], timeout: float) -> CommandResult:
+        return self._run_framed(argv, Framing(), timeout, "gpuferry helper")
+
+    # --- files ----------------------------------------------------------------------------------
+
+    def write_bytes(self, path: str, data: bytes, offset: int = 0) -> None:
+        absolute = self.resolve(path)
+        stage_name = f".gpuferry-stage-{uuid.uuid4().hex}"
+        with tempfile.TemporaryDirectory(prefix="gpuferry-cgpu-") as local_dir:
+            local = os.path.join(local_dir, stage_name)
+            with open(local, "wb") as handle:
+                handle.write(data)
+            exit_code, output = self._cgpu(["copy", local, stage_name], self.operation_timeout)
+        if "Uploaded:" not in output:
+            known = classify_failure(output, step=self.kind)
+            raise known or RemoteFileError(f"cgpu copy failed (exit {exit_code}): {output.strip()[-300:]}",
+                                           path=absolute, step=self.kind)
+        stage = f"{self.settings.remote_root.rstrip('/')}/{stage_name}"
+        try:
+            self._splice_stage(stage, absolute, offset)
+        except RemoteFileError:
+            self.remove(stage)
+            raise
