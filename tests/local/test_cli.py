@@ -1,0 +1,148 @@
+"""The command line as users and pipelines drive it: JSON events, batches, hostile names, Ctrl-C."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from media_checks import listing
+
+from gpuferry.media import probe
+
+
+def gpuferry(*args: str, cwd: Path | None = None, timeout: float = 180) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-m", "gpuferry", *args], capture_output=True, text=True, cwd=cwd, timeout=timeout
+    )
+
+
+def test_json_mode_prints_only_json_events_on_stdout(clips, tmp_path):
+    source = shutil.copy(clips.get("base.mp4"), tmp_path / "in.mp4")
+    completed = gpuferry("upscale", "--json", "--engine", "ncnn", str(source))
+    assert completed.returncode == 0, completed.stderr
+    events = [json.loads(line) for line in completed.stdout.splitlines()]
+    kinds = [event["event"] for event in events]
+    assert kinds[0] == "engine" and "started" in kinds and kinds[-1] == "finished"
+    assert "progress" in kinds
+    progress = [e for e in events if e["event"] == "progress"]
+    assert progress[-1]["done"] == progress[-1]["total"] == 12
+    finished = events[-1]
+    assert finished["output"] == str(tmp_path / "in_x2.mp4")
+    assert finished["frames"] == 12 and finished["seconds"] > 0 and "ncnn-cpu" in finished["engine"]
+
+
+def test_several_inputs_are_processed_in_turn_and_a_bad_one_does_not_stop_the_rest(clips, tmp_path):
+    first = shutil.copy(clips.get("base.mp4"), tmp_path / "a.mp4")
+    bad = tmp_path / "b.mp4"
+    bad.write_bytes(b"not a video")
+    third = shutil.copy(clips.get("base.mp4"), tmp_path / "c.mp4")
+    completed = gpuferry("upscale", "--engine", "resample", str(first), str(bad), str(third))
+    assert completed.returncode == 2
+    assert listing(tmp_path) == {"a.mp4", "b.mp4", "c.mp4", "a_x2.mp4", "c_x2.mp4"}
+    assert "b.mp4" in completed.stderr
+
+
+def test_output_directory_for_several_inputs(clips, tmp_path):
+    out_dir = tmp_path / "out"
+    out_dir.mkdir()
+    first = shutil.copy(clips.get("base.mp4"), tmp_path / "a.mp4")
+    second = shutil.copy(clips.get("base.mp4"), tmp_path / "b.mp4")
+    completed = gpuferry("upscale", "--engine", "resample", "--scale", "3", "-o", str(out_dir), str(first), str(second))
+    assert completed.returncode == 0, completed.stderr
+    assert listing(out_dir) == {"a_x3.mp4", "b_x3.mp4"}
+
+
+HOSTILE_NAMES = [
+    "with space.mp4",
+    "quote's \"double\".mp4",
+    "$(touch CANARY).mp4",
+    "`touch CANARY`; rm -rf x.mp4",
+    "new\nline.mp4",
+    "ünïcödé 動画.mp4",
+    "-starts-with-dash.mp4",
+]
+
+
+@pytest.mark.parametrize("name", HOSTILE_NAMES)
+def test_hostile_file_names_work_and_execute_nothing(clips, tmp_path, name):
+    source = tmp_path / name
+    shutil.copy(clips.get("base.mp4"), source)
+    completed = gpuferry("upscale", "--engine", "resample", "--", str(source), cwd=tmp_path)
+    assert completed.returncode == 0, completed.stderr
+    output = source.with_name(source.stem + "_x2.mp4")
+    assert probe(output).video.frames == 12
+    assert not (tmp_path / "CANARY").exists()
+    assert not Path("CANARY").exists()
+
+
+def test_ctrl_c_leaves_no_partial_output(clips, tmp_path):
+    source = shutil.copy(clips.get("slow.mp4", frames=240, width=160, height=96), tmp_path / "in.mp4")
+    process = subprocess.Popen(
+        [sys.executable, "-m", "gpuferry", "upscale", "--json", "--engine", "ncnn", str(source)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    assert process.stdout is not None
+    deadline = time.monotonic() + 120
+    for line in process.stdout:  # wait until encoded frames are really on disk
+        if any("partial" in name for name in listing(tmp_path)) or time.monotonic() > deadline:
+            break
+    assert any("partial" in name for name in listing(tmp_path)), "the partial file exists while working"
+    process.send_signal(signal.SIGINT)
+    rest, errors = process.communicate(timeout=60)
+    assert process.returncode == 130, errors
+    failed = [json.loads(line) for line in rest.splitlines() if '"failed"' in line]
+    assert failed and failed[-1]["error"]["kind"] == "cancelled"
+    assert listing(tmp_path) == {"in.mp4"}
+
+
+def test_sigterm_also_cleans_up(clips, tmp_path):
+    source = shutil.copy(clips.get("slow.mp4", frames=240, width=160, height=96), tmp_path / "in.mp4")
+    process = subprocess.Popen(
+        [sys.executable, "-m", "gpuferry", "upscale", "--json", "--engine", "ncnn", str(source)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    assert process.stdout is not None
+    for line in process.stdout:
+        if json.loads(line)["event"] == "progress":
+            break
+    process.terminate()
+    process.communicate(timeout=60)
+    assert process.returncode == 130
+    assert listing(tmp_path) == {"in.mp4"}
+
+
+def test_models_command_lists_scales_as_json():
+    completed = gpuferry("models", "--json")
+    rows = {row["name"]: row for row in json.loads(completed.stdout)}
+    assert rows["realesr-animevideov3"]["scales"] == [2, 3, 4]
+    assert rows["realesrgan-x4plus"]["network_scales"] == [4]
+    assert set(rows) == {"realesr-animevideov3", "realesrgan-x4plus", "realesrgan-x4plus-anime"}
+
+
+def test_help_explains_the_options():
+    completed = gpuferry("upscale", "--help")
+    for option in ("--scale", "--model", "--engine", "--crf", "--overwrite", "--json", "-o"):
+        assert option in completed.stdout
+
+
+def test_use_gpu_env_steers_the_engine(clips, tmp_path):
+    source = shutil.copy(clips.get("base.mp4"), tmp_path / "in.mp4")
+    env = {**os.environ, "USE_GPU": "cpu"}
+    completed = subprocess.run(
+        [sys.executable, "-m", "gpuferry", "upscale", "--json", str(source)],
+        capture_output=True, text=True, env=env, timeout=120,
+    )
+    assert completed.returncode == 0, completed.stderr
+    engine_event = json.loads(completed.stdout.splitlines()[0])
+    assert "vulkan" not in engine_event["engine"] and "cuda" not in engine_event["engine"]
