@@ -164,6 +164,14 @@ def write_atomically(path, text):
     os.replace(temporary, path)
 
 
+LEADER_IGNORES = (signal.SIGHUP, signal.SIGTERM, signal.SIGINT)
+
+
+def restore_signals():
+    for number in LEADER_IGNORES:
+        signal.signal(number, signal.SIG_DFL)
+
+
 def op_spawn(args):
     """Fork a session leader that runs argv, records its pid, waits and records the exit code."""
     read_end, write_end = os.pipe()
@@ -186,7 +194,10 @@ def op_spawn(args):
     try:
         os.close(read_end)
         os.setsid()
-        signal.signal(signal.SIGHUP, signal.SIG_IGN)
+        # The leader outlives hang-ups and the group-wide TERM/INT of ``kill`` so it can record the
+        # exit code; the command gets the default dispositions back (see restore_signals).
+        for number in LEADER_IGNORES:
+            signal.signal(number, signal.SIG_IGN)
         devnull = os.open(os.devnull, os.O_RDWR)
         for descriptor in (0, 1, 2):
             os.dup2(devnull, descriptor)
@@ -196,7 +207,7 @@ def op_spawn(args):
             log = os.open(args["log"], os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
             child = subprocess.Popen(
                 args["argv"], cwd=args.get("cwd"), env=env, stdin=devnull, stdout=log, stderr=log,
-                preexec_fn=lambda: signal.signal(signal.SIGHUP, signal.SIG_DFL),
+                preexec_fn=restore_signals,
             )
         except OSError as exc:
             failure = {"ok": False, "message": "%s: %s" % (exc.strerror or type(exc).__name__, exc.filename)}
