@@ -180,7 +180,8 @@ def plan_preflight(
     return report(
         0, 1, smallest, "refused",
         f"even the smallest tile ({min_tile} px) needs about {human_size(smallest + model_bytes + reserve)} "
-        f"with the model, but only {human_size(memory.free_bytes)} is free on {memory.name}",
+        f"with the model, but {memory.name} has {human_size(memory.free_bytes)} free, of which "
+        f"{human_size(int(memory.free_bytes * USABLE_FRACTION))} is usable",
     )
 
 

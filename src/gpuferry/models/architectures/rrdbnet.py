@@ -126,8 +126,9 @@ def build(state_dict: dict[str, Any], source: str = "") -> LoadedModel:
         parameter_count=count_parameters(state_dict),
         # widest point: three feat-channel maps at 4x the input resolution (16 pixels per input pixel)
         activation_elements_per_pixel=3 * feat * 16 + 6 * feat,
-        # the receptive field is far wider than any pad; 24 keeps seams below visibility
-        tile_pad=24,
+        # the receptive field (hundreds of px) is wider than any practical pad; its influence fades fast:
+        # 32 px of overlap left a mean error of 0.06 levels (max 8 on noise) where 16 px left 0.7 (max 34)
+        tile_pad=32,
         source=source,
     )
     return LoadedModel(module=module, profile=profile)

@@ -1,0 +1,130 @@
+"""Tiles stitch back to the untiled frame; an out-of-memory halves the tile and no frame goes missing."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import numpy as np
+import pytest
+import torch
+
+from gpuferry.engines.tiling import run_tiled, tile_boxes, tile_count
+from gpuferry.engines.torch_engine import ForwardCall, TorchEngine, is_out_of_memory
+from gpuferry.errors import GpuOutOfMemoryError
+from gpuferry.models.architectures.base import LoadedModel
+from gpuferry.models.convert import load_converted_model
+from gpuferry.models.registry import get_model
+
+ONE_LEVEL = 1  # 1/255 of full scale, in uint8 levels
+
+
+@pytest.fixture(scope="module")
+def compact_x4():  # noqa: ANN201
+    return load_converted_model(get_model("realesr-animevideov3"), 4)
+
+
+@pytest.fixture(scope="module")
+def compact_x2():  # noqa: ANN201
+    return load_converted_model(get_model("realesr-animevideov3"), 2)
+
+
+def _max_diff(first: list[np.ndarray], second: list[np.ndarray]) -> int:
+    return max(int(np.abs(a.astype(np.int16) - b).max()) for a, b in zip(first, second, strict=True))
+
+
+def test_tile_boxes_cover_every_pixel_exactly_once() -> None:
+    covered = np.zeros((50, 70), dtype=int)
+    boxes = list(tile_boxes(50, 70, 16, 5))
+    for box in boxes:
+        covered[box.top : box.bottom, box.left : box.right] += 1
+        assert box.pad_top == max(0, box.top - 5) and box.pad_right == min(70, box.right + 5)
+    assert (covered == 1).all()
+    assert len(boxes) == tile_count(50, 70, 16) == 4 * 5
+
+
+def test_run_tiled_equals_whole_for_a_pointwise_network() -> None:
+    batch = torch.rand(2, 3, 20, 30)
+
+    def network(x: torch.Tensor) -> torch.Tensor:
+        return torch.nn.functional.interpolate(x, scale_factor=2, mode="nearest")
+
+    torch.testing.assert_close(run_tiled(network, batch, 2, 8, 0), network(batch))
+
+
+@pytest.mark.parametrize("fixture_name", ["compact_x4", "compact_x2"])
+def test_tiled_engine_equals_untiled_within_one_level(
+    fixture_name: str, request: pytest.FixtureRequest, make_frames
+) -> None:
+    model = request.getfixturevalue(fixture_name)
+    frames = make_frames(2, 48, 64, seed=3)
+    whole = TorchEngine(model, device="cpu").upscale(frames)
+    tiled_engine = TorchEngine(model, device="cpu", tile=16, min_tile=8)
+    tiled = tiled_engine.upscale(frames)
+    assert tiled_engine.preflight is not None and tiled_engine.preflight.tile == 16
+    assert _max_diff(whole, tiled) <= ONE_LEVEL
+
+
+def test_rrdbnet_seams_shrink_as_the_overlap_grows(make_frames) -> None:
+    """RRDBNet's receptive field outgrows any pad, so its seams are small, not zero; more overlap, less seam.
+
+    A 32x32 frame in 16 px tiles with a reduced pad keeps this cheap; the real pad is wider.
+    """
+    model = load_converted_model(get_model("realesrgan-x4plus-anime"), 4)
+    frames = make_frames(1, 32, 32, seed=5)
+    whole = TorchEngine(model, device="cpu").upscale(frames)[0].astype(np.int16)
+    mean_errors = []
+    for pad in (4, 12):
+        narrow = LoadedModel(model.module, dataclasses.replace(model.profile, tile_pad=pad))
+        tiled = TorchEngine(narrow, device="cpu", tile=16, min_tile=8).upscale(frames)[0]
+        mean_errors.append(float(np.abs(whole - tiled).mean()))
+    assert mean_errors[1] < mean_errors[0] and mean_errors[1] < 1.0
+
+
+class OomInjector:
+    """A forward hook that raises CUDA's out-of-memory error while the tile is above a limit."""
+
+    def __init__(self, largest_tile_that_fits: int) -> None:
+        self.largest_tile_that_fits = largest_tile_that_fits
+        self.calls: list[ForwardCall] = []
+        self.raised = 0
+
+    def __call__(self, call: ForwardCall) -> None:
+        self.calls.append(call)
+        if call.tile == 0 or call.tile > self.largest_tile_that_fits:
+            self.raised += 1
+            raise torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB (injected)")
+
+
+def test_injected_oom_halves_the_tile_and_every_frame_comes_out(compact_x4, make_frames) -> None:
+    frames = make_frames(7, 48, 64, seed=11)
+    expected = TorchEngine(compact_x4, device="cpu").upscale(frames)
+    injector = OomInjector(largest_tile_that_fits=16)
+    engine = TorchEngine(compact_x4, device="cpu", min_tile=8, max_batch=3, forward_hook=injector)
+    outputs: list[np.ndarray] = []
+    for start in range(0, len(frames), 3):  # the way a pipeline hands over batches
+        outputs.extend(engine.upscale(frames[start : start + 3]))
+    assert len(outputs) == len(frames) == engine.stats.frames
+    assert [(e.tile_before, e.tile_after) for e in engine.stats.oom_events] == [(0, 32), (32, 16)]
+    assert injector.raised == 2
+    # the first batch was retried with the same three frames, then every later call used tile 16
+    assert [call.frames for call in injector.calls] == [3, 3, 3, 3, 1]
+    assert all(call.tile == 16 for call in injector.calls[2:])
+    assert _max_diff(expected, outputs) <= ONE_LEVEL
+
+
+def test_oom_at_the_minimum_tile_drops_to_one_frame_then_fails_clearly(compact_x4, make_frames) -> None:
+    frames = make_frames(2, 48, 64, seed=12)
+    injector = OomInjector(largest_tile_that_fits=0)  # nothing fits
+    engine = TorchEngine(compact_x4, device="cpu", min_tile=16, max_batch=2, forward_hook=injector)
+    with pytest.raises(GpuOutOfMemoryError, match="even with 16 px tiles") as caught:
+        engine.upscale(frames)
+    assert caught.value.exit_code == 7
+    assert engine.batch_size == 1  # tried one frame at a time before giving up
+    assert [e.tile_after for e in engine.stats.oom_events] == [32, 16, 16]
+
+
+def test_out_of_memory_is_recognised_in_its_forms() -> None:
+    assert is_out_of_memory(torch.cuda.OutOfMemoryError("CUDA out of memory"))
+    assert is_out_of_memory(RuntimeError("CUDA error: out of memory"))
+    assert not is_out_of_memory(RuntimeError("shape mismatch"))
+    assert not is_out_of_memory(ValueError("out of memory"))
