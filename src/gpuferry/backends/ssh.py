@@ -245,7 +245,9 @@ class SshBackend(HelperOperations):
 
         async def work(sftp: asyncssh.SFTPClient) -> bytes:
             async with sftp.open(absolute, "rb") as handle:
-                return await handle.read(-1 if length is None else length, offset)
+                available = max(0, ((await handle.stat()).size or 0) - offset)
+                want = available if length is None else min(length, available)
+                return await handle.read(want, offset) if want > 0 else b""
 
         return self._with_sftp("read", absolute, work)
 
