@@ -11,7 +11,7 @@ import torch
 from gpuferry.engines.tiling import run_tiled, tile_boxes, tile_count
 from gpuferry.engines.torch_engine import ForwardCall, TorchEngine, is_out_of_memory
 from gpuferry.errors import GpuOutOfMemoryError
-from gpuferry.models.architectures.base import LoadedModel
+from gpuferry.models.architectures.base import LoadedModel, ModelProfile
 from gpuferry.models.convert import load_converted_model
 from gpuferry.models.registry import get_model
 
@@ -128,3 +128,25 @@ def test_out_of_memory_is_recognised_in_its_forms() -> None:
     assert is_out_of_memory(RuntimeError("CUDA error: out of memory"))
     assert not is_out_of_memory(RuntimeError("shape mismatch"))
     assert not is_out_of_memory(ValueError("out of memory"))
+
+
+class OverflowsBelowFloat32(torch.nn.Module):
+    """Nearest x2 that returns inf unless it runs in float32, as fp16 overflow does on a GPU."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = torch.nn.functional.interpolate(x, scale_factor=2, mode="nearest")
+        return out if x.dtype == torch.float32 else out * float("inf")
+
+
+def test_nan_or_inf_output_moves_to_a_wider_precision_and_redoes_the_frames(make_frames) -> None:
+    profile = ModelProfile("test-overflow", 2, 0, 12, 0)
+    calls: list[ForwardCall] = []
+    engine = TorchEngine(
+        LoadedModel(OverflowsBelowFloat32(), profile), device="cpu", precision="bfloat16", forward_hook=calls.append
+    )
+    frames = make_frames(2, 8, 8)
+    out = engine.upscale(frames)
+    assert engine.stats.precision_changes == ["bfloat16->float32"]
+    # the first frame ran again in float32; the second (a batch of its own on the CPU) ran in float32 only
+    assert [call.precision for call in calls] == ["bfloat16", "float32", "float32"]
+    assert len(out) == 2 and (out[0] == frames[0].repeat(2, 0).repeat(2, 1)).all()

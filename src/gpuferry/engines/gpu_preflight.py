@@ -134,9 +134,13 @@ def plan_preflight(
     max_batch: int = 1,
     min_tile: int = MIN_TILE,
     adapt: bool = True,
+    model_loaded: bool = False,
 ) -> PreflightReport:
-    """Decide whole frames (with the largest batch that fits), a tile, or refusal. Never raises."""
-    model_bytes = profile.parameter_count * bytes_per_value
+    """Decide whole frames (with the largest batch that fits), a tile, or refusal. Never raises.
+
+    ``model_loaded``: the weights already sit on the device (the free memory excludes them).
+    """
+    model_bytes = 0 if model_loaded else profile.parameter_count * bytes_per_value
     reserve = GPU_RESERVE_BYTES if memory.device.startswith("cuda") else 0
     usable = int(memory.free_bytes * USABLE_FRACTION) - model_bytes - reserve
     untiled = estimate_pass_bytes(profile, frame_height, frame_width, 1, bytes_per_value)

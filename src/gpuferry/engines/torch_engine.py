@@ -113,8 +113,8 @@ def precision_chain(device: str, requested: str = "auto") -> list[str]:
     """Precisions to try in order: fp16 first on CUDA, then bf16 (where supported), then fp32."""
     if requested not in PRECISIONS:
         raise UsageError(f"precision must be one of {', '.join(PRECISIONS)}", step="engine")
-    if not device.startswith("cuda"):
-        return ["float32"]
+    if not device.startswith("cuda"):  # fp32 on the CPU unless a narrower type is asked for
+        return ["float32"] if requested in ("auto", "float32") else [requested, "float32"]
     torch = import_torch()
     chain = ["float16"]
     if torch.cuda.is_bf16_supported():
@@ -193,6 +193,7 @@ class TorchEngine(Engine):
             requested_tile=self.requested_tile,
             max_batch=self.max_batch,
             min_tile=self.min_tile,
+            model_loaded=True,  # already on the device, so the free memory excludes it
         )
         self.preflight = report
         raise_if_refused(report)
@@ -248,12 +249,13 @@ class TorchEngine(Engine):
                 return self._infer(frames[: self.batch_size], self._tile)
             except _NonFiniteOutput:
                 self._next_precision()
+                continue
             except Exception as exc:
                 if not is_out_of_memory(exc):
                     raise
-                del exc  # drop the traceback's references to device tensors before freeing
-                self._release_memory()
-                self._recover_from_oom(min(len(frames), self.batch_size), height, width)
+            # outside the except block the traceback is gone, and with it the tensors its frames held
+            self._release_memory()
+            self._recover_from_oom(min(len(frames), self.batch_size), height, width)
 
     def _recover_from_oom(self, frame_count: int, height: int, width: int) -> None:
         smaller = self._smaller_tile(self._tile, height, width)
