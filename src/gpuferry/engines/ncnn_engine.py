@@ -48,6 +48,8 @@ class NcnnEngine(Engine):
         self.name = "ncnn-vulkan" if gpu_index is not None else "ncnn-cpu"
         net = ncnn.Net()
         net.opt.num_threads = self.threads
+        # no OpenMP spin-waiting: decode and encode threads need the cores between layers
+        net.opt.openmp_blocktime = 0
         if gpu_index is not None:
             net.opt.use_vulkan_compute = True
             net.set_vulkan_device(gpu_index)
