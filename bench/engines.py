@@ -26,12 +26,17 @@ def bench_frames(count: int, height: int, width: int) -> list[np.ndarray]:
     rows, cols = np.mgrid[0:height, 0:width]
     frames = []
     for index in range(count):
-        base = np.stack([(rows * 3 + index * 9) % 256, (cols * 2) % 256, ((rows // 12 + cols // 12) % 2) * 180], -1)
+        base = np.stack(
+            [(rows * 3 + index * 9) % 256, (cols * 2) % 256, ((rows // 12 + cols // 12) % 2) * 180],
+            -1,
+        )
         frames.append(np.clip(base + rng.integers(-16, 17, base.shape), 0, 255).astype(np.uint8))
     return frames
 
 
-def ms_per_frame(engine: Engine, frames: list[np.ndarray], repeats: int) -> tuple[float, list[np.ndarray]]:
+def ms_per_frame(
+    engine: Engine, frames: list[np.ndarray], repeats: int
+) -> tuple[float, list[np.ndarray]]:
     """Warm up on one frame, then time ``repeats`` passes over the frames in engine-sized batches."""
     engine.upscale(frames[:1])
     outputs: list[np.ndarray] = []
@@ -55,7 +60,9 @@ def ncnn_float(model_name: str, scale: int, frame: np.ndarray, threads: int) -> 
     net.load_param(str(weights.param))
     net.load_model(str(weights.bin))
     height, width = frame.shape[:2]
-    mat = ncnn.Mat.from_pixels(np.ascontiguousarray(frame), ncnn.Mat.PixelType.PIXEL_RGB, width, height)
+    mat = ncnn.Mat.from_pixels(
+        np.ascontiguousarray(frame), ncnn.Mat.PixelType.PIXEL_RGB, width, height
+    )
     mat.substract_mean_normalize([], [1.0 / 255.0] * 3)
     extractor = net.create_extractor()
     extractor.input("data", mat)
@@ -99,15 +106,26 @@ def main() -> None:
     else:
         print("torch-cuda  (no CUDA GPU here)")
 
-    uint8_diff = max(int(np.abs(a.astype(np.int16) - b).max()) for a, b in zip(torch_out, ncnn_out, strict=True))
+    uint8_diff = max(
+        int(np.abs(a.astype(np.int16) - b).max()) for a, b in zip(torch_out, ncnn_out, strict=True)
+    )
     float_diff = 0.0
     cpu_model = load_converted_model(spec, args.scale).module
     with torch.inference_mode():
         for frame in frames:
-            ours = cpu_model(torch.from_numpy(frame).permute(2, 0, 1)[None].float() / 255.0)[0].numpy()
-            float_diff = max(float_diff, float(np.abs(ours - ncnn_float(args.model, args.scale, frame, threads)).max()))
-    print(f"torch vs ncnn: max abs diff {float_diff:.2e} (float, 0..1), {uint8_diff} (uint8 levels)")
-    print(f"RESULT torch_cpu_ms={torch_ms:.1f} ncnn_cpu_ms={ncnn_ms:.1f} torch_vs_ncnn_maxdiff={float_diff:.2e}")
+            ours = cpu_model(torch.from_numpy(frame).permute(2, 0, 1)[None].float() / 255.0)[
+                0
+            ].numpy()
+            float_diff = max(
+                float_diff,
+                float(np.abs(ours - ncnn_float(args.model, args.scale, frame, threads)).max()),
+            )
+    print(
+        f"torch vs ncnn: max abs diff {float_diff:.2e} (float, 0..1), {uint8_diff} (uint8 levels)"
+    )
+    print(
+        f"RESULT torch_cpu_ms={torch_ms:.1f} ncnn_cpu_ms={ncnn_ms:.1f} torch_vs_ncnn_maxdiff={float_diff:.2e}"
+    )
 
 
 if __name__ == "__main__":

@@ -10,8 +10,8 @@ import pytest
 
 torch = pytest.importorskip("torch")  # the torch extra is installed in the test environment
 
-from gpuferry.models.registry import get_model  # noqa: E402
-from gpuferry.models.weights import locate_ncnn_weights  # noqa: E402
+from gpuferry.models.registry import get_model
+from gpuferry.models.weights import locate_ncnn_weights
 
 
 @pytest.fixture(scope="session", autouse=True)
@@ -32,7 +32,8 @@ def _make_frames(count: int, height: int, width: int, seed: int = 0) -> list[np.
     frames = []
     for index in range(count):
         base = np.stack(
-            [(rows * 7 + index * 13) % 256, (cols * 5) % 256, ((rows // 8 + cols // 8) % 2) * 200], axis=-1
+            [(rows * 7 + index * 13) % 256, (cols * 5) % 256, ((rows // 8 + cols // 8) % 2) * 200],
+            axis=-1,
         )
         noise = rng.integers(-20, 21, size=base.shape)
         frames.append(np.clip(base + noise, 0, 255).astype(np.uint8))
@@ -49,14 +50,20 @@ def _ncnn_float_output(model_name: str, network_scale: int, frame: np.ndarray) -
     net.opt.num_threads = 1
     assert net.load_param(str(weights.param)) == 0 and net.load_model(str(weights.bin)) == 0
     height, width = frame.shape[:2]
-    mat = ncnn.Mat.from_pixels(np.ascontiguousarray(frame), ncnn.Mat.PixelType.PIXEL_RGB, width, height)
+    mat = ncnn.Mat.from_pixels(
+        np.ascontiguousarray(frame), ncnn.Mat.PixelType.PIXEL_RGB, width, height
+    )
     mat.substract_mean_normalize([], [1.0 / 255.0] * 3)
     extractor = net.create_extractor()
     extractor.input("data", mat)
     status, out = extractor.extract("output")
     assert status == 0
     result = np.array(out, dtype=np.float32)  # a copy: the Mat's memory belongs to the extractor
-    del out, extractor, mat  # release ncnn objects before their net (clearing it first corrupts memory)
+    del (
+        out,
+        extractor,
+        mat,
+    )  # release ncnn objects before their net (clearing it first corrupts memory)
     return result
 
 
@@ -68,18 +75,18 @@ def _torch_float_output(module: torch.nn.Module, frame: np.ndarray) -> np.ndarra
 
 
 @pytest.fixture
-def make_frames():  # noqa: ANN201 - returns the helper
+def make_frames():
     """make_frames(count, height, width, seed=0) -> list of HxWx3 uint8 frames."""
     return _make_frames
 
 
 @pytest.fixture
-def ncnn_float():  # noqa: ANN201
+def ncnn_float():
     """ncnn_float(model_name, network_scale, frame) -> ncnn's float CHW output."""
     return _ncnn_float_output
 
 
 @pytest.fixture
-def torch_float():  # noqa: ANN201
+def torch_float():
     """torch_float(module, frame) -> the torch network's float CHW output."""
     return _torch_float_output

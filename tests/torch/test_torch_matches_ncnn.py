@@ -51,7 +51,9 @@ def test_torch_engine_frames_equal_ncnn_engine_frames_within_one_level(make_fram
         assert int(np.abs(a.astype(np.int16) - b).max()) <= 1
 
 
-def test_second_load_hits_the_cache_keyed_by_the_bin_sha256(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_second_load_hits_the_cache_keyed_by_the_bin_sha256(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     monkeypatch.setenv("GPUFERRY_HOME", str(tmp_path))
     spec = get_model("realesr-animevideov3")
     weights = locate_ncnn_weights(spec, 4)
@@ -70,7 +72,9 @@ def test_second_load_hits_the_cache_keyed_by_the_bin_sha256(tmp_path: Path, monk
     assert (two.network_scale, two.output_scale) == (4, 2)
 
 
-def test_corrupt_cache_entry_is_converted_again(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_corrupt_cache_entry_is_converted_again(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     monkeypatch.setenv("GPUFERRY_HOME", str(tmp_path))
     spec = get_model("realesr-animevideov3")
     path = converted_weights(spec, 4).cache_path

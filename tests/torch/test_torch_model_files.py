@@ -133,7 +133,10 @@ def test_spandrel_is_asked_about_architectures_we_do_not_know(
         def load_from_state_dict(self, state_dict: dict) -> Descriptor:
             network.load_state_dict(state_dict)
             return Descriptor(
-                model=network, scale=2, input_channels=3, output_channels=3,
+                model=network,
+                scale=2,
+                input_channels=3,
+                output_channels=3,
                 architecture=SimpleNamespace(name="StandIn"),
             )
 

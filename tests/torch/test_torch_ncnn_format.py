@@ -23,7 +23,9 @@ from gpuferry.models.weights import locate_ncnn_weights
         ("realesrgan-x4plus-anime", 4, 96, 0),
     ],
 )
-def test_shipped_weights_are_read_to_the_last_byte(name: str, scale: int, convs: int, prelus: int) -> None:
+def test_shipped_weights_are_read_to_the_last_byte(
+    name: str, scale: int, convs: int, prelus: int
+) -> None:
     weights = locate_ncnn_weights(get_model(name), scale)
     graph = parse_param(weights.param)
     layers = read_weights(graph, weights.bin)  # raises if any byte is left over

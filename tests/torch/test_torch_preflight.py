@@ -29,12 +29,16 @@ def gpu(free_gib: float, total_gib: float = 16) -> DeviceMemory:
 
 
 def test_small_frames_run_whole_and_batched() -> None:
-    report = plan_preflight(COMPACT, gpu(15), 1280, 720, precision="float16", bytes_per_value=2, max_batch=4)
+    report = plan_preflight(
+        COMPACT, gpu(15), 1280, 720, precision="float16", bytes_per_value=2, max_batch=4
+    )
     assert report.verdict == "fits" and report.tile == 0 and report.batch_size >= 2
 
 
 def test_big_frames_on_a_small_gpu_get_a_tile_that_fits() -> None:
-    report = plan_preflight(RRDB, gpu(3.5), 1920, 1080, precision="float16", bytes_per_value=2, max_batch=4)
+    report = plan_preflight(
+        RRDB, gpu(3.5), 1920, 1080, precision="float16", bytes_per_value=2, max_batch=4
+    )
     assert report.verdict == "tiled"
     assert 32 <= report.tile < 1920 and report.tile % 16 == 0
     assert report.tile_bytes <= report.budget_bytes < report.untiled_bytes
@@ -43,20 +47,26 @@ def test_big_frames_on_a_small_gpu_get_a_tile_that_fits() -> None:
 def test_a_requested_tile_too_big_is_shrunk_or_refused_when_adapting_is_off() -> None:
     adapted = plan_preflight(RRDB, gpu(2), 1920, 1080, bytes_per_value=2, requested_tile=1024)
     assert adapted.verdict == "tiled" and adapted.tile < 1024
-    strict = plan_preflight(RRDB, gpu(2), 1920, 1080, bytes_per_value=2, requested_tile=1024, adapt=False)
+    strict = plan_preflight(
+        RRDB, gpu(2), 1920, 1080, bytes_per_value=2, requested_tile=1024, adapt=False
+    )
     assert strict.verdict == "refused" and "1024 px tile" in strict.message
 
 
 def test_too_little_memory_is_refused_with_the_numbers() -> None:
     report = plan_preflight(RRDB, gpu(0.3), 1920, 1080, precision="float16", bytes_per_value=2)
     assert report.verdict == "refused" and not report.ok
-    with pytest.raises(GpuOutOfMemoryError, match="not enough memory for rrdbnet x4 on 1920x1080") as caught:
+    with pytest.raises(
+        GpuOutOfMemoryError, match="not enough memory for rrdbnet x4 on 1920x1080"
+    ) as caught:
         raise_if_refused(report)
     assert caught.value.step == "preflight" and "Injected GPU" in str(caught.value)
 
 
 def test_report_round_trips_through_json_as_a_remote_worker_sends_it() -> None:
-    report = run_preflight(COMPACT, "cuda:0", 640, 360, memory_probe=lambda device: gpu(8), bytes_per_value=2)
+    report = run_preflight(
+        COMPACT, "cuda:0", 640, 360, memory_probe=lambda device: gpu(8), bytes_per_value=2
+    )
     wire = json.dumps(report.to_dict())
     back = PreflightReport.from_dict(json.loads(wire))
     assert back == report and back.ok
@@ -68,7 +78,9 @@ def test_engine_refuses_before_processing_any_frame(make_frames) -> None:
     engine = TorchEngine(
         load_converted_model(get_model("realesr-animevideov3"), 4),
         device="cpu",
-        memory_probe=lambda device: DeviceMemory(device, "tiny injected device", 64 * 1024**2, 1024**2),
+        memory_probe=lambda device: DeviceMemory(
+            device, "tiny injected device", 64 * 1024**2, 1024**2
+        ),
         forward_hook=calls.append,
     )
     with pytest.raises(GpuOutOfMemoryError, match="even the smallest tile"):

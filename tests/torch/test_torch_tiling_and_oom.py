@@ -19,17 +19,19 @@ ONE_LEVEL = 1  # 1/255 of full scale, in uint8 levels
 
 
 @pytest.fixture(scope="module")
-def compact_x4():  # noqa: ANN201
+def compact_x4():
     return load_converted_model(get_model("realesr-animevideov3"), 4)
 
 
 @pytest.fixture(scope="module")
-def compact_x2():  # noqa: ANN201
+def compact_x2():
     return load_converted_model(get_model("realesr-animevideov3"), 2)
 
 
 def _max_diff(first: list[np.ndarray], second: list[np.ndarray]) -> int:
-    return max(int(np.abs(a.astype(np.int16) - b).max()) for a, b in zip(first, second, strict=True))
+    return max(
+        int(np.abs(a.astype(np.int16) - b).max()) for a, b in zip(first, second, strict=True)
+    )
 
 
 def test_tile_boxes_cover_every_pixel_exactly_once() -> None:
@@ -92,7 +94,9 @@ class OomInjector:
         self.calls.append(call)
         if call.tile == 0 or call.tile > self.largest_tile_that_fits:
             self.raised += 1
-            raise torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB (injected)")
+            raise torch.cuda.OutOfMemoryError(
+                "CUDA out of memory. Tried to allocate 2.00 GiB (injected)"
+            )
 
 
 def test_injected_oom_halves_the_tile_and_every_frame_comes_out(compact_x4, make_frames) -> None:
@@ -112,7 +116,9 @@ def test_injected_oom_halves_the_tile_and_every_frame_comes_out(compact_x4, make
     assert _max_diff(expected, outputs) <= ONE_LEVEL
 
 
-def test_oom_at_the_minimum_tile_drops_to_one_frame_then_fails_clearly(compact_x4, make_frames) -> None:
+def test_oom_at_the_minimum_tile_drops_to_one_frame_then_fails_clearly(
+    compact_x4, make_frames
+) -> None:
     frames = make_frames(2, 48, 64, seed=12)
     injector = OomInjector(largest_tile_that_fits=0)  # nothing fits
     engine = TorchEngine(compact_x4, device="cpu", min_tile=16, max_batch=2, forward_hook=injector)
@@ -142,7 +148,10 @@ def test_nan_or_inf_output_moves_to_a_wider_precision_and_redoes_the_frames(make
     profile = ModelProfile("test-overflow", 2, 0, 12, 0)
     calls: list[ForwardCall] = []
     engine = TorchEngine(
-        LoadedModel(OverflowsBelowFloat32(), profile), device="cpu", precision="bfloat16", forward_hook=calls.append
+        LoadedModel(OverflowsBelowFloat32(), profile),
+        device="cpu",
+        precision="bfloat16",
+        forward_hook=calls.append,
     )
     frames = make_frames(2, 8, 8)
     out = engine.upscale(frames)

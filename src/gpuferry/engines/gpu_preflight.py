@@ -89,35 +89,53 @@ def probe_device_memory(device: str) -> DeviceMemory:
         free, total = torch.cuda.mem_get_info(index)
         # memory torch's caching allocator holds but does not use is free to us as well
         cached = torch.cuda.memory_reserved(index) - torch.cuda.memory_allocated(index)
-        return DeviceMemory(f"cuda:{index}", torch.cuda.get_device_name(index), int(total), int(free + cached))
+        return DeviceMemory(
+            f"cuda:{index}", torch.cuda.get_device_name(index), int(total), int(free + cached)
+        )
     import psutil
 
     memory = psutil.virtual_memory()
-    return DeviceMemory("cpu", platform.processor() or platform.machine() or "cpu", memory.total, memory.available)
+    return DeviceMemory(
+        "cpu", platform.processor() or platform.machine() or "cpu", memory.total, memory.available
+    )
 
 
-def estimate_pass_bytes(profile: ModelProfile, height: int, width: int, batch: int, bytes_per_value: int) -> int:
+def estimate_pass_bytes(
+    profile: ModelProfile, height: int, width: int, batch: int, bytes_per_value: int
+) -> int:
     """Estimated peak memory of one network pass on a ``height`` x ``width`` input of ``batch`` images."""
     pixels = height * width * batch
-    activations = profile.activation_elements_per_pixel * pixels * bytes_per_value * ACTIVATION_SAFETY
-    float_output = 3 * pixels * profile.scale**2 * 4  # the kept tile converted to float32 before uint8
+    activations = (
+        profile.activation_elements_per_pixel * pixels * bytes_per_value * ACTIVATION_SAFETY
+    )
+    float_output = (
+        3 * pixels * profile.scale**2 * 4
+    )  # the kept tile converted to float32 before uint8
     return int(activations + float_output)
 
 
-def _frame_buffers_bytes(profile: ModelProfile, height: int, width: int, batch: int, bytes_per_value: int) -> int:
+def _frame_buffers_bytes(
+    profile: ModelProfile, height: int, width: int, batch: int, bytes_per_value: int
+) -> int:
     """The whole input batch (as floats) and the whole uint8 output batch stay on the device."""
     pixels = height * width * batch
     return 3 * pixels * (1 + bytes_per_value) + 3 * pixels * profile.scale**2
 
 
-def _largest_tile(profile: ModelProfile, budget: int, bytes_per_value: int, longest_side: int) -> int:
+def _largest_tile(
+    profile: ModelProfile, budget: int, bytes_per_value: int, longest_side: int
+) -> int:
     """The largest tile (a multiple of TILE_STEP) whose padded pass fits ``budget`` bytes."""
     per_pixel = estimate_pass_bytes(profile, 1, 1, 1, bytes_per_value)
     side = math.isqrt(max(0, budget) // max(1, per_pixel)) - 2 * profile.tile_pad
     tile = (min(side, longest_side) // TILE_STEP) * TILE_STEP
-    while tile >= TILE_STEP and estimate_pass_bytes(
-        profile, tile + 2 * profile.tile_pad, tile + 2 * profile.tile_pad, 1, bytes_per_value
-    ) > budget:
+    while (
+        tile >= TILE_STEP
+        and estimate_pass_bytes(
+            profile, tile + 2 * profile.tile_pad, tile + 2 * profile.tile_pad, 1, bytes_per_value
+        )
+        > budget
+    ):
         tile -= TILE_STEP
     return max(0, tile)
 
@@ -145,13 +163,28 @@ def plan_preflight(
     usable = int(memory.free_bytes * USABLE_FRACTION) - model_bytes - reserve
     untiled = estimate_pass_bytes(profile, frame_height, frame_width, 1, bytes_per_value)
 
-    def report(tile: int, batch: int, tile_bytes: int, verdict: str, message: str) -> PreflightReport:
+    def report(
+        tile: int, batch: int, tile_bytes: int, verdict: str, message: str
+    ) -> PreflightReport:
         return PreflightReport(
-            device=memory.device, device_name=memory.name, total_bytes=memory.total_bytes,
-            free_bytes=memory.free_bytes, model=profile.architecture, scale=profile.scale,
-            frame_width=frame_width, frame_height=frame_height, precision=precision,
-            model_bytes=model_bytes, budget_bytes=max(0, usable), untiled_bytes=untiled, tile=tile,
-            tile_pad=profile.tile_pad, batch_size=batch, tile_bytes=tile_bytes, verdict=verdict, message=message,
+            device=memory.device,
+            device_name=memory.name,
+            total_bytes=memory.total_bytes,
+            free_bytes=memory.free_bytes,
+            model=profile.architecture,
+            scale=profile.scale,
+            frame_width=frame_width,
+            frame_height=frame_height,
+            precision=precision,
+            model_bytes=model_bytes,
+            budget_bytes=max(0, usable),
+            untiled_bytes=untiled,
+            tile=tile,
+            tile_pad=profile.tile_pad,
+            batch_size=batch,
+            tile_bytes=tile_bytes,
+            verdict=verdict,
+            message=message,
         )
 
     longest = max(frame_width, frame_height)
@@ -160,16 +193,27 @@ def plan_preflight(
             need = estimate_pass_bytes(profile, frame_height, frame_width, batch, bytes_per_value)
             need += _frame_buffers_bytes(profile, frame_height, frame_width, batch, bytes_per_value)
             if need <= usable:
-                return report(0, batch, need, "fits", f"whole {frame_width}x{frame_height} frames, {batch} at a time")
+                return report(
+                    0,
+                    batch,
+                    need,
+                    "fits",
+                    f"whole {frame_width}x{frame_height} frames, {batch} at a time",
+                )
     budget = usable - _frame_buffers_bytes(profile, frame_height, frame_width, 1, bytes_per_value)
     if 0 < requested_tile < longest:
         side = requested_tile + 2 * profile.tile_pad
         need = estimate_pass_bytes(profile, side, side, 1, bytes_per_value)
         if need <= budget:
-            return report(requested_tile, 1, need, "tiled", f"tiles of {requested_tile} px as requested")
+            return report(
+                requested_tile, 1, need, "tiled", f"tiles of {requested_tile} px as requested"
+            )
         if not adapt:
             return report(
-                requested_tile, 1, need, "refused",
+                requested_tile,
+                1,
+                need,
+                "refused",
                 f"a {requested_tile} px tile needs about {human_size(need)} but only {human_size(max(0, budget))} "
                 f"is usable on {memory.name}",
             )
@@ -177,12 +221,25 @@ def plan_preflight(
     side = tile + 2 * profile.tile_pad
     need = estimate_pass_bytes(profile, side, side, 1, bytes_per_value)
     if tile >= min_tile:
-        return report(tile, 1, need, "tiled", f"tiles of {tile} px (whole frames need about {human_size(untiled)})")
+        return report(
+            tile,
+            1,
+            need,
+            "tiled",
+            f"tiles of {tile} px (whole frames need about {human_size(untiled)})",
+        )
     smallest = estimate_pass_bytes(
-        profile, min_tile + 2 * profile.tile_pad, min_tile + 2 * profile.tile_pad, 1, bytes_per_value
+        profile,
+        min_tile + 2 * profile.tile_pad,
+        min_tile + 2 * profile.tile_pad,
+        1,
+        bytes_per_value,
     )
     return report(
-        0, 1, smallest, "refused",
+        0,
+        1,
+        smallest,
+        "refused",
         f"even the smallest tile ({min_tile} px) needs about {human_size(smallest + model_bytes + reserve)} "
         f"with the model, but {memory.name} has {human_size(memory.free_bytes)} free, of which "
         f"{human_size(int(memory.free_bytes * USABLE_FRACTION))} is usable",

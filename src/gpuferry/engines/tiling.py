@@ -43,8 +43,14 @@ def tile_boxes(height: int, width: int, tile: int, pad: int) -> Iterator[TileBox
     for top, bottom in rows:
         for left, right in cols:
             yield TileBox(
-                top, bottom, left, right,
-                max(0, top - pad), min(height, bottom + pad), max(0, left - pad), min(width, right + pad),
+                top,
+                bottom,
+                left,
+                right,
+                max(0, top - pad),
+                min(height, bottom + pad),
+                max(0, left - pad),
+                min(width, right + pad),
             )
 
 
@@ -74,13 +80,19 @@ def run_tiled(
     for box in tile_boxes(height, width, tile, pad):
         result = network(batch[..., box.pad_top : box.pad_bottom, box.pad_left : box.pad_right])
         top, left = (box.top - box.pad_top) * scale, (box.left - box.pad_left) * scale
-        kept = result[..., top : top + (box.bottom - box.top) * scale, left : left + (box.right - box.left) * scale]
+        kept = result[
+            ...,
+            top : top + (box.bottom - box.top) * scale,
+            left : left + (box.right - box.left) * scale,
+        ]
         kept = finish(kept)
         if output is None:
             import torch
 
             shape = (batch.shape[0], kept.shape[1], height * scale, width * scale)
             output = torch.empty(shape, dtype=kept.dtype, device=kept.device)
-        output[..., box.top * scale : box.bottom * scale, box.left * scale : box.right * scale] = kept
+        output[..., box.top * scale : box.bottom * scale, box.left * scale : box.right * scale] = (
+            kept
+        )
     assert output is not None  # at least one tile always exists
     return output

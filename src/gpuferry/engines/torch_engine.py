@@ -8,6 +8,7 @@ and GpuOutOfMemoryError is raised only when the smallest tile still does not fit
 from __future__ import annotations
 
 import os
+import sys
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -21,8 +22,8 @@ from gpuferry.engines.gpu_preflight import (
     TILE_STEP,
     DeviceMemory,
     PreflightReport,
-    probe_device_memory,
     plan_preflight,
+    probe_device_memory,
     raise_if_refused,
 )
 from gpuferry.engines.tiling import run_tiled
@@ -81,29 +82,32 @@ def import_torch() -> Any:
 
 def is_out_of_memory(exc: BaseException) -> bool:
     """True for CUDA (or other accelerator) out-of-memory errors, whatever torch version raised them."""
-    try:
-        import torch
-
-        if isinstance(exc, torch.cuda.OutOfMemoryError):
-            return True
-    except Exception:  # noqa: BLE001  # pragma: no cover - torch missing means no OOM from torch
-        pass
+    torch_oom = getattr(
+        sys.modules.get("torch"), "OutOfMemoryError", None
+    )  # set once torch is imported
+    if torch_oom is not None and isinstance(exc, torch_oom):
+        return True
     text = str(exc).lower()
-    return isinstance(exc, RuntimeError) and ("out of memory" in text or "cudnn_status_alloc_failed" in text)
+    return isinstance(exc, RuntimeError) and (
+        "out of memory" in text or "cudnn_status_alloc_failed" in text
+    )
 
 
 def resolve_device(device: str) -> str:
-    """"auto" -> "cuda" when a CUDA device works, else "cpu"; "cuda" without one is unavailable."""
+    """ "auto" -> "cuda" when a CUDA device works, else "cpu"; "cuda" without one is unavailable."""
     torch = import_torch()
     if device not in ("auto", "cpu") and not device.startswith("cuda"):
-        raise UsageError(f"torch device must be auto, cpu or cuda[:N], not {device!r}", step="engine")
+        raise UsageError(
+            f"torch device must be auto, cpu or cuda[:N], not {device!r}", step="engine"
+        )
     if device == "cpu":
         return "cpu"
     if not torch.cuda.is_available():
         if device == "auto":
             return "cpu"
         raise EngineUnavailableError(
-            "no CUDA GPU is visible to PyTorch (torch.cuda.is_available() is False)", step="engine",
+            "no CUDA GPU is visible to PyTorch (torch.cuda.is_available() is False)",
+            step="engine",
             hints=["Check `nvidia-smi`; install a CUDA build of torch; or use USE_GPU=cpu."],
         )
     return "cuda:0" if device in ("auto", "cuda") else device
@@ -174,7 +178,9 @@ class TorchEngine(Engine):
 
     def _place_model(self) -> None:
         torch = self._torch
-        self._module = self._module.to(device=self.device, dtype=self._dtype(), memory_format=torch.channels_last)
+        self._module = self._module.to(
+            device=self.device, dtype=self._dtype(), memory_format=torch.channels_last
+        )
         self._module.eval()
 
     def prepare(self, frame_width: int, frame_height: int) -> PreflightReport:
@@ -223,10 +229,17 @@ class TorchEngine(Engine):
         host = torch.from_numpy(np.stack(frames))
         if self.on_cuda:
             host = host.pin_memory()
-        batch = host.to(self.device, non_blocking=True).permute(0, 3, 1, 2).to(self._dtype()).div_(255.0)
+        batch = (
+            host.to(self.device, non_blocking=True)
+            .permute(0, 3, 1, 2)
+            .to(self._dtype())
+            .div_(255.0)
+        )
         self._nonfinite = torch.zeros((), dtype=torch.bool, device=self.device)
         with torch.inference_mode():
-            stitched = run_tiled(self._network, batch, self.scale, tile, self.model.profile.tile_pad, self._to_uint8)
+            stitched = run_tiled(
+                self._network, batch, self.scale, tile, self.model.profile.tile_pad, self._to_uint8
+            )
         if bool(self._nonfinite):
             raise _NonFiniteOutput(self.precision)
         out = stitched.permute(0, 2, 3, 1).contiguous().cpu().numpy()
@@ -234,7 +247,9 @@ class TorchEngine(Engine):
 
     def _smaller_tile(self, tile: int, height: int, width: int) -> int:
         current = tile if 0 < tile < max(height, width) else max(height, width)
-        return (current // 2 // TILE_STEP) * TILE_STEP if current // 2 >= TILE_STEP else current // 2
+        return (
+            (current // 2 // TILE_STEP) * TILE_STEP if current // 2 >= TILE_STEP else current // 2
+        )
 
     def _release_memory(self) -> None:
         if self.on_cuda:
@@ -260,7 +275,9 @@ class TorchEngine(Engine):
     def _recover_from_oom(self, frame_count: int, height: int, width: int) -> None:
         smaller = self._smaller_tile(self._tile, height, width)
         if smaller >= self.min_tile:
-            self.stats.oom_events.append(OomEvent(frame_count, self._tile, smaller, self.batch_size))
+            self.stats.oom_events.append(
+                OomEvent(frame_count, self._tile, smaller, self.batch_size)
+            )
             self._tile = smaller
             return
         if self.batch_size > 1:
@@ -289,7 +306,11 @@ class TorchEngine(Engine):
             if self._planned_size != (width, height):
                 self.prepare(width, height)
             end = start + 1
-            while end < len(frames) and end - start < self.batch_size and frames[end].shape == frames[start].shape:
+            while (
+                end < len(frames)
+                and end - start < self.batch_size
+                and frames[end].shape == frames[start].shape
+            ):
                 end += 1
             chunk = [np.ascontiguousarray(frame) for frame in frames[start:end]]
             while chunk:  # after an OOM the batch may shrink; what is left of the chunk runs next
@@ -325,16 +346,27 @@ def torch_model_for(spec: ModelSpec, network_scale: int) -> LoadedModel:
 
 
 def build_torch_engine(
-    spec: ModelSpec, network_scale: int, *, device: str = "auto", tile: int = 0, threads: int | None = None,
+    spec: ModelSpec,
+    network_scale: int,
+    *,
+    device: str = "auto",
+    tile: int = 0,
+    threads: int | None = None,
 ) -> TorchEngine:
     """A torch engine for a registry model; EngineUnavailableError when torch or the device is missing."""
     import_torch()
     resolved = resolve_device(device)
-    return TorchEngine(torch_model_for(spec, network_scale), device=resolved, tile=tile, threads=threads)
+    return TorchEngine(
+        torch_model_for(spec, network_scale), device=resolved, tile=tile, threads=threads
+    )
 
 
 def build_torch_engine_from_file(
-    model_path: str | os.PathLike[str], *, device: str = "auto", tile: int = 0, threads: int | None = None,
+    model_path: str | os.PathLike[str],
+    *,
+    device: str = "auto",
+    tile: int = 0,
+    threads: int | None = None,
 ) -> TorchEngine:
     """A torch engine for a user's model file (--model-path); BadInputError when it is not a usable model."""
     import_torch()

@@ -46,31 +46,47 @@ def cache_dir() -> Path:
 
 
 def _structure_error(graph: NcnnGraph, what: str) -> BadInputError:
-    return BadInputError(f"unexpected ncnn graph: {what}", path=str(graph.path), step="convert weights")
+    return BadInputError(
+        f"unexpected ncnn graph: {what}", path=str(graph.path), step="convert weights"
+    )
 
 
-def _srvgg_from_ncnn(graph: NcnnGraph, weights: list[LayerWeights]) -> tuple[dict[str, np.ndarray], int, int]:
+def _srvgg_from_ncnn(
+    graph: NcnnGraph, weights: list[LayerWeights]
+) -> tuple[dict[str, np.ndarray], int, int]:
     """Map conv/PReLU pairs to ``body.N``; read the scale from PixelShuffle and any final bicubic Interp."""
     state: dict[str, np.ndarray] = {}
     expected = "Convolution"
     for index, entry in enumerate(weights):
         if entry.layer.type != expected:
-            raise _structure_error(graph, f"layer {entry.layer.name} is {entry.layer.type}, expected {expected}")
+            raise _structure_error(
+                graph, f"layer {entry.layer.name} is {entry.layer.type}, expected {expected}"
+            )
         for key, array in entry.arrays.items():
             state[f"body.{index}.{key}"] = array
         expected = "PReLU" if expected == "Convolution" else "Convolution"
     shuffles = graph.of_type("PixelShuffle")
     if len(shuffles) != 1 or weights[-1].layer.type != "Convolution":
-        raise _structure_error(graph, "a compact network has one PixelShuffle after its last convolution")
+        raise _structure_error(
+            graph, "a compact network has one PixelShuffle after its last convolution"
+        )
     network_scale = shuffles[0].int_param(0)
     interps = graph.of_type("Interp")
-    if not interps or interps[0].int_param(0) != _NEAREST or round(interps[0].float_param(1)) != network_scale:
-        raise _structure_error(graph, f"the input should be upsampled x{network_scale} by nearest Interp")
+    if (
+        not interps
+        or interps[0].int_param(0) != _NEAREST
+        or round(interps[0].float_param(1)) != network_scale
+    ):
+        raise _structure_error(
+            graph, f"the input should be upsampled x{network_scale} by nearest Interp"
+        )
     output_scale = network_scale
     if len(interps) == 2:
         final = interps[1]
         if final.int_param(0) != _BICUBIC or "output" not in final.outputs:
-            raise _structure_error(graph, f"final Interp {final.name} is not a bicubic resize of the output")
+            raise _structure_error(
+                graph, f"final Interp {final.name} is not a bicubic resize of the output"
+            )
         output_scale = round(network_scale * final.float_param(1))
     elif len(interps) > 2:
         raise _structure_error(graph, f"{len(interps)} Interp layers")
@@ -89,7 +105,9 @@ def _rrdbnet_conv_names(num_block: int) -> list[str]:
     return names + list(_TAIL_CONVS)
 
 
-def _rrdbnet_from_ncnn(graph: NcnnGraph, weights: list[LayerWeights]) -> tuple[dict[str, np.ndarray], int, int]:
+def _rrdbnet_from_ncnn(
+    graph: NcnnGraph, weights: list[LayerWeights]
+) -> tuple[dict[str, np.ndarray], int, int]:
     """Map convolutions in order to RRDBNet names; check activations, residual scales and upsampling."""
     convs = [entry for entry in weights if entry.layer.type == "Convolution"]
     if len(convs) != len(weights) or (len(convs) - 1 - len(_TAIL_CONVS)) % 15:
@@ -103,14 +121,18 @@ def _rrdbnet_from_ncnn(graph: NcnnGraph, weights: list[LayerWeights]) -> tuple[d
         activation = entry.layer.int_param(9)
         wanted = _LEAKY_RELU if name in leaky else 0
         if activation != wanted or (wanted and tuple(entry.layer.array_param(10)) != (0.2,)):
-            raise _structure_error(graph, f"convolution {entry.layer.name} ({name}) has activation {activation}")
+            raise _structure_error(
+                graph, f"convolution {entry.layer.name} ({name}) has activation {activation}"
+            )
         for key, array in entry.arrays.items():
             state[f"{name}.{key}"] = array
     eltwise = graph.of_type("Eltwise")
     if len(eltwise) != 4 * num_block or any(
         layer.int_param(0) != 1 or tuple(layer.array_param(1)) != (0.2, 1.0) for layer in eltwise
     ):
-        raise _structure_error(graph, "residuals should be 0.2 x branch + input (one per dense block and RRDB)")
+        raise _structure_error(
+            graph, "residuals should be 0.2 x branch + input (one per dense block and RRDB)"
+        )
     interps = graph.of_type("Interp")
     if len(interps) != 2 or any(
         layer.int_param(0) != _NEAREST or layer.float_param(1) != 2.0 for layer in interps
@@ -124,10 +146,14 @@ def _rrdbnet_from_ncnn(graph: NcnnGraph, weights: list[LayerWeights]) -> tuple[d
 _CONVERTERS = {"srvgg-compact": _srvgg_from_ncnn, "rrdbnet": _rrdbnet_from_ncnn}
 
 
-def convert_ncnn(architecture: str, param: Path, binary: Path) -> tuple[dict[str, np.ndarray], int, int]:
+def convert_ncnn(
+    architecture: str, param: Path, binary: Path
+) -> tuple[dict[str, np.ndarray], int, int]:
     """Read an ncnn pair and return (state dict, network scale, output scale) for ``architecture``."""
     if architecture not in _CONVERTERS:
-        raise BadInputError(f"no ncnn converter for architecture {architecture!r}", step="convert weights")
+        raise BadInputError(
+            f"no ncnn converter for architecture {architecture!r}", step="convert weights"
+        )
     graph = parse_param(param)
     return _CONVERTERS[architecture](graph, read_weights(graph, binary))
 
@@ -151,14 +177,20 @@ def _write_cache(path: Path, state_dict: dict[str, np.ndarray], metadata: dict[s
     handle, temporary = tempfile.mkstemp(prefix=path.name, suffix=".partial", dir=path.parent)
     os.close(handle)
     try:
-        save_file({key: np.ascontiguousarray(value) for key, value in state_dict.items()}, temporary, metadata)
+        save_file(
+            {key: np.ascontiguousarray(value) for key, value in state_dict.items()},
+            temporary,
+            metadata,
+        )
         os.replace(temporary, path)
     finally:
         if os.path.exists(temporary):
             os.unlink(temporary)
 
 
-def converted_weights(spec: ModelSpec, network_scale: int, weights: NcnnWeights | None = None) -> ConvertedWeights:
+def converted_weights(
+    spec: ModelSpec, network_scale: int, weights: NcnnWeights | None = None
+) -> ConvertedWeights:
     """The state dict for a registry model at a network scale, from the cache or converted now."""
     weights = weights or locate_ncnn_weights(spec, network_scale)
     sha256 = weights.sha256()
@@ -170,8 +202,14 @@ def converted_weights(spec: ModelSpec, network_scale: int, weights: NcnnWeights 
         structure = _srvgg_output_scales(graph) if spec.architecture == "srvgg-compact" else (4, 4)
         return ConvertedWeights(spec.architecture, cached, *structure, sha256, path, cache_hit=True)
     state_dict, net_scale, out_scale = convert_ncnn(spec.architecture, weights.param, weights.bin)
-    _write_cache(path, state_dict, {"architecture": spec.architecture, "source": weights.bin.name, "sha256": sha256})
-    return ConvertedWeights(spec.architecture, state_dict, net_scale, out_scale, sha256, path, cache_hit=False)
+    _write_cache(
+        path,
+        state_dict,
+        {"architecture": spec.architecture, "source": weights.bin.name, "sha256": sha256},
+    )
+    return ConvertedWeights(
+        spec.architecture, state_dict, net_scale, out_scale, sha256, path, cache_hit=False
+    )
 
 
 def _srvgg_output_scales(graph: NcnnGraph) -> tuple[int, int]:
@@ -182,17 +220,20 @@ def _srvgg_output_scales(graph: NcnnGraph) -> tuple[int, int]:
     return network_scale, network_scale
 
 
-def load_converted_model(spec: ModelSpec, network_scale: int, weights: NcnnWeights | None = None):  # noqa: ANN201
+def load_converted_model(spec: ModelSpec, network_scale: int, weights: NcnnWeights | None = None):
     """A ready torch model (LoadedModel) for a registry model at one of its network scales. Needs torch."""
     from gpuferry.models.architectures import build_architecture
     from gpuferry.models.architectures.resized import resize_output
 
     converted = converted_weights(spec, network_scale, weights)
-    model = build_architecture(converted.architecture, converted.state_dict, source=f"{spec.name} (ncnn, converted)")
+    model = build_architecture(
+        converted.architecture, converted.state_dict, source=f"{spec.name} (ncnn, converted)"
+    )
     if converted.output_scale != model.scale:
         model = resize_output(model, converted.output_scale)
     if model.scale != network_scale:
         raise BadInputError(
-            f"converted {spec.name} delivers x{model.scale}, expected x{network_scale}", step="convert weights"
+            f"converted {spec.name} delivers x{model.scale}, expected x{network_scale}",
+            step="convert weights",
         )
     return model

@@ -39,13 +39,17 @@ class NcnnLayer:
     def int_param(self, key: int, default: int = 0) -> int:
         value = self.params.get(key, default)
         if not isinstance(value, int | float):
-            raise BadInputError(f"layer {self.name}: parameter {key} is an array, expected a number")
+            raise BadInputError(
+                f"layer {self.name}: parameter {key} is an array, expected a number"
+            )
         return int(value)
 
     def float_param(self, key: int, default: float = 0.0) -> float:
         value = self.params.get(key, default)
         if not isinstance(value, int | float):
-            raise BadInputError(f"layer {self.name}: parameter {key} is an array, expected a number")
+            raise BadInputError(
+                f"layer {self.name}: parameter {key} is an array, expected a number"
+            )
         return float(value)
 
     def array_param(self, key: int) -> tuple[int | float, ...]:
@@ -101,11 +105,15 @@ def parse_param(path: str | Path) -> NcnnGraph:
     try:
         lines = path.read_text(encoding="ascii").splitlines()
     except (OSError, UnicodeDecodeError) as exc:
-        raise BadInputError(f"cannot read ncnn .param file: {exc}", path=str(path), step="load model") from None
+        raise BadInputError(
+            f"cannot read ncnn .param file: {exc}", path=str(path), step="load model"
+        ) from None
     lines = [line for line in lines if line.strip()]
     if not lines or lines[0].strip() != PARAM_MAGIC:
         raise BadInputError(
-            f"not an ncnn .param file (first line should be {PARAM_MAGIC})", path=str(path), step="load model"
+            f"not an ncnn .param file (first line should be {PARAM_MAGIC})",
+            path=str(path),
+            step="load model",
         )
     layers = []
     try:
@@ -125,10 +133,14 @@ def parse_param(path: str | Path) -> NcnnGraph:
                 params[key] = value
             layers.append(NcnnLayer(layer_type, name, inputs, outputs, params))
     except (IndexError, ValueError) as exc:
-        raise BadInputError(f"malformed ncnn .param file: {exc}", path=str(path), step="load model") from None
+        raise BadInputError(
+            f"malformed ncnn .param file: {exc}", path=str(path), step="load model"
+        ) from None
     if len(layers) != layer_count:
         raise BadInputError(
-            f"ncnn .param announces {layer_count} layers but lists {len(layers)}", path=str(path), step="load model"
+            f"ncnn .param announces {layer_count} layers but lists {len(layers)}",
+            path=str(path),
+            step="load model",
         )
     return NcnnGraph(path=path, layers=tuple(layers))
 
@@ -176,12 +188,19 @@ def _convolution_weights(layer: NcnnLayer, reader: _BinReader) -> dict[str, np.n
     kernel_h = layer.int_param(11, kernel_w)
     weight_count = layer.int_param(6)
     if layer.int_param(8) != 0:
-        raise BadInputError(f"layer {layer.name}: int8-quantised convolutions are not supported", step="load model")
+        raise BadInputError(
+            f"layer {layer.name}: int8-quantised convolutions are not supported", step="load model"
+        )
     if layer.int_param(7, 1) != 1:
-        raise BadInputError(f"layer {layer.name}: grouped convolutions are not supported", step="load model")
+        raise BadInputError(
+            f"layer {layer.name}: grouped convolutions are not supported", step="load model"
+        )
     per_output = out_channels * kernel_h * kernel_w
     if per_output == 0 or weight_count % per_output:
-        raise BadInputError(f"layer {layer.name}: weight count {weight_count} does not fit its shape", step="load model")
+        raise BadInputError(
+            f"layer {layer.name}: weight count {weight_count} does not fit its shape",
+            step="load model",
+        )
     channels = weight_count // per_output
     weight = reader.tagged(weight_count, f"{layer.name} weight")
     arrays = {"weight": weight.reshape(out_channels, channels, kernel_h, kernel_w)}
@@ -200,7 +219,9 @@ def read_weights(graph: NcnnGraph, bin_path: str | Path) -> list[LayerWeights]:
     try:
         data = bin_path.read_bytes()
     except OSError as exc:
-        raise BadInputError(f"cannot read ncnn .bin file: {exc}", path=str(bin_path), step="load model") from None
+        raise BadInputError(
+            f"cannot read ncnn .bin file: {exc}", path=str(bin_path), step="load model"
+        ) from None
     reader = _BinReader(data, bin_path)
     found: list[LayerWeights] = []
     for layer in graph.layers:
@@ -211,7 +232,9 @@ def read_weights(graph: NcnnGraph, bin_path: str | Path) -> list[LayerWeights]:
             found.append(LayerWeights(layer, {"weight": slopes}))
         elif layer.type not in WEIGHTLESS_TYPES:
             raise BadInputError(
-                f"ncnn layer type {layer.type} ({layer.name}) is not supported", path=str(graph.path), step="load model"
+                f"ncnn layer type {layer.type} ({layer.name}) is not supported",
+                path=str(graph.path),
+                step="load model",
             )
     if reader.offset != len(data):
         raise BadInputError(

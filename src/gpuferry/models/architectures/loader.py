@@ -17,7 +17,15 @@ from gpuferry.models.architectures import build_architecture, detect_architectur
 from gpuferry.models.architectures.base import LoadedModel, ModelProfile, count_parameters
 
 #: containers training code wraps a state dict in (Real-ESRGAN prefers params_ema)
-_WRAPPER_KEYS = ("params_ema", "params", "state_dict", "model_state_dict", "model", "net_g", "generator")
+_WRAPPER_KEYS = (
+    "params_ema",
+    "params",
+    "state_dict",
+    "model_state_dict",
+    "model",
+    "net_g",
+    "generator",
+)
 #: memory planning for architectures only spandrel knows: generous, so the preflight errs safe
 _UNKNOWN_ACTIVATIONS_PER_OUTPUT_PIXEL = 256
 _UNKNOWN_TILE_PAD = 32
@@ -42,7 +50,9 @@ def _read_safetensors(path: Path) -> dict[str, Any]:
     try:
         return load_file(str(path), device="cpu")
     except (SafetensorError, OSError, ValueError, RuntimeError) as exc:
-        raise _refuse(path, f"not a readable .safetensors file (truncated or corrupt?): {exc}") from None
+        raise _refuse(
+            path, f"not a readable .safetensors file (truncated or corrupt?): {exc}"
+        ) from None
 
 
 def _read_pickle(path: Path) -> Any:
@@ -50,11 +60,23 @@ def _read_pickle(path: Path) -> Any:
 
     try:
         return torch.load(str(path), map_location="cpu", weights_only=True)
-    except (pickle.UnpicklingError, EOFError, RuntimeError, zipfile.BadZipFile, ValueError, OSError,
-            AttributeError, TypeError, KeyError, IndexError) as exc:
+    except (
+        pickle.UnpicklingError,
+        EOFError,
+        RuntimeError,
+        zipfile.BadZipFile,
+        ValueError,
+        OSError,
+        AttributeError,
+        TypeError,
+        KeyError,
+        IndexError,
+    ) as exc:
         first_line = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise _refuse(path, f"not a readable PyTorch model file (truncated, corrupt or not a model): {first_line}")\
-            from None
+        raise _refuse(
+            path,
+            f"not a readable PyTorch model file (truncated, corrupt or not a model): {first_line}",
+        ) from None
 
 
 def _unwrap_state_dict(path: Path, content: Any) -> dict[str, Any]:
@@ -62,7 +84,9 @@ def _unwrap_state_dict(path: Path, content: Any) -> dict[str, Any]:
 
     for _ in range(3):  # containers nest at most a couple of levels
         if isinstance(content, dict):
-            inner = next((content[key] for key in _WRAPPER_KEYS if isinstance(content.get(key), dict)), None)
+            inner = next(
+                (content[key] for key in _WRAPPER_KEYS if isinstance(content.get(key), dict)), None
+            )
             if inner is not None and not any(isinstance(v, torch.Tensor) for v in content.values()):
                 content = inner
                 continue
@@ -75,7 +99,9 @@ def _unwrap_state_dict(path: Path, content: Any) -> dict[str, Any]:
     prefix = "module."
     if all(key.startswith(prefix) for key in tensors):
         tensors = {key[len(prefix) :]: value for key, value in tensors.items()}
-    return {key: value.float() if value.is_floating_point() else value for key, value in tensors.items()}
+    return {
+        key: value.float() if value.is_floating_point() else value for key, value in tensors.items()
+    }
 
 
 def read_state_dict(path: str | Path) -> dict[str, Any]:
@@ -85,7 +111,9 @@ def read_state_dict(path: str | Path) -> dict[str, Any]:
         raise _refuse(path, "model file not found")
     if path.stat().st_size == 0:
         raise _refuse(path, "model file is empty")
-    content = _read_safetensors(path) if path.suffix.lower() == ".safetensors" else _read_pickle(path)
+    content = (
+        _read_safetensors(path) if path.suffix.lower() == ".safetensors" else _read_pickle(path)
+    )
     return _unwrap_state_dict(path, content)
 
 
@@ -110,7 +138,10 @@ def _load_with_spandrel(path: Path, state_dict: dict[str, Any]) -> LoadedModel |
         descriptor = loader().load_from_state_dict(state_dict)
     except Exception:  # noqa: BLE001 - spandrel raises its own errors for unknown architectures
         return None
-    if getattr(descriptor, "input_channels", 3) != 3 or getattr(descriptor, "output_channels", 3) != 3:
+    if (
+        getattr(descriptor, "input_channels", 3) != 3
+        or getattr(descriptor, "output_channels", 3) != 3
+    ):
         raise _refuse(path, "the model does not take and return 3-channel RGB images")
 
     class SpandrelNetwork(nn.Module):
@@ -145,7 +176,9 @@ def load_model_file(path: str | Path) -> LoadedModel:
             return build_architecture(architecture, state_dict, source=str(path))
         except (RuntimeError, ValueError, KeyError) as exc:
             first_line = str(exc).strip().splitlines()[0]
-            raise _refuse(path, f"looks like {architecture} but its weights do not fit: {first_line}") from None
+            raise _refuse(
+                path, f"looks like {architecture} but its weights do not fit: {first_line}"
+            ) from None
     loaded = _load_with_spandrel(path, state_dict)
     if loaded is not None:
         return loaded

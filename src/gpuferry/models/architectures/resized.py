@@ -25,7 +25,9 @@ class BicubicResizedOutput(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         height, width = x.shape[-2:]
         out = self.network(x)
-        return F.interpolate(out, size=(height * self.scale, width * self.scale), mode="bicubic", align_corners=False)
+        return F.interpolate(
+            out, size=(height * self.scale, width * self.scale), mode="bicubic", align_corners=False
+        )
 
 
 def resize_output(model: LoadedModel, scale: int) -> LoadedModel:

@@ -13,8 +13,15 @@ from gpuferry.models.architectures.base import LoadedModel, ModelProfile, count_
 
 NAME = "rrdbnet"
 _BLOCK_KEY = re.compile(r"^body\.(\d+)\.rdb1\.conv1\.weight$")
-_REQUIRED_KEYS = ("conv_first.weight", "conv_body.weight", "conv_up1.weight", "conv_up2.weight",
-                  "conv_hr.weight", "conv_last.weight", "body.0.rdb1.conv1.weight")
+_REQUIRED_KEYS = (
+    "conv_first.weight",
+    "conv_body.weight",
+    "conv_up1.weight",
+    "conv_up2.weight",
+    "conv_hr.weight",
+    "conv_last.weight",
+    "body.0.rdb1.conv1.weight",
+)
 #: conv_first's input channels / image channels -> network scale (x2/x1 fold 2x2/4x4 pixels into channels)
 _SCALE_FOR_FOLD = {1: 4, 4: 2, 16: 1}
 
@@ -57,8 +64,13 @@ class RRDBNet(nn.Module):
     """The x4 generator; x2/x1 variants fold 2x2 / 4x4 pixel blocks into channels before it."""
 
     def __init__(
-        self, num_in_ch: int = 3, num_out_ch: int = 3, scale: int = 4, num_feat: int = 64,
-        num_block: int = 23, num_grow_ch: int = 32,
+        self,
+        num_in_ch: int = 3,
+        num_out_ch: int = 3,
+        scale: int = 4,
+        num_feat: int = 64,
+        num_block: int = 23,
+        num_grow_ch: int = 32,
     ) -> None:
         super().__init__()
         self.scale = scale
@@ -117,7 +129,9 @@ def build(state_dict: dict[str, Any], source: str = "") -> LoadedModel:
     """Build the network from a state dict (numpy arrays or tensors) and load it strictly."""
     hp = hyperparameters(state_dict)
     module = RRDBNet(**hp)
-    module.load_state_dict({key: torch.as_tensor(value) for key, value in state_dict.items()}, strict=True)
+    module.load_state_dict(
+        {key: torch.as_tensor(value) for key, value in state_dict.items()}, strict=True
+    )
     module.eval()
     feat = hp["num_feat"]
     profile = ModelProfile(

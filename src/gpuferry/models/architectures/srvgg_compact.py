@@ -21,11 +21,19 @@ class SRVGGNetCompact(nn.Module):
     plus the nearest-upsampled input added (the network learns a residual)."""
 
     def __init__(
-        self, num_in_ch: int = 3, num_out_ch: int = 3, num_feat: int = 64, num_conv: int = 16, upscale: int = 4
+        self,
+        num_in_ch: int = 3,
+        num_out_ch: int = 3,
+        num_feat: int = 64,
+        num_conv: int = 16,
+        upscale: int = 4,
     ) -> None:
         super().__init__()
         self.upscale = upscale
-        layers: list[nn.Module] = [nn.Conv2d(num_in_ch, num_feat, 3, 1, 1), nn.PReLU(num_parameters=num_feat)]
+        layers: list[nn.Module] = [
+            nn.Conv2d(num_in_ch, num_feat, 3, 1, 1),
+            nn.PReLU(num_parameters=num_feat),
+        ]
         for _ in range(num_conv):
             layers += [nn.Conv2d(num_feat, num_feat, 3, 1, 1), nn.PReLU(num_parameters=num_feat)]
         layers.append(nn.Conv2d(num_feat, num_out_ch * upscale * upscale, 3, 1, 1))
@@ -53,7 +61,12 @@ def _body_indices(state_dict: dict[str, Any]) -> list[int] | None:
 def detect(state_dict: dict[str, Any]) -> bool:
     """True when every key is ``body.N.weight/bias`` with 4-D convs at even N and PReLU slopes at odd N."""
     indices = _body_indices(state_dict)
-    if not indices or indices != list(range(len(indices))) or len(indices) % 2 == 0 or len(indices) < 3:
+    if (
+        not indices
+        or indices != list(range(len(indices)))
+        or len(indices) % 2 == 0
+        or len(indices) < 3
+    ):
         return False
     for index in indices:
         weight = state_dict.get(f"body.{index}.weight")
@@ -83,7 +96,9 @@ def build(state_dict: dict[str, Any], source: str = "") -> LoadedModel:
     """Build the network from a state dict (numpy arrays or tensors) and load it strictly."""
     hp = hyperparameters(state_dict)
     module = SRVGGNetCompact(**hp)
-    module.load_state_dict({key: torch.as_tensor(value) for key, value in state_dict.items()}, strict=True)
+    module.load_state_dict(
+        {key: torch.as_tensor(value) for key, value in state_dict.items()}, strict=True
+    )
     module.eval()
     scale, feat = hp["upscale"], hp["num_feat"]
     profile = ModelProfile(
