@@ -14,7 +14,7 @@ from .base import CommandResult
 from .helper_call import helper_argv
 from .helper_ops import HelperOperations
 from .jupyter_http import JupyterHttp
-from .jupyter_terminal import run_in_terminal
+from .jupyter_terminal import TerminalSession
 from .markers import Framing, parse_framed
 from .secrets import Secret, as_secret
 from .shell_line import check_env_names
@@ -49,6 +49,7 @@ class JupyterBackend(HelperOperations):
         self.settings = settings
         self.python = settings.python
         self._http = JupyterHttp(settings.url, settings.token, settings.request_timeout, settings.verify_tls)
+        self._terminal: TerminalSession | None = None
         if settings.root_dir is None or settings.workdir is None:
             info = self._helper("info", {})
             settings.root_dir = settings.root_dir or info.get("jupyter_root") or info["cwd"]
@@ -62,13 +63,25 @@ class JupyterBackend(HelperOperations):
         return self.settings.workdir or self.settings.root_dir or "."
 
     def close(self) -> None:
+        if self._terminal is not None:
+            self._terminal.close()
+            self._terminal = None
         self._http.close()
+
+    def _session(self) -> TerminalSession:
+        """The open terminal, replaced when a previous command broke it."""
+        if self._terminal is not None and self._terminal.broken:
+            self._terminal.close()
+            self._terminal = None
+        if self._terminal is None:
+            self._terminal = TerminalSession(self._http, self.settings.request_timeout)
+        return self._terminal
 
     # --- commands -------------------------------------------------------------------------------
 
     def _run_framed(self, argv: Sequence[str], framing: Framing, timeout: float, program: str) -> CommandResult:
         line = framing.wrap(shlex.join(argv))
-        raw = run_in_terminal(self._http, line, framing, timeout + self.settings.request_timeout, program)
+        raw = self._session().run(line, framing, timeout + self.settings.request_timeout, program)
         framed = parse_framed(raw, framing)
         if framed.timed_out:
             raise CommandTimeoutError(f"`{program}` ran past {timeout:g} s in a Jupyter terminal", step=self.kind)

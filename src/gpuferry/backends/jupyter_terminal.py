@@ -1,16 +1,18 @@
-"""Run one framed command line in a fresh Jupyter terminal over its websocket, and collect the output."""
+"""A Jupyter terminal held open over its websocket, running one framed command line at a time."""
 
 from __future__ import annotations
 
 import json
 import logging
+import threading
+from contextlib import ExitStack
 import time
 from urllib.parse import quote, urlsplit, urlunsplit
 
 from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidStatus
-from websockets.sync.client import connect
+from websockets.sync.client import ClientConnection, connect
 
-from ..errors import CommandTimeoutError, ConnectionLostError, NotAuthenticatedError
+from ..errors import CommandTimeoutError, ConnectionLostError, GpuferryError, NotAuthenticatedError
 from .jupyter_http import JupyterHttp
 from .markers import Framing, normalise_newlines
 
@@ -21,6 +23,8 @@ QUIET_WEBSOCKET_LOGGER.propagate = False
 
 #: How long to wait for the shell's first prompt before typing anyway.
 PROMPT_WAIT = 5.0
+#: Characters kept from the end of the output to look for the end marker.
+TAIL_KEPT = 400
 
 
 def websocket_url(base_url: str, terminal_name: str) -> str:
@@ -30,79 +34,8 @@ def websocket_url(base_url: str, terminal_name: str) -> str:
     return urlunsplit((scheme, parts.netloc, path, "", ""))
 
 
-def run_in_terminal(http: JupyterHttp, line: str, framing: Framing, timeout: float, program: str) -> str:
-    """Type ``line`` (already framed) into a new terminal and return the raw output up to the end marker.
-
-    The terminal is deleted afterwards, which hangs up anything still running in it.
-    """
-    created = http.request("POST", "api/terminals", what="open a terminal", json={})
-    name = str(created.json()["name"])
-    try:
-        return _converse(http, name, line, framing, timeout, program)
-    finally:
-        try:
-            http.request("DELETE", f"api/terminals/{quote(name, safe='')}", what="close the terminal")
-        except Exception:  # the terminal may already be gone (it exits after the command)
-            pass
-
-
-def _converse(http: JupyterHttp, name: str, line: str, framing: Framing, timeout: float, program: str) -> str:
-    deadline = time.monotonic() + timeout
-    try:
-        socket = connect(
-            websocket_url(http.base_url, name), additional_headers=http.auth_headers(),
-            open_timeout=min(30.0, timeout), max_size=None, logger=QUIET_WEBSOCKET_LOGGER,
-        )
-    except InvalidStatus as error:
-        status = error.response.status_code
-        if status in (401, 403):
-            raise NotAuthenticatedError(f"the Jupyter server refused the terminal websocket (HTTP {status})", step="jupyter") from None
-        raise ConnectionLostError(f"terminal websocket refused (HTTP {status})", step="jupyter") from None
-    except (OSError, TimeoutError, InvalidHandshake) as error:
-        raise ConnectionLostError(f"cannot open the terminal websocket: {type(error).__name__}", step="jupyter") from None
-    chunks: list[str] = []
-    tail = ""
-    end_marker = framing.end
-    with socket:
-        try:
-            _wait_for_prompt(socket, chunks, deadline)
-            socket.send(json.dumps(["stdin", f"stty -echo 2>/dev/null; {line}; exit\r"]))
-            while True:
-                remaining = deadline - time.monotonic()
-                if remaining <= 0:
-                    raise CommandTimeoutError(f"`{program}` ran past {timeout:g} s in a Jupyter terminal", step="jupyter")
-                try:
-                    message = socket.recv(timeout=remaining)
-                except TimeoutError:
-                    continue
-                kind, payload = _decode(message)
-                if kind == "stdout":
-                    chunks.append(payload)
-                    tail = normalise_newlines((tail + payload)[-400:])
-                    position = tail.rfind(end_marker)
-                    if position >= 0 and "\n" in tail[position:]:
-                        return "".join(chunks)
-                elif kind == "disconnect":
-                    return "".join(chunks)
-        except ConnectionClosed:
-            return "".join(chunks)
-
-
-def _wait_for_prompt(socket, chunks: list[str], deadline: float) -> None:
-    """Let the shell start (first output) before typing; bounded by PROMPT_WAIT."""
-    until = min(deadline, time.monotonic() + PROMPT_WAIT)
-    while time.monotonic() < until:
-        try:
-            message = socket.recv(timeout=max(0.01, until - time.monotonic()))
-        except TimeoutError:
-            return
-        kind, payload = _decode(message)
-        if kind == "stdout":
-            chunks.append(payload)
-            return
-
-
-def _decode(message: str | bytes) -> tuple[str, str]:
+def decode_message(message: str | bytes) -> tuple[str, str]:
+    """(kind, text) of a terminado frame such as ``["stdout", "..."]``."""
     try:
         decoded = json.loads(message)
     except ValueError:
@@ -111,3 +44,98 @@ def _decode(message: str | bytes) -> tuple[str, str]:
         payload = decoded[1] if len(decoded) > 1 else ""
         return str(decoded[0]), payload if isinstance(payload, str) else ""
     return "", ""
+
+
+class TerminalSession:
+    """One terminal on the server. Broken sessions (timeout, lost socket) are closed, never reused."""
+
+    def __init__(self, http: JupyterHttp, open_timeout: float) -> None:
+        self._http = http
+        self._lock = threading.Lock()
+        self._exit_stack = ExitStack()
+        created = http.request("POST", "api/terminals", what="open a terminal", json={})
+        self.name = str(created.json()["name"])
+        self.broken = False
+        try:
+            self._socket = self._connect(open_timeout)
+            self._wait_for_prompt()
+            self._socket.send(json.dumps(["stdin", "stty -echo 2>/dev/null\r"]))
+        except BaseException:
+            self.close()
+            raise
+
+    def _connect(self, open_timeout: float) -> ClientConnection:
+        try:
+            return self._exit_stack.enter_context(connect(
+                websocket_url(self._http.base_url, self.name), additional_headers=self._http.auth_headers(),
+                open_timeout=open_timeout, max_size=None, logger=QUIET_WEBSOCKET_LOGGER,
+            ))
+        except InvalidStatus as error:
+            status = error.response.status_code
+            if status in (401, 403):
+                raise NotAuthenticatedError(
+                    f"the Jupyter server refused the terminal websocket (HTTP {status})", step="jupyter"
+                ) from None
+            raise ConnectionLostError(f"terminal websocket refused (HTTP {status})", step="jupyter") from None
+        except (OSError, TimeoutError, InvalidHandshake) as error:
+            raise ConnectionLostError(f"cannot open the terminal websocket: {type(error).__name__}", step="jupyter") from None
+
+    def _wait_for_prompt(self) -> None:
+        """Let the shell start (its first output) before typing; bounded by PROMPT_WAIT."""
+        until = time.monotonic() + PROMPT_WAIT
+        while time.monotonic() < until:
+            try:
+                message = self._socket.recv(timeout=max(0.01, until - time.monotonic()))
+            except TimeoutError:
+                return
+            if decode_message(message)[0] == "stdout":
+                return
+
+    def run(self, line: str, framing: Framing, timeout: float, program: str) -> str:
+        """Type ``line`` (already framed) and return the raw output up to the end marker's line."""
+        with self._lock:
+            try:
+                return self._converse(line, framing, timeout, program)
+            except (GpuferryError, ConnectionClosed, OSError):
+                self.broken = True
+                raise
+
+    def _converse(self, line: str, framing: Framing, timeout: float, program: str) -> str:
+        deadline = time.monotonic() + timeout
+        chunks: list[str] = []
+        tail = ""
+        try:
+            self._socket.send(json.dumps(["stdin", line + "\r"]))
+            while True:
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    raise CommandTimeoutError(f"`{program}` ran past {timeout:g} s in a Jupyter terminal", step="jupyter")
+                try:
+                    message = self._socket.recv(timeout=remaining)
+                except TimeoutError:
+                    continue
+                kind, payload = decode_message(message)
+                if kind == "stdout":
+                    chunks.append(payload)
+                    tail = normalise_newlines((tail + payload)[-TAIL_KEPT:])
+                    position = tail.rfind(framing.end)
+                    if position >= 0 and "\n" in tail[position:]:
+                        return "".join(chunks)
+                elif kind == "disconnect":
+                    self.broken = True
+                    return "".join(chunks)
+        except ConnectionClosed:
+            self.broken = True
+            return "".join(chunks)
+
+    def close(self) -> None:
+        """Close the socket and delete the terminal (hanging up whatever still runs in it)."""
+        self.broken = True
+        try:
+            self._exit_stack.close()
+        except Exception:
+            pass  # closing a socket that already dropped
+        try:
+            self._http.request("DELETE", f"api/terminals/{quote(self.name, safe='')}", what="close the terminal")
+        except GpuferryError:
+            pass  # already gone
