@@ -40,11 +40,18 @@ class Upscaler:
         device: str = "auto",
         tile: int = 0,
         threads: int | None = None,
+        model_path: PathLike | None = None,
         encode: EncodeOptions = EncodeOptions(),
         on_event: EventSink = ignore,
     ) -> None:
         self.request = EngineRequest(
-            engine=engine, model=model, scale=scale, device=device, tile=tile, threads=threads
+            engine=engine,
+            model=model,
+            scale=scale,
+            device=device,
+            tile=tile,
+            threads=threads,
+            model_path=Path(model_path) if model_path is not None else None,
         )
         self.encode = encode
         self.emit = on_event
@@ -72,6 +79,9 @@ class Upscaler:
         try:
             info = probe(source_path)  # bad input is reported before any engine is built
             check_size(*info.size, path=str(source_path))
+            preflight = self.choice.engine.prepare(*info.size)  # refuse before decoding anything
+            if preflight is not None:
+                self.emit(make_event("preflight", input=str(source_path), report=_preflight_fields(preflight)))
             result = upscale_file(
                 source_path,
                 output_path,
@@ -102,6 +112,11 @@ class Upscaler:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+def _preflight_fields(report: object) -> object:
+    to_dict = getattr(report, "to_dict", None)
+    return to_dict() if to_dict else str(report)
 
 
 def upscale(

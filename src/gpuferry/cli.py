@@ -60,6 +60,12 @@ def cli() -> None:
 @click.option("--scale", type=click.Choice(["2", "3", "4"]), default="2", show_default=True, help="Upscale factor.")
 @click.option("--model", default=DEFAULT_MODEL, show_default=True, help="Model name (see `gpuferry models`).")
 @click.option(
+    "--model-path",
+    type=click.Path(path_type=Path, dir_okay=False),
+    default=None,
+    help="Your own Real-ESRGAN .pth/.safetensors (architecture and scale detected; torch engine).",
+)
+@click.option(
     "--engine",
     type=click.Choice(ENGINE_NAMES),
     default="auto",
@@ -88,6 +94,7 @@ def upscale(
     output: Path | None,
     scale: str,
     model: str,
+    model_path: Path | None,
     engine: str,
     device: str,
     crf: int,
@@ -123,6 +130,7 @@ def upscale(
         device=device,
         tile=tile,
         threads=threads,
+        model_path=model_path,
         encode=encode,
         on_event=sink,
     )

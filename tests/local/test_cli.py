@@ -146,3 +146,21 @@ def test_use_gpu_env_steers_the_engine(clips, tmp_path):
     assert completed.returncode == 0, completed.stderr
     engine_event = json.loads(completed.stdout.splitlines()[0])
     assert "vulkan" not in engine_event["engine"] and "cuda" not in engine_event["engine"]
+
+
+def test_model_path_runs_a_users_own_weights(clips, tmp_path):
+    from safetensors.numpy import save_file
+
+    from gpuferry.models.convert import converted_weights
+    from gpuferry.models.registry import get_model
+
+    converted = converted_weights(get_model("realesr-animevideov3"), 4)
+    weights = tmp_path / "my model.safetensors"
+    save_file(converted.state_dict, str(weights))
+    source = shutil.copy(clips.get("tiny.mp4", frames=2, width=32, height=24, audio=False), tmp_path / "in.mp4")
+    completed = gpuferry("upscale", "--json", "--scale", "4", "--model-path", str(weights), str(source))
+    assert completed.returncode == 0, completed.stderr
+    events = [json.loads(line) for line in completed.stdout.splitlines()]
+    assert "torch" in events[0]["engine"]
+    assert any(e["event"] == "preflight" for e in events)
+    assert probe(tmp_path / "in_x4.mp4").video.width == 128

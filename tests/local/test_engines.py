@@ -80,3 +80,10 @@ def test_stream_reraises_an_encoder_failure_and_stops_decoding():
     with pytest.raises(OSError, match="No space left"):
         run_stream(frames(), engine, write, 10_000, queue_size=4)
     assert pulled < 100, "decoding stops soon after a failure downstream"
+
+
+def test_asking_for_a_gpu_that_is_not_there_is_refused_not_silently_downgraded():
+    from gpuferry.errors import EngineUnavailableError
+
+    with pytest.raises(EngineUnavailableError, match="NVIDIA|CUDA"):
+        create_engine(EngineRequest(engine="auto", device="cuda"))

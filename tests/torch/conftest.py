@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-torch = pytest.importorskip("torch")  # the torch extra is installed in the test environment
+import torch  # `make test` installs the torch extra; a missing torch must fail loudly, not skip
 
 from gpuferry.models.registry import get_model
 from gpuferry.models.weights import locate_ncnn_weights

@@ -33,6 +33,13 @@ class Engine(ABC):
         """One line naming the engine, device and model, for logs and progress."""
         return self.name
 
+    def prepare(self, width: int, height: int) -> str | None:
+        """Check, before any frame, that frames of this size fit (GPU memory); say how, or raise.
+
+        Engines without a device to fill return None.
+        """
+        return None
+
     def close(self) -> None:
         """Free the engine's resources (networks, device memory)."""
 
@@ -89,6 +96,9 @@ class Rescaled(Engine):
 
     def describe(self) -> str:
         return f"{self.inner.describe()}, x{self.inner.scale} then Lanczos to x{self.scale}"
+
+    def prepare(self, width: int, height: int) -> str | None:
+        return self.inner.prepare(width, height)
 
     def close(self) -> None:
         self.inner.close()

@@ -2,8 +2,13 @@
 
 from __future__ import annotations
 
+import ctypes.util
+import importlib.util
+import os
+import sys
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 
 from gpuferry.engines.base import Engine, Rescaled
 from gpuferry.engines.ncnn_engine import NcnnEngine
@@ -26,6 +31,8 @@ class EngineRequest:
     device: str = "auto"
     tile: int = 0
     threads: int | None = None
+    #: a user's own .pth/.safetensors (torch engines only); its scale replaces the registry's
+    model_path: Path | None = None
 
 
 @dataclass
@@ -52,16 +59,40 @@ def _ncnn_cpu(request: EngineRequest, spec: ModelSpec, network_scale: int) -> En
     return NcnnEngine(spec, network_scale, threads=request.threads)
 
 
-def _torch_cuda(request: EngineRequest, spec: ModelSpec, network_scale: int) -> Engine:
-    from gpuferry.engines.torch_engine import build_torch_engine  # torch itself is imported lazily
+def _nvidia_driver_present() -> bool:
+    """A cheap look for an NVIDIA driver, so machines without one never pay for importing torch."""
+    return (
+        os.path.exists("/proc/driver/nvidia/version")
+        or os.path.exists("/dev/nvidia0")
+        or ctypes.util.find_library("cuda") is not None
+    )
 
-    return build_torch_engine(spec, network_scale, device="cuda", tile=request.tile, threads=request.threads)
+
+def _torch_installed() -> bool:
+    """Whether torch can be imported, found without importing it (that takes seconds)."""
+    if "torch" in sys.modules:
+        return sys.modules["torch"] is not None
+    try:
+        return importlib.util.find_spec("torch") is not None
+    except (ImportError, ValueError):
+        return False
 
 
-def _torch_cpu(request: EngineRequest, spec: ModelSpec, network_scale: int) -> Engine:
-    from gpuferry.engines.torch_engine import build_torch_engine
+def _torch(device: str) -> Callable[[EngineRequest, ModelSpec, int], Engine]:
+    def build(request: EngineRequest, spec: ModelSpec, network_scale: int) -> Engine:
+        if not _torch_installed():
+            raise EngineUnavailableError("PyTorch is not installed (pip install 'gpuferry[torch]')")
+        if device == "cuda" and not _nvidia_driver_present():
+            raise EngineUnavailableError("no NVIDIA driver on this machine")
+        from gpuferry.engines.torch_engine import build_torch_engine, build_torch_engine_from_file
 
-    return build_torch_engine(spec, network_scale, device="cpu", tile=request.tile, threads=request.threads)
+        if request.model_path is not None:
+            return build_torch_engine_from_file(
+                request.model_path, device=device, tile=request.tile, threads=request.threads
+            )
+        return build_torch_engine(spec, network_scale, device=device, tile=request.tile, threads=request.threads)
+
+    return build
 
 
 def _resample(request: EngineRequest, spec: ModelSpec, network_scale: int) -> Engine:
@@ -70,10 +101,10 @@ def _resample(request: EngineRequest, spec: ModelSpec, network_scale: int) -> En
 
 #: the order ``auto`` tries, best first
 CANDIDATES: list[Candidate] = [
-    ("torch", "cuda", _torch_cuda),
+    ("torch", "cuda", _torch("cuda")),
     ("ncnn", "vulkan", _ncnn_vulkan),
     ("ncnn", "cpu", _ncnn_cpu),
-    ("torch", "cpu", _torch_cpu),
+    ("torch", "cpu", _torch("cpu")),
     ("resample", "cpu", _resample),
 ]
 
@@ -92,19 +123,24 @@ def _wanted(request: EngineRequest) -> list[Candidate]:
     for family, device, build in CANDIDATES:
         if request.engine not in ("auto", family):
             continue
-        # resample needs no device, so a device preference never rules it out as a last resort
-        if request.device not in ("auto", device) and family != "resample":
-            continue
+        if request.device not in ("auto", device):
+            continue  # USE_GPU=cuda means a GPU: never a silent fall back to the CPU
+        if request.model_path is not None and family != "torch":
+            continue  # a user's model file loads into torch only
         chosen.append((family, device, build))
-    if request.engine == "auto" and request.device != "auto" and len(chosen) <= 1:
-        raise EngineUnavailableError(f"no engine runs on device {request.device!r}", step="engine")
+    if not chosen:
+        raise EngineUnavailableError(
+            f"no {request.engine} engine runs on device {request.device!r}"
+            + (" with --model-path (torch engines only)" if request.model_path else ""),
+            step="engine",
+        )
     return chosen
 
 
 def create_engine(request: EngineRequest) -> EngineChoice:
     """Build the requested engine; with ``auto``, the first candidate that works."""
     spec = get_model(request.model)
-    network_scale = resolve_scale(spec, request.scale)
+    network_scale = request.scale if request.model_path else resolve_scale(spec, request.scale)
     skipped: list[tuple[str, str]] = []
     for family, device, build in _wanted(request):
         label = f"{family}-{device}" if family != "resample" else "resample"
@@ -114,6 +150,12 @@ def create_engine(request: EngineRequest) -> EngineChoice:
             skipped.append((label, exc.cause))
             continue
         if engine.scale != request.scale:
+            if engine.scale < request.scale:
+                engine.close()
+                raise UsageError(
+                    f"the model is x{engine.scale}; it cannot make x{request.scale} (choose --scale {engine.scale} or less)",
+                    step="engine",
+                )
             engine = Rescaled(engine, request.scale)
         if request.engine == "auto":
             why = "best available" if not skipped else "; ".join(f"{n} skipped: {r}" for n, r in skipped)

@@ -183,7 +183,7 @@ class TorchEngine(Engine):
         )
         self._module.eval()
 
-    def prepare(self, frame_width: int, frame_height: int) -> PreflightReport:
+    def prepare(self, frame_width: int, frame_height: int) -> PreflightReport:  # type: ignore[override]
         """Run the memory preflight for a frame size: picks tile and batch, or raises GpuOutOfMemoryError.
 
         Called automatically before the first frame of a new size; call it earlier (after probing the
