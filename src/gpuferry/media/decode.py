@@ -26,9 +26,13 @@ def iter_video_frames(
     stream_index: int,
     start: int = 0,
     stop: int | None = None,
+    start_pts: int | None = None,
 ) -> Iterator[SourceFrame]:
     """Yield frames ``start <= index < stop`` as HxWx3 uint8 RGB.
 
+    With ``start_pts`` (the timestamp of frame ``start``), decoding begins at the keyframe before
+    it instead of at the first frame, and frames are told apart by timestamp: a segment in the
+    middle of a long video costs one GOP of decoding, not everything before it.
     Frames deeper than 8 bits are reduced to 8 bits here: the models work on 8-bit RGB.
     """
     source = str(path)
@@ -37,7 +41,17 @@ def iter_video_frames(
         with av.open(source, metadata_errors="replace") as container:
             stream = container.streams[stream_index]
             stream.thread_type = "AUTO"
+            seeking = start_pts is not None and start > 0
+            if seeking:
+                container.seek(start_pts, stream=stream, backward=True, any_frame=False)
+                index = start
             for frame in container.decode(stream):
+                if seeking:
+                    if frame.pts is None:
+                        raise BadInputError("frames without timestamps cannot be seeked", path=source)
+                    if frame.pts < start_pts:
+                        continue
+                    seeking = False
                 if stop is not None and index >= stop:
                     return
                 if index >= start:

@@ -145,6 +145,7 @@ class VideoWriter:
         *,
         container_format: str | None = None,
         copy_streams: bool = True,
+        pts_offset: int = 0,
     ) -> None:
         if source.video is None:
             raise UsageError("VideoWriter needs a video source")
@@ -160,7 +161,9 @@ class VideoWriter:
         pix_fmt = _choose_pix_fmt(codec, options, self.video, default_pix_fmt)
         _check_size(width, height, pix_fmt, source.path)
         try:
-            self._out = av.open(self.path, "w", format=container_format)
+            self._out = av.open(
+                self.path, "w", format=container_format, options=timescale_options(self.path, self.video)
+            )
         except av.FFmpegError as exc:
             raise map_write_error(exc, self.path) from None
         try:
@@ -176,6 +179,9 @@ class VideoWriter:
         except Exception:
             self._out.close()
             raise
+        # segments start at time zero (mp4 would round a late start to milliseconds in its edit list);
+        # joining adds the offset back
+        self._pts_offset = pts_offset
         self._time_base = self.video.time_base
         self._frame_step = 1 / (self.video.fps * self._time_base) if self.video.fps else 1
 
@@ -209,7 +215,7 @@ class VideoWriter:
         frame = av.VideoFrame.from_ndarray(rgb, format="rgb24")
         if pts is None:
             pts = self.video.start_pts + round(index * self._frame_step)
-        frame.pts = pts
+        frame.pts = pts - self._pts_offset
         frame.time_base = self._time_base
         try:
             packets = self._stream.encode(frame)
@@ -249,6 +255,13 @@ class VideoWriter:
             pass
         if self._copier:
             self._copier.close()
+
+
+def timescale_options(path: str, video: VideoInfo) -> dict[str, str]:
+    """Ask mp4/mov for the source's own clock, so no timestamp is rounded on the way."""
+    if path.lower().endswith((".mp4", ".mov", ".m4v")) and video.time_base.numerator == 1:
+        return {"video_track_timescale": str(video.time_base.denominator)}
+    return {}
 
 
 def map_write_error(exc: BaseException, path: str) -> Exception:
