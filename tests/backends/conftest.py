@@ -85,19 +85,6 @@ def fresh_cgpu_runtime(tmp_path: Path) -> FakeCgpuRuntime:
     return FakeCgpuRuntime(tmp_path / "cgpu")
 
 
-def ssh_options(server: SshServer, **overrides: object) -> dict[str, object]:
-    options: dict[str, object] = {
-        "host": server.host,
-        "port": server.port,
-        "username": server.username,
-        "client_keys": [str(server.client_key)],
-        "known_hosts": str(server.known_hosts),
-        "config_files": [str(server.empty_ssh_config)],
-    }
-    options.update(overrides)
-    return options
-
-
 BackendOpener = Callable[[], Backend]
 
 
@@ -126,7 +113,7 @@ def open_backend(
             backend: Backend = LocalBackend(remote_dir)
         elif backend_kind == "ssh":
             server = request.getfixturevalue("sshd_server")
-            backend = SshBackend(**ssh_options(server, workdir=str(remote_dir)))
+            backend = SshBackend(**server.backend_options(workdir=str(remote_dir)))
         elif backend_kind == "jupyter":
             server = request.getfixturevalue("jupyter_server")
             backend = JupyterBackend(url=server.url, token=server.token(), workdir=str(remote_dir),

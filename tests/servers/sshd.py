@@ -29,6 +29,19 @@ class SshServer:
     empty_ssh_config: Path
     log: Path
 
+    def backend_options(self, **overrides: object) -> dict[str, object]:
+        """Settings for SshBackend that reach this server without reading the user's ~/.ssh."""
+        options: dict[str, object] = {
+            "host": self.host,
+            "port": self.port,
+            "username": self.username,
+            "client_keys": [str(self.client_key)],
+            "known_hosts": str(self.known_hosts),
+            "config_files": [str(self.empty_ssh_config)],
+        }
+        options.update(overrides)
+        return options
+
 
 def make_key(path: Path) -> None:
     subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", "gpuferry-test", "-f", str(path)], check=True)

@@ -1,0 +1,63 @@
+"""ssh verifies host keys: an unknown or changed key is an error unless the user opts in (first use only)."""
+
+from __future__ import annotations
+
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from gpuferry.backends.ssh import HostKeyNotTrustedError, SshBackend
+from gpuferry.errors import ConnectionLostError, NotAuthenticatedError
+
+pytestmark = pytest.mark.timeout(60)
+
+
+def other_key_line(tmp_path: Path, port: int) -> str:
+    key = tmp_path / "other_host_key"
+    subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(key)], check=True)
+    kind, body = Path(f"{key}.pub").read_text().split()[:2]
+    return f"[127.0.0.1]:{port} {kind} {body}\n"
+
+
+def test_unknown_host_key_is_refused(sshd_server, tmp_path: Path) -> None:
+    empty = tmp_path / "known_hosts"
+    empty.write_text("")
+    with pytest.raises(HostKeyNotTrustedError) as caught:
+        SshBackend(**sshd_server.backend_options(known_hosts=str(empty)))
+    assert isinstance(caught.value, NotAuthenticatedError) and not caught.value.transient
+
+
+def test_first_seen_key_is_recorded_when_opted_in(sshd_server, tmp_path: Path) -> None:
+    known = tmp_path / "known_hosts"
+    known.write_text("")
+    with SshBackend(**sshd_server.backend_options(known_hosts=str(known), accept_new_host_key=True)) as backend:
+        assert backend.run(["true"], timeout=30).exit_code == 0
+    host_key_body = sshd_server.host_public_key.read_text().split()[1]
+    assert host_key_body in known.read_text()
+    with SshBackend(**sshd_server.backend_options(known_hosts=str(known))) as backend:  # now trusted
+        assert backend.run(["true"], timeout=30).exit_code == 0
+
+
+def test_changed_key_is_refused_even_when_opted_in(sshd_server, tmp_path: Path) -> None:
+    known = tmp_path / "known_hosts"
+    known.write_text(other_key_line(tmp_path, sshd_server.port))
+    with pytest.raises(HostKeyNotTrustedError):
+        SshBackend(**sshd_server.backend_options(known_hosts=str(known), accept_new_host_key=True))
+
+
+def test_nobody_listening_is_connection_lost(sshd_server, tmp_path: Path) -> None:
+    from servers.ports import free_port
+
+    with pytest.raises(ConnectionLostError):
+        SshBackend(**sshd_server.backend_options(port=free_port(), connect_timeout=5))
+
+
+def test_ssh_config_file_is_honoured(sshd_server, tmp_path: Path) -> None:
+    config = tmp_path / "ssh_config"
+    config.write_text(
+        f"Host gpubox\n  HostName 127.0.0.1\n  Port {sshd_server.port}\n  User {sshd_server.username}\n"
+        f"  IdentityFile {sshd_server.client_key}\n  UserKnownHostsFile {sshd_server.known_hosts}\n"
+    )
+    with SshBackend(host="gpubox", config_files=[str(config)], known_hosts=str(sshd_server.known_hosts)) as backend:
+        assert backend.run(["echo", "via config"], timeout=30).output == "via config\n"
