@@ -1,0 +1,205 @@
+"""Download a remote file in verified chunks into a local partial file, resuming from its manifest."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from collections.abc import Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+from ..backends.base import Backend
+from ..errors import OutputNotWritableError, RemoteFileError, TransferIntegrityError
+from .chunks import PART_SUFFIX, Chunk, ChunkPlan, LocalManifest, sha256_of_file
+from .options import TransferOptions
+from .report import ProgressCallback, TransferReport
+from .session import TransferSession
+from .workers import ChunkWorkers
+
+REPAIR_ROUNDS = 3
+
+
+def download(
+    backend: Backend,
+    remote_path: str,
+    local_path: Path,
+    *,
+    options: TransferOptions = TransferOptions(),
+    on_progress: ProgressCallback | None = None,
+) -> TransferReport:
+    """Copy ``remote_path`` on ``backend`` to ``local_path``; resumes from chunks verified earlier.
+
+    Every chunk is checked against the far side's sha256 for it, the whole file against the far
+    side's whole-file sha256, and only then is ``<local_path>.gpuferry-part`` renamed into place.
+    """
+    local_path = Path(local_path)
+    options = options.for_backend(backend.kind)
+    assert options.chunk_size is not None and options.parallel is not None
+    source = backend.resolve(remote_path)
+    probe = TransferSession(backend, options, 0, 0, None)
+    found = probe.retrying(lambda: backend.stat(source))
+    if found is None or found.is_dir:
+        raise RemoteFileError("no such file to download", path=source, step=backend.kind)
+    plan = ChunkPlan(found.size, options.chunk_size)
+    session = TransferSession(backend, options, found.size, plan.count, on_progress)
+    session.started = probe.started
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="gpuferry-far-hash") as hasher:
+        # the far side hashes the source while chunks are already moving
+        far_hashes = hasher.submit(session.far_call, "hash_chunks",
+                                   {"path": source, "chunk_size": options.chunk_size}, found.size, source)
+        try:
+            return _download(session, source, local_path, plan, far_hashes,
+                             {"kind": "gpuferry-download", "version": 1, "source": source, "size": found.size,
+                              "mtime": found.mtime, "chunk_size": options.chunk_size})
+        except BaseException as error:
+            session.attach_partial_report(error)
+            far_hashes.cancel()
+            raise
+
+
+def _download(session: TransferSession, source: str, local_path: Path, plan: ChunkPlan,
+              far_hashes: Future[Any], header: dict[str, Any]) -> TransferReport:
+    part = local_path.with_name(local_path.name + PART_SUFFIX)
+    manifest = LocalManifest(part.with_name(part.name + ".json"))
+    if session.options.skip_identical and local_path.is_file() and local_path.stat().st_size == plan.size:
+        far = far_hashes.result()
+        local_sha = sha256_of_file(local_path)
+        if local_sha == far["sha256"]:
+            session.tally.skipped(plan.count)
+            session.report.skipped_identical = True
+            session.meter.advance(plan.count - 1, plan.size, moved=False)
+            return session.finish(local_sha)
+    verified = manifest.load(header) if part.is_file() else None
+    try:
+        descriptor = os.open(part, os.O_RDWR | os.O_CREAT, 0o644)
+    except OSError as error:
+        raise OutputNotWritableError(f"cannot write the partial file: {error.strerror}", path=str(part)) from None
+    try:
+        if verified is None:
+            os.ftruncate(descriptor, 0)
+            manifest.start(header)
+            verified = {}
+        os.ftruncate(descriptor, plan.size)
+        fetcher = ChunkFetcher(session, source, descriptor, manifest, far_hashes)
+        with larger_helper_reads(session.backend, plan.chunk_size):
+            fetcher.fetch_missing(plan, verified)
+            whole_sha = repair_until_whole(session, fetcher, descriptor, plan)
+        os.fsync(descriptor)
+    finally:
+        os.close(descriptor)
+    os.replace(part, local_path)
+    manifest.remove()
+    return session.finish(whole_sha)
+
+
+@contextmanager
+def larger_helper_reads(backend: Backend, chunk_size: int) -> Iterator[None]:
+    """Helper-based backends read in ``read_chunk_size`` pieces (one remote call each): use one per chunk."""
+    previous = getattr(backend, "read_chunk_size", None)
+    if previous is None or previous >= chunk_size:
+        yield
+        return
+    backend.read_chunk_size = chunk_size  # type: ignore[attr-defined]
+    try:
+        yield
+    finally:
+        backend.read_chunk_size = previous  # type: ignore[attr-defined]
+
+
+class ChunkFetcher:
+    """Fetches one chunk, checks it against the far side's sha256 and writes it at its offset."""
+
+    def __init__(self, session: TransferSession, source: str, descriptor: int, manifest: LocalManifest,
+                 far_hashes: Future[Any]) -> None:
+        self.session = session
+        self.source = source
+        self.descriptor = descriptor
+        self.manifest = manifest
+        self.far_hashes = far_hashes
+
+    def expected(self, index: int) -> str | None:
+        chunks = self.far_hashes.result()["chunks"]
+        return chunks[index] if index < len(chunks) else None
+
+    def fetch(self, chunk: Chunk) -> None:
+        session = self.session
+        backend = session.backend
+
+        def attempt() -> None:
+            data = session.timed_move(
+                chunk.index, chunk.length,
+                lambda: backend.read_bytes(self.source, chunk.offset, chunk.length), f"download chunk {chunk.index}",
+            )
+            digest = hashlib.sha256(data).hexdigest()
+            if len(data) != chunk.length or digest != self.expected(chunk.index):
+                raise TransferIntegrityError(
+                    f"chunk {chunk.index} arrived damaged ({len(data)} of {chunk.length} bytes)",
+                    path=self.source, step=backend.kind,
+                )
+            os.pwrite(self.descriptor, data, chunk.offset)
+            self.manifest.record(chunk.index, digest)
+
+        session.retrying(attempt)
+        session.meter.advance(chunk.index, chunk.length)
+
+    def already_here(self, chunk: Chunk, verified: dict[int, str]) -> bool:
+        """A chunk from an earlier attempt counts only when its bytes still hash to the recorded value."""
+        recorded = verified.get(chunk.index)
+        if recorded is None:
+            return False
+        local = hashlib.sha256(os.pread(self.descriptor, chunk.length, chunk.offset)).hexdigest()
+        return local == recorded and local == self.expected(chunk.index)
+
+    def fetch_missing(self, plan: ChunkPlan, verified: dict[int, str]) -> None:
+        workers = ChunkWorkers(self.session.options.parallel or 1, "gpuferry-download")
+        try:
+            for chunk in plan:
+                if self.already_here(chunk, verified):
+                    self.session.tally.skipped()
+                    self.session.meter.advance(chunk.index, chunk.length, moved=False)
+                    continue
+                if not workers.submit(lambda chunk=chunk: self.fetch(chunk)):
+                    break
+        except BaseException:
+            workers.abandon()
+            raise
+        workers.wait()
+
+
+def local_range_hashes(descriptor: int, plan: ChunkPlan) -> tuple[list[str], str]:
+    """sha256 of each chunk of the local partial file and of the whole, in one pass."""
+    whole = hashlib.sha256()
+    chunks = []
+    for chunk in plan:
+        digest = hashlib.sha256()
+        position, end = chunk.offset, chunk.offset + chunk.length
+        while position < end:
+            block = os.pread(descriptor, min(1 << 20, end - position), position)
+            if not block:
+                break
+            digest.update(block)
+            whole.update(block)
+            position += len(block)
+        chunks.append(digest.hexdigest())
+    return chunks, whole.hexdigest()
+
+
+def repair_until_whole(session: TransferSession, fetcher: ChunkFetcher, descriptor: int, plan: ChunkPlan) -> str:
+    """Compare the whole file's sha256 with the far side's; fetch damaged chunks again until it matches."""
+    far = fetcher.far_hashes.result()
+    for _ in range(REPAIR_ROUNDS):
+        local_chunks, whole = local_range_hashes(descriptor, plan)
+        if whole == far["sha256"]:
+            return whole
+        damaged = [index for index, digest in enumerate(local_chunks) if digest != far["chunks"][index]]
+        if not damaged:
+            break
+        for index in damaged:
+            session.meter.retract(plan.chunk(index).length)
+            fetcher.fetch(plan.chunk(index))
+    raise TransferIntegrityError(
+        f"the downloaded file's sha256 does not match the far side's after {REPAIR_ROUNDS} repair rounds",
+        path=fetcher.source, step=session.backend.kind,
+    )

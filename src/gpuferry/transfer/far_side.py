@@ -1,0 +1,58 @@
+"""Call the far-side transfer agent through any backend's ``run`` (argv only, JSON arguments)."""
+
+from __future__ import annotations
+
+import json
+import sys
+from functools import lru_cache
+from pathlib import Path
+from typing import Any
+
+from ..backends.base import Backend
+from ..errors import ConnectionLostError, RemoteFileError
+
+AGENT_PATH = Path(__file__).with_name("far_side_agent.py")
+
+
+@lru_cache(maxsize=1)
+def agent_source() -> str:
+    return AGENT_PATH.read_text(encoding="utf-8")
+
+
+def far_python(backend: Backend) -> str:
+    """The python that runs the agent where ``backend`` runs commands."""
+    if backend.kind == "local":
+        return sys.executable
+    return str(getattr(backend, "python", None) or "python3")
+
+
+class FarSide:
+    """Runs agent operations next to the files, so hashing and joining never cross the link."""
+
+    def __init__(self, backend: Backend) -> None:
+        self.backend = backend
+        self.python = far_python(backend)
+
+    def call(self, operation: str, arguments: dict[str, Any], timeout: float, path: str | None = None) -> Any:
+        argv = [self.python, "-c", agent_source(), operation, json.dumps(arguments)]
+        result = self.backend.run(argv, timeout=timeout)
+        for line in reversed(result.output.splitlines()):
+            line = line.strip()
+            if not (line.startswith("{") and line.endswith("}")):
+                continue
+            try:
+                reply = json.loads(line)
+            except ValueError:
+                continue
+            if isinstance(reply, dict) and "ok" in reply:
+                if reply["ok"]:
+                    return reply.get("result")
+                raise RemoteFileError(f"transfer {operation} failed: {reply.get('message')}", path=path,
+                                      step=self.backend.kind)
+        if result.exit_code != 0:
+            raise RemoteFileError(
+                f"transfer {operation} exited {result.exit_code}: {result.output[-500:].strip()}",
+                path=path, step=self.backend.kind,
+            )
+        raise ConnectionLostError(f"transfer {operation} returned no reply: {result.output[-300:]!r}",
+                                  step=self.backend.kind)

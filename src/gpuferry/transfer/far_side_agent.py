@@ -1,0 +1,183 @@
+"""Far-side transfer agent: survey, commit a chunk, finish a partial file, hash chunks (stdlib only).
+
+Run as ``python3 -c <this source> <operation> <json arguments>``: every path travels inside the JSON
+argument, never through a shell. Prints one JSON line ``{"ok": ..., "result": ...}``.
+The manifest is JSON lines: a header object, then one ``{"chunk": k, "sha256": h}`` per verified chunk.
+"""
+
+import fcntl
+import hashlib
+import json
+import os
+import shutil
+import sys
+
+BLOCK = 1 << 20
+
+
+def read_manifest(path):
+    try:
+        with open(path) as handle:
+            lines = [line for line in handle.read().splitlines() if line.strip()]
+    except FileNotFoundError:
+        return None, {}
+    if not lines:
+        return None, {}
+    try:
+        header = json.loads(lines[0])
+    except ValueError:
+        return None, {}
+    verified = {}
+    for line in lines[1:]:
+        try:
+            entry = json.loads(line)
+            verified[int(entry["chunk"])] = entry["sha256"]
+        except (ValueError, KeyError, TypeError):
+            continue  # a torn last line from a killed writer
+    return header, verified
+
+
+def hash_file(path, offset=0, length=None):
+    digest = hashlib.sha256()
+    remaining = length
+    with open(path, "rb") as handle:
+        handle.seek(offset)
+        while remaining is None or remaining > 0:
+            block = handle.read(BLOCK if remaining is None else min(BLOCK, remaining))
+            if not block:
+                break
+            digest.update(block)
+            if remaining is not None:
+                remaining -= len(block)
+    return digest.hexdigest()
+
+
+def op_survey(args):
+    """Destination state for an upload; start a fresh manifest when the recorded source differs."""
+    dest, part, manifest, chunk_dir = args["dest"], args["part"], args["manifest"], args["chunk_dir"]
+    result = {"dest_size": None, "dest_sha256": None, "verified": {}}
+    if os.path.isfile(dest):
+        result["dest_size"] = os.path.getsize(dest)
+        if result["dest_size"] == args["size"] and args.get("hash_dest"):
+            result["dest_sha256"] = hash_file(dest)
+    header, verified = read_manifest(manifest)
+    if header == args["header"] and os.path.isfile(part):
+        result["verified"] = {str(index): digest for index, digest in verified.items()}
+    else:
+        with open(part, "wb"):
+            pass
+        write_text_atomically(manifest, json.dumps(args["header"], sort_keys=True) + "\n")
+    os.makedirs(chunk_dir, exist_ok=True)
+    return result
+
+
+def write_text_atomically(path, text):
+    temporary = path + ".tmp-%d" % os.getpid()
+    with open(temporary, "w") as handle:
+        handle.write(text)
+    os.replace(temporary, path)
+
+
+def op_commit(args):
+    """Check a staged chunk file (size, sha256), copy it into the partial file at its offset, record it."""
+    stage, part, manifest = args["stage"], args["part"], args["manifest"]
+    try:
+        size = os.path.getsize(stage)
+    except FileNotFoundError:
+        return {"committed": False, "reason": "staged chunk is missing"}
+    digest = hash_file(stage)
+    if size != args["length"] or digest != args["sha256"]:
+        os.remove(stage)
+        return {"committed": False, "reason": "staged chunk has %d bytes, sha256 %s" % (size, digest[:12])}
+    with open(part, "r+b") as target, open(stage, "rb") as source:
+        target.seek(args["offset"])
+        shutil.copyfileobj(source, target, BLOCK)
+    os.remove(stage)
+    line = json.dumps({"chunk": args["index"], "sha256": digest}) + "\n"
+    with open(manifest, "a") as handle:
+        fcntl.flock(handle.fileno(), fcntl.LOCK_EX)
+        handle.write(line)
+        handle.flush()
+    return {"committed": True}
+
+
+def op_finish(args):
+    """Whole-file sha256 of the partial file; when it is the expected one, rename it into place."""
+    part, dest = args["part"], args["dest"]
+    size = os.path.getsize(part)
+    if size > args["size"]:
+        with open(part, "r+b") as handle:
+            handle.truncate(args["size"])
+        size = args["size"]
+    digest = hash_file(part)
+    if size == args["size"] and digest == args["sha256"]:
+        os.replace(part, dest)
+        for leftover in (args["manifest"],):
+            try:
+                os.remove(leftover)
+            except FileNotFoundError:
+                pass
+        shutil.rmtree(args["chunk_dir"], ignore_errors=True)
+        return {"done": True, "sha256": digest, "size": size}
+    return {"done": False, "sha256": digest, "size": size}
+
+
+def op_hash_chunks(args):
+    """Size, mtime, sha256 of each chunk and of the whole file, in one pass."""
+    path, chunk_size = args["path"], args["chunk_size"]
+    info = os.stat(path)
+    whole = hashlib.sha256()
+    chunks = []
+    with open(path, "rb") as handle:
+        while True:
+            piece = hashlib.sha256()
+            remaining = chunk_size
+            got = 0
+            while remaining > 0:
+                block = handle.read(min(BLOCK, remaining))
+                if not block:
+                    break
+                piece.update(block)
+                whole.update(block)
+                remaining -= len(block)
+                got += len(block)
+            if got == 0:
+                break
+            chunks.append(piece.hexdigest())
+            if got < chunk_size:
+                break
+    return {"size": info.st_size, "mtime": info.st_mtime, "chunks": chunks, "sha256": whole.hexdigest()}
+
+
+def op_forget(args):
+    """Drop a chunk's record from the manifest (its bytes in the partial file proved wrong)."""
+    header, verified = read_manifest(args["manifest"])
+    if header is None:
+        return None
+    for index in args["chunks"]:
+        verified.pop(int(index), None)
+    lines = [json.dumps(header, sort_keys=True)]
+    lines += [json.dumps({"chunk": index, "sha256": digest}) for index, digest in sorted(verified.items())]
+    write_text_atomically(args["manifest"], "\n".join(lines) + "\n")
+    return None
+
+
+OPERATIONS = {
+    "survey": op_survey, "commit": op_commit, "finish": op_finish,
+    "hash_chunks": op_hash_chunks, "forget": op_forget,
+}
+
+
+def main():
+    operation, arguments = sys.argv[-2], json.loads(sys.argv[-1])
+    try:
+        result = OPERATIONS[operation](arguments)
+    except OSError as error:
+        sys.stdout.write("\n" + json.dumps({"ok": False, "message": "%s: %s" % (error.strerror or error, error.filename)}) + "\n")
+        return
+    sys.stdout.write("\n" + json.dumps({"ok": True, "result": result}) + "\n")
+    sys.stdout.flush()
+
+
+if __name__ == "__main__":
+    main()

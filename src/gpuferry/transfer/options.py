@@ -1,0 +1,63 @@
+"""Transfer settings: chunk size, parallelism, time limits and the retry budget, with per-backend defaults."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+
+MIB = 1024 * 1024
+
+#: Chunk size and parallel chunks that suit each backend kind (see TransferOptions.for_backend).
+BACKEND_DEFAULTS: dict[str, tuple[int, int]] = {
+    # sftp pipelines requests inside one write, so one chunk at a time already fills the link
+    "ssh": (8 * MIB, 2),
+    # one HTTP round trip per contents PUT and a terminal per commit: overlap chunks
+    "jupyter": (8 * MIB, 4),
+    # every cgpu call costs a login and a runtime look-up: few, large chunks, one at a time
+    "cgpu": (16 * MIB, 1),
+    "local": (32 * MIB, 1),
+}
+
+
+@dataclass(frozen=True)
+class TransferOptions:
+    """How a transfer runs. ``None`` means "the default for this backend kind"."""
+
+    chunk_size: int | None = None
+    parallel: int | None = None
+    #: seconds without a chunk finishing (past the throughput-based deadline) before StallError
+    stall_timeout: float = 60.0
+    #: how much longer than the measured throughput predicts a chunk may take
+    deadline_slack: float = 4.0
+    #: ceiling for the first chunk, before throughput is known; None: max(600 s, 1 min per 10 MB)
+    first_chunk_ceiling: float | None = None
+    #: tries per chunk (the first one included)
+    attempts_per_chunk: int = 5
+    #: retries allowed across the whole transfer
+    retry_budget: int = 20
+    backoff_initial: float = 0.5
+    backoff_max: float = 30.0
+    #: skip the transfer when the destination already holds identical content
+    skip_identical: bool = True
+    #: seconds allowed for a far-side step (hash, commit) per GB it touches, on top of 60 s
+    far_seconds_per_gb: float = 60.0
+
+    def for_backend(self, kind: str) -> "TransferOptions":
+        """These options with the unset values filled in for ``kind``."""
+        chunk, parallel = BACKEND_DEFAULTS.get(kind, (8 * MIB, 1))
+        resolved = replace(
+            self,
+            chunk_size=self.chunk_size or chunk,
+            parallel=max(1, self.parallel or parallel),
+        )
+        if resolved.chunk_size is not None and resolved.chunk_size <= 0:
+            raise ValueError("chunk_size must be positive")
+        return resolved
+
+    def first_chunk_limit(self, total_bytes: int) -> float:
+        """The original size rule, max(600 s, 1 min per 10 MB), as the first chunk's ceiling only."""
+        if self.first_chunk_ceiling is not None:
+            return self.first_chunk_ceiling
+        return max(600.0, 60.0 * total_bytes / 10_000_000)
+
+    def far_timeout(self, touched_bytes: int) -> float:
+        return 60.0 + self.far_seconds_per_gb * touched_bytes / 1e9

@@ -1,0 +1,61 @@
+"""Retry policy for chunk operations: tenacity with capped exponential backoff, full jitter and a shared budget."""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable
+
+from tenacity import (
+    RetryCallState,
+    Retrying,
+    retry_if_exception,
+    stop_after_attempt,
+    stop_any,
+    wait_random_exponential,
+)
+
+from ..errors import GpuferryError, NotAuthenticatedError, TransferIntegrityError
+
+
+def is_retryable(error: BaseException) -> bool:
+    """Transient failures of the link or the data; never a refused login or a usage error."""
+    if isinstance(error, NotAuthenticatedError):
+        return False
+    if isinstance(error, TransferIntegrityError):
+        return True
+    return isinstance(error, GpuferryError) and error.transient
+
+
+class RetryBudget:
+    """Retries left for a whole transfer, shared by its workers."""
+
+    def __init__(self, total: int) -> None:
+        self.left = total
+        self._lock = threading.Lock()
+
+    def exhausted(self, retry_state: RetryCallState) -> bool:
+        """A tenacity stop condition: stop when the budget is spent."""
+        with self._lock:
+            return self.left <= 0
+
+    def spend(self) -> None:
+        with self._lock:
+            self.left -= 1
+
+
+def retry_policy(attempts: int, budget: RetryBudget, initial: float, maximum: float,
+                 on_retry: Callable[[], None] | None = None) -> Retrying:
+    """A tenacity Retrying for one chunk: at most ``attempts`` tries, within the shared budget."""
+
+    def before_sleep(retry_state: RetryCallState) -> None:
+        budget.spend()
+        if on_retry is not None:
+            on_retry()
+
+    return Retrying(
+        stop=stop_any(stop_after_attempt(max(1, attempts)), budget.exhausted),
+        wait=wait_random_exponential(multiplier=initial, max=maximum),
+        retry=retry_if_exception(is_retryable),
+        before_sleep=before_sleep,
+        reraise=True,
+    )

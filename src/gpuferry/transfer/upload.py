@@ -1,0 +1,155 @@
+"""Upload a local file in verified chunks: stage, check on the far side, commit, then rename when whole."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from pathlib import Path
+
+from ..backends.base import Backend
+from ..errors import BadInputError, TransferIntegrityError
+from .chunks import Chunk, ChunkPlan, PartNames, sha256_of_file
+from .options import TransferOptions
+from .report import ProgressCallback, TransferReport
+from .session import TransferSession
+from .workers import ChunkWorkers
+
+#: rounds of "finish, find the bad chunks, send them again" before giving up
+REPAIR_ROUNDS = 3
+
+
+def upload(
+    backend: Backend,
+    local_path: Path,
+    remote_path: str,
+    *,
+    options: TransferOptions = TransferOptions(),
+    on_progress: ProgressCallback | None = None,
+) -> TransferReport:
+    """Copy ``local_path`` to ``remote_path`` on ``backend``; resumes from chunks already verified there.
+
+    The destination appears only when the far side's sha256 of the whole file matches ours; until
+    then it is ``<remote_path>.gpuferry-part`` with a JSON-lines manifest next to it.
+    """
+    local_path = Path(local_path)
+    try:
+        info = local_path.stat()
+    except OSError as error:
+        raise BadInputError(f"cannot read the file to upload: {error.strerror}", path=str(local_path)) from None
+    options = options.for_backend(backend.kind)
+    assert options.chunk_size is not None and options.parallel is not None
+    plan = ChunkPlan(info.st_size, options.chunk_size)
+    session = TransferSession(backend, options, info.st_size, plan.count, on_progress)
+    names = PartNames.for_dest(backend.resolve(remote_path))
+    header = {"kind": "gpuferry-upload", "version": 1, "size": info.st_size,
+              "mtime_ns": info.st_mtime_ns, "chunk_size": options.chunk_size}
+    survey = session.far_call(
+        "survey",
+        {"dest": names.dest, "part": names.part, "manifest": names.manifest, "chunk_dir": names.chunk_dir,
+         "size": info.st_size, "hash_dest": options.skip_identical, "header": header},
+        touched_bytes=info.st_size, path=names.dest,
+    )
+    if survey["dest_sha256"] is not None:
+        local_sha = sha256_of_file(local_path)
+        if local_sha == survey["dest_sha256"]:
+            session.tally.skipped(plan.count)
+            session.report.skipped_identical = True
+            session.meter.advance(plan.count - 1, info.st_size, moved=False)
+            return session.finish(local_sha)
+    verified = {int(index): digest for index, digest in survey["verified"].items()}
+    sender = ChunkSender(session, names)
+    try:
+        chunk_sha, whole_sha = sender.send_missing(local_path, plan, verified)
+        repair_until_whole(session, sender, local_path, plan, chunk_sha, whole_sha)
+    except BaseException as error:
+        session.attach_partial_report(error)
+        raise
+    return session.finish(whole_sha)
+
+
+class ChunkSender:
+    """Sends one chunk: write it as a staged file, then have the far side check and commit it."""
+
+    def __init__(self, session: TransferSession, names: PartNames) -> None:
+        self.session = session
+        self.names = names
+        self.backend = session.backend
+
+    def send(self, chunk: Chunk, data: bytes, sha256: str) -> None:
+        stage = f"{self.names.chunk_dir}/{chunk.index:08d}"
+        session = self.session
+
+        def attempt() -> None:
+            session.timed_move(chunk.index, chunk.length, lambda: self.backend.write_bytes(stage, data, 0),
+                               f"upload chunk {chunk.index}")
+            reply = session.far.call(
+                "commit",
+                {"stage": stage, "part": self.names.part, "manifest": self.names.manifest,
+                 "index": chunk.index, "offset": chunk.offset, "length": chunk.length, "sha256": sha256},
+                session.options.far_timeout(chunk.length), path=self.names.part,
+            )
+            if not reply["committed"]:
+                raise TransferIntegrityError(f"chunk {chunk.index} arrived damaged: {reply['reason']}",
+                                             path=self.names.dest, step=self.backend.kind)
+
+        session.retrying(attempt)
+        session.meter.advance(chunk.index, chunk.length)
+
+    def send_missing(self, local_path: Path, plan: ChunkPlan, verified: dict[int, str]) -> tuple[list[str], str]:
+        """Read the file once in order (hashing every chunk and the whole), sending what is not verified."""
+        whole = hashlib.sha256()
+        chunk_sha: list[str] = []
+        workers = ChunkWorkers(self.session.options.parallel or 1, "gpuferry-upload")
+        try:
+            with open(local_path, "rb") as handle:
+                for chunk in plan:
+                    data = handle.read(chunk.length)
+                    if len(data) != chunk.length:
+                        raise BadInputError("the file shrank while it was being uploaded", path=str(local_path))
+                    digest = hashlib.sha256(data).hexdigest()
+                    whole.update(data)
+                    chunk_sha.append(digest)
+                    if verified.get(chunk.index) == digest:
+                        self.session.tally.skipped()
+                        self.session.meter.advance(chunk.index, chunk.length, moved=False)
+                        continue
+                    if not workers.submit(lambda chunk=chunk, data=data, digest=digest: self.send(chunk, data, digest)):
+                        break
+                    del data
+        except BaseException:
+            workers.abandon()
+            raise
+        workers.wait()
+        return chunk_sha, whole.hexdigest()
+
+
+def repair_until_whole(session: TransferSession, sender: ChunkSender, local_path: Path, plan: ChunkPlan,
+                       chunk_sha: list[str], whole_sha: str) -> None:
+    """Finish on the far side; when the whole hash differs, find the damaged chunks and send them again."""
+    names = sender.names
+    finish_arguments = {"part": names.part, "dest": names.dest, "manifest": names.manifest,
+                        "chunk_dir": names.chunk_dir, "size": plan.size, "sha256": whole_sha}
+    for _ in range(REPAIR_ROUNDS):
+        reply = session.far_call("finish", finish_arguments, plan.size, path=names.dest)
+        if reply["done"]:
+            return
+        far = session.far_call("hash_chunks", {"path": names.part, "chunk_size": plan.chunk_size}, plan.size,
+                               path=names.part)
+        damaged = [index for index, digest in enumerate(chunk_sha)
+                   if index >= len(far["chunks"]) or far["chunks"][index] != digest]
+        if not damaged:
+            break
+        session.far_call("forget", {"manifest": names.manifest, "chunks": damaged}, 0, path=names.manifest)
+        with open(local_path, "rb") as handle:
+            for index in damaged:
+                chunk = plan.chunk(index)
+                data = os.pread(handle.fileno(), chunk.length, chunk.offset)
+                digest = hashlib.sha256(data).hexdigest()
+                if digest != chunk_sha[index]:
+                    raise BadInputError("the file changed while it was being uploaded", path=str(local_path))
+                session.meter.retract(chunk.length)
+                sender.send(chunk, data, digest)
+    raise TransferIntegrityError(
+        f"the uploaded file's sha256 does not match the source after {REPAIR_ROUNDS} repair rounds",
+        path=names.dest, step=session.backend.kind,
+    )

@@ -1,0 +1,55 @@
+"""Run chunk jobs on a few threads with at most ``parallel`` in flight; the first failure stops new ones."""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable
+from concurrent.futures import Future, ThreadPoolExecutor
+
+
+class ChunkWorkers:
+    """A bounded pool: ``submit`` blocks while ``parallel`` jobs run, so memory stays at parallel chunks."""
+
+    def __init__(self, parallel: int, name: str) -> None:
+        self._pool = ThreadPoolExecutor(max_workers=parallel, thread_name_prefix=name)
+        self._slots = threading.BoundedSemaphore(parallel)
+        self._futures: list[Future[None]] = []
+        self._failed = threading.Event()
+
+    @property
+    def failed(self) -> bool:
+        return self._failed.is_set()
+
+    def submit(self, job: Callable[[], None]) -> bool:
+        """Run ``job`` when a slot frees up; False (nothing started) once a job has failed."""
+        self._slots.acquire()
+        if self._failed.is_set():
+            self._slots.release()
+            return False
+        future = self._pool.submit(job)
+        future.add_done_callback(self._finished)
+        self._futures.append(future)
+        return True
+
+    def _finished(self, future: Future[None]) -> None:
+        if future.exception() is not None:
+            self._failed.set()
+        self._slots.release()
+
+    def wait(self) -> None:
+        """Wait for every job; raise the first failure."""
+        try:
+            for future in self._futures:
+                future.exception()
+            for future in self._futures:
+                error = future.exception()
+                if error is not None:
+                    raise error
+        finally:
+            self._pool.shutdown(wait=True)
+            self._futures.clear()
+
+    def abandon(self) -> None:
+        """Stop taking jobs and wait for the running ones (used when the caller fails)."""
+        self._failed.set()
+        self._pool.shutdown(wait=True)
