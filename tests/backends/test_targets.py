@@ -1,0 +1,48 @@
+"""`gpuferry targets`' engine: each configured target is opened, asked to run `true`, and reported."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from gpuferry.backends.targets import Target, check_targets, open_backend
+from gpuferry.errors import UsageError
+
+pytestmark = pytest.mark.timeout(60)
+
+
+def test_check_targets_reports_each(sshd_server, cgpu_runtime, tmp_path: Path) -> None:
+    from servers.ports import free_port
+
+    targets = [
+        Target("here", "local", {"workdir": str(tmp_path)}),
+        Target("box", "ssh", sshd_server.backend_options()),
+        Target("down", "ssh", sshd_server.backend_options(port=free_port(), connect_timeout=5)),
+        Target("colab", "cgpu", {"executable": str(tmp_path / "missing-cgpu")}),
+        Target("colab-fake", "cgpu", {
+            "executable": str(Path(__file__).resolve().parents[1] / "fakes" / "cgpu"),
+            "config_dir": str(cgpu_runtime.config), "remote_root": str(cgpu_runtime.content),
+            "process_env": cgpu_runtime.process_env()}),
+    ]
+    statuses = check_targets(targets)
+    assert [(status.name, status.ok) for status in statuses] == [
+        ("here", True), ("box", True), ("down", False), ("colab", False), ("colab-fake", True)]
+    assert statuses[0].detail == "no GPU" and statuses[0].latency is not None
+    assert statuses[2].error_kind == "connection_lost"
+    assert statuses[3].error_kind == "not_installed"
+    json.dumps([status.to_json() for status in statuses])
+
+
+def test_jupyter_target_token_not_in_status(jupyter_server) -> None:
+    token = "gpf-wrong-token-0123456789"
+    target = Target("lab", "jupyter", {"url": jupyter_server.url, "token": token})
+    [status] = check_targets([target])
+    assert not status.ok and status.error_kind == "not_authenticated"
+    assert token not in json.dumps(status.to_json()) and token not in repr(target)
+
+
+def test_unknown_kind() -> None:
+    with pytest.raises(UsageError):
+        open_backend("carrier-pigeon")
