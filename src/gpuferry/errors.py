@@ -291,3 +291,22 @@ def exit_code_table() -> dict[str, int]:
         table[cls.kind] = cls.exit_code
         stack.extend(cls.__subclasses__())
     return dict(sorted(table.items(), key=lambda item: item[1]))
+
+
+class JobBusyError(GpuferryError):
+    """Another gpuferry process is running this job right now."""
+
+    exit_code = 19
+    kind = "job_busy"
+    default_hints = (
+        "Wait for the other client to finish, or stop it (Ctrl-C) and run `gpuferry resume JOB`.",
+        "See `gpuferry jobs` for what is running.",
+    )
+
+
+class JobNotFoundError(GpuferryError):
+    """No job with that id in the job store."""
+
+    exit_code = 2
+    kind = "job_not_found"
+    default_hints = ("List jobs with `gpuferry jobs`.",)

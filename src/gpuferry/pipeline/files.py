@@ -146,11 +146,11 @@ def _upscale_video(
     except BaseException:
         writer.abort()
         raise
-    _verify_video(partial, info, width, height)
+    verify_video(partial, info, width, height)
     return report.frames, [f"not copied: {item}" for item in report.dropped_streams]
 
 
-def _verify_video(partial: Path, info: MediaInfo, width: int, height: int) -> None:
+def verify_video(partial: Path, info: MediaInfo, width: int, height: int) -> None:
     """A partial output never passes for a finished one: recount its frames and check its size."""
     assert info.video is not None
     try:

@@ -1,0 +1,62 @@
+"""Plan a job: hash and probe the input, cut it into exact frame ranges, store it (or find the
+unfinished job with the same input, settings and target, to resume it)."""
+
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+from typing import Any
+
+from gpuferry.engines.base import check_size
+from gpuferry.jobs.store import JobRecord, JobStore
+from gpuferry.media.probe import probe
+from gpuferry.media.segments import plan_segments, presentation_timestamps
+
+
+def file_sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as handle:
+        for block in iter(lambda: handle.read(4 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def plan_job(
+    store: JobStore,
+    source: Path,
+    output: Path,
+    *,
+    engine: dict[str, Any],
+    encode: dict[str, Any],
+    segment_seconds: float,
+    target: dict[str, Any],
+) -> tuple[JobRecord, bool]:
+    """The job for this input and these settings: an unfinished one to resume, or a new plan."""
+    source, output = source.resolve(), output.resolve()
+    info = probe(source)
+    if info.video is None:
+        from gpuferry.errors import BadInputError
+
+        raise BadInputError("remote jobs take videos; upscale images locally", path=str(source), step="plan")
+    check_size(info.video.width, info.video.height, path=str(source))
+    digest = file_sha256(source)
+    settings = {
+        "engine": {key: value for key, value in engine.items() if value is not None},
+        "encode": encode,
+        "segment_seconds": segment_seconds,
+        "video_index": info.video.index,
+    }
+    existing = store.find_unfinished(digest, str(output), settings, target)
+    if existing is not None:
+        return existing, True
+    segments = plan_segments(info.video, presentation_timestamps(source, info.video.index), segment_seconds)
+    record = store.create(
+        input=str(source),
+        input_sha256=digest,
+        input_size=info.file_size,
+        output=str(output),
+        settings=settings,
+        target=target,
+        segments=segments,
+    )
+    return record, False

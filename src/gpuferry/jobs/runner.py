@@ -1,0 +1,443 @@
+"""Run a job on a backend until every segment is verified here, whatever breaks on the way.
+
+One attempt: set up the far side (idempotent), reattach to a live worker or start one, watch it and
+download each finished segment while later ones are computed. A dropped connection reconnects and
+reattaches; a vanished worker is relaunched from the first missing segment; a stall kills the
+worker and relaunches; out of GPU memory relaunches with half the tile. Then the segments are
+joined with the source's audio and subtitles, checked, and published; only then is the far side's
+job folder removed.
+"""
+
+from __future__ import annotations
+
+import logging
+import posixpath
+import signal
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from gpuferry.backends.base import Backend
+from gpuferry.errors import (
+    BadInputError,
+    ConnectionLostError,
+    GpuferryError,
+    NotAuthenticatedError,
+    RemoteCommandError,
+    StallError,
+    TransferIntegrityError,
+    UsageError,
+)
+from gpuferry.events import EventSink, ignore, make_event
+from gpuferry.jobs.lock import JobLock
+from gpuferry.jobs.remote_setup import (
+    Capabilities,
+    RemotePaths,
+    ensure_dependencies,
+    install_worker_code,
+    make_job_dir,
+)
+from gpuferry.jobs.store import CANCELLED, DONE, FAILED, RUNNING, JobRecord, JobStore
+from gpuferry.jobs.watch import WorkerOutcome, read_json, watch_worker
+from gpuferry.jobs.worker_code import worker_code
+from gpuferry.media.concat import join_segments
+from gpuferry.media.probe import probe
+from gpuferry.media.segments import Segment
+from gpuferry.pipeline.files import FileResult, verify_video
+from gpuferry.pipeline.outputs import check_output, partial_output, publish
+from gpuferry.transfer import TransferOptions, download, progress_event, upload
+from gpuferry.worker.spec import (
+    EXIT_FILE,
+    JOB_FILE,
+    LOG_FILE,
+    PID_FILE,
+    PROGRESS_FILE,
+    SEGMENT_EXT,
+    JobSpec,
+    SegmentDone,
+    segment_file,
+    segment_marker,
+)
+
+log = logging.getLogger(__name__)
+
+#: what a recovery may do about each transient failure
+RECOVERABLE = (ConnectionLostError, NotAuthenticatedError, StallError, TransferIntegrityError)
+#: the exit code the worker uses for GPU out-of-memory (GpuOutOfMemoryError)
+OOM_EXIT = 7
+MIN_TILE = 32
+
+
+@dataclass
+class RemoteOptions:
+    """How a remote job runs; defaults follow the issue (stall 120 s, CGPU_TIMEOUT 1800 s)."""
+
+    segment_seconds: float = 10.0
+    poll_interval: float = 2.0
+    stall_timeout: float = 120.0
+    attempt_timeout: float = 1800.0
+    max_recoveries: int = 8
+    remote_root: str | None = None
+    python: str = "python3"
+    install_dependencies: bool = True
+    keep_remote: bool = False
+    heartbeat_s: float = 2.0
+    transfer: TransferOptions = field(default_factory=TransferOptions)
+
+
+@dataclass
+class JobSettings:
+    """The upscale settings a job was planned with (stored, so `resume` needs no flags)."""
+
+    engine: dict[str, Any]
+    encode: dict[str, Any]
+    segment_seconds: float
+
+
+class RemoteJobRunner:
+    """Drives one job to completion on a target; see the module docstring for the recovery rules."""
+
+    def __init__(
+        self,
+        store: JobStore,
+        job: JobRecord,
+        connect: Callable[[], Backend],
+        options: RemoteOptions,
+        emit: EventSink = ignore,
+        cancel: Callable[[], bool] = lambda: False,
+    ) -> None:
+        self.store = store
+        self.job = job
+        self.connect = connect
+        self.options = options
+        self.emit = emit
+        self.cancelled = cancel
+        self.local_dir = store.job_dir(job.id)
+        self.segments_dir = self.local_dir / "segments"
+        self.segments_dir.mkdir(exist_ok=True)
+        self.backend: Backend | None = None
+        self.paths: RemotePaths | None = None
+        self.engine_settings = dict(job.settings["engine"])
+        self.recoveries = 0
+        self._code_path: str | None = None
+        self._caps: Capabilities | None = None
+        self._started = time.monotonic()
+
+    # --- public ---------------------------------------------------------------------------------
+
+    def run(self, overwrite: bool = False) -> FileResult:
+        with JobLock(self.local_dir / "lock", self.job.id):
+            self.store.set_state(self.job.id, RUNNING)
+            try:
+                self._compute_all_segments()
+                result = self._assemble(overwrite)
+            except BaseException as exc:
+                state = CANCELLED if isinstance(exc, KeyboardInterrupt) else FAILED
+                message = exc.one_line() if isinstance(exc, GpuferryError) else repr(exc)
+                self.store.set_state(self.job.id, state, error=message)
+                raise
+            finally:
+                if self.backend is not None:
+                    self.backend.close()
+            self.store.set_state(self.job.id, DONE)
+            self._cleanup_after_success()
+            return result
+
+    # --- the loop -------------------------------------------------------------------------------
+
+    def _pending(self) -> list[Segment]:
+        return [record.segment for record in self.store.segments(self.job.id) if record.state != "verified"]
+
+    def _compute_all_segments(self) -> None:
+        while self._pending():
+            try:
+                self._attempt()
+            except RECOVERABLE as exc:
+                self._recover(exc)
+
+    def _recover(self, error: GpuferryError) -> None:
+        self.recoveries += 1
+        self.store.event(self.job.id, "recovery", kind=error.kind, message=error.one_line(), count=self.recoveries)
+        self.emit(make_event("recovery", job=self.job.id, kind=error.kind, message=error.one_line(),
+                             attempt=self.recoveries))
+        if self.recoveries > self.options.max_recoveries:
+            raise error
+        if isinstance(error, StallError):
+            self._stop_worker()
+        if isinstance(error, (ConnectionLostError, NotAuthenticatedError)):
+            self._disconnect()
+            time.sleep(min(2.0 ** min(self.recoveries, 5), 30.0) * 0.1)
+
+    def _attempt(self) -> None:
+        backend = self._backend()
+        paths = self._paths(backend)
+        pid = self._running_worker(backend, paths)
+        if pid is None:
+            self._setup(backend, paths)
+            pid = self._spawn(backend, paths)
+        else:
+            self.emit(make_event("reattached", job=self.job.id, pid=pid))
+            self.store.event(self.job.id, "reattached", pid=pid)
+        deadline = time.monotonic() + self.options.attempt_timeout
+        outcome = watch_worker(
+            backend,
+            paths,
+            pid,
+            poll_interval=self.options.poll_interval,
+            stall_timeout=self.options.stall_timeout,
+            attempt_deadline=deadline,
+            on_poll=lambda progress, finished: self._on_poll(backend, paths, progress, finished),
+        )
+        self._handle_outcome(outcome)
+
+    def _handle_outcome(self, outcome: WorkerOutcome) -> None:
+        if not self._pending():
+            return
+        lost = self._lost_in_progress(outcome.last_progress)
+        if outcome.exit_code is None:
+            self.store.add_lost_frames(self.job.id, lost, "worker vanished")
+            self.emit(make_event("recovery", job=self.job.id, kind="worker_gone", lost_frames=lost,
+                                 message="the worker is gone (killed or runtime recycled); relaunching"))
+        elif outcome.exit_code == OOM_EXIT:
+            self.store.add_lost_frames(self.job.id, lost, "out of GPU memory")
+            self._halve_tile(outcome)
+        elif outcome.exit_code != 0:
+            self.store.add_lost_frames(self.job.id, lost, f"worker exit {outcome.exit_code}")
+            error = outcome.error or {}
+            if error.get("kind") in (BadInputError.kind, UsageError.kind):
+                raise BadInputError(f"the worker refused the job: {error.get('message')}", step="worker")
+            self.emit(make_event("recovery", job=self.job.id, kind="worker_failed",
+                                 message=str(error.get("message") or f"exit {outcome.exit_code}")))
+        self.recoveries += 1
+        if self.recoveries > self.options.max_recoveries:
+            raise RemoteCommandError(
+                f"the worker kept failing ({self.recoveries} recoveries); last: "
+                f"{(outcome.error or {}).get('message') or outcome.exit_code}",
+                step="worker",
+            )
+
+    def _halve_tile(self, outcome: WorkerOutcome) -> None:
+        preflight = outcome.last_progress.get("preflight") or {}
+        current = int(self.engine_settings.get("tile") or preflight.get("tile") or 512)
+        if current <= MIN_TILE:
+            from gpuferry.errors import GpuOutOfMemoryError
+
+            raise GpuOutOfMemoryError(f"out of GPU memory even with tile {current}", step="worker")
+        self.engine_settings["tile"] = max(MIN_TILE, current // 2)
+        self.emit(make_event("recovery", job=self.job.id, kind="gpu_oom",
+                             message=f"out of GPU memory: redoing with tile {self.engine_settings['tile']}"))
+
+    def _lost_in_progress(self, progress: dict[str, Any]) -> int:
+        segment = progress.get("segment")
+        if segment is None:
+            return 0
+        verified = {r.segment.index for r in self.store.segments(self.job.id) if r.state == "verified"}
+        return 0 if segment in verified else int(progress.get("segment_done") or 0)
+
+    # --- connection -----------------------------------------------------------------------------
+
+    def _backend(self) -> Backend:
+        if self.backend is None:
+            self.backend = self.connect()
+        return self.backend
+
+    def _disconnect(self) -> None:
+        if self.backend is not None:
+            try:
+                self.backend.close()
+            except Exception:  # noqa: BLE001 - the connection is already broken
+                pass
+            self.backend = None
+            self.paths = None
+
+    def _paths(self, backend: Backend) -> RemotePaths:
+        if self.paths is None:
+            root = self.options.remote_root or backend.workdir
+            self.paths = RemotePaths(root=root, job_id=self.job.id)
+            self.store.set_remote_dir(self.job.id, self.paths.job_dir)
+        return self.paths
+
+    # --- setup and spawn ------------------------------------------------------------------------
+
+    def _running_worker(self, backend: Backend, paths: RemotePaths) -> int | None:
+        """The pid of a live worker of this job (after a reconnect or a client restart)."""
+        pid_path = paths.in_job(PID_FILE)
+        if backend.stat(pid_path) is None or backend.stat(paths.in_job(EXIT_FILE)) is not None:
+            return None
+        try:
+            pid = int(backend.read_bytes(pid_path).decode().strip())
+        except ValueError:
+            return None
+        return pid if backend.is_alive(pid) else None
+
+    def _setup(self, backend: Backend, paths: RemotePaths) -> None:
+        options = self.options.transfer
+        make_job_dir(backend, paths)
+        code = worker_code()
+        self._code_path = install_worker_code(backend, paths, code, options)
+        self._caps = ensure_dependencies(
+            backend, self.options.python, self._code_path, self.options.install_dependencies
+        )
+        source = Path(self.job.input)
+        self.emit(make_event("setup", job=self.job.id, step="upload input", path=str(source)))
+        upload(
+            backend,
+            source,
+            paths.in_job("input" + source.suffix.lower()),
+            options=options,
+            on_progress=lambda p: self.emit(progress_event(p, "upload", str(source))),
+        )
+        model_file = self._upload_weights_if_needed(backend, paths)
+        spec = JobSpec(
+            input="input" + source.suffix.lower(),
+            video_index=int(self.job.settings["video_index"]),
+            segments=[record.segment for record in self.store.segments(self.job.id)],
+            todo=[segment.index for segment in self._pending()],
+            engine=self.engine_settings,
+            encode=dict(self.job.settings["encode"]),
+            model_file=model_file,
+            heartbeat_s=self.options.heartbeat_s,
+        )
+        for name in (EXIT_FILE, PID_FILE, PROGRESS_FILE):
+            backend.remove(paths.in_job(name))
+        backend.write_bytes(paths.in_job(JOB_FILE + ".tmp"), spec.to_json().encode())
+        backend.rename(paths.in_job(JOB_FILE + ".tmp"), paths.in_job(JOB_FILE))
+
+    def _upload_weights_if_needed(self, backend: Backend, paths: RemotePaths) -> str | None:
+        """The far side runs torch (CUDA, or CPU without ncnn): ship converted weights, verified."""
+        caps = self._caps
+        assert caps is not None
+        engine = self.engine_settings.get("engine", "auto")
+        wants_torch = engine == "torch" or (engine == "auto" and (caps.cuda or not caps.ncnn_ready))
+        if not wants_torch or self.engine_settings.get("model_path"):
+            return None
+        from gpuferry.models.convert import converted_weights
+        from gpuferry.models.registry import get_model, resolve_scale
+
+        spec = get_model(self.engine_settings["model"])
+        converted = converted_weights(spec, resolve_scale(spec, int(self.engine_settings["scale"])))
+        remote = f"weights-{converted.sha256[:16]}.safetensors"
+        upload(backend, converted.cache_path, posixpath.join(paths.job_dir, remote), options=self.options.transfer)
+        return remote
+
+    def _spawn(self, backend: Backend, paths: RemotePaths) -> int:
+        assert self._code_path is not None
+        pid = backend.spawn(
+            [self.options.python, "-m", "gpuferry.worker", paths.job_dir],
+            log_path=paths.in_job(LOG_FILE),
+            exit_code_path=paths.in_job(EXIT_FILE),
+            pid_path=paths.in_job(PID_FILE),
+            cwd=paths.job_dir,
+            env={"PYTHONPATH": self._code_path, "PYTHONUNBUFFERED": "1"},
+        )
+        self.store.event(self.job.id, "spawned", pid=pid, todo=[s.index for s in self._pending()])
+        self.emit(make_event("spawned", job=self.job.id, pid=pid, segments_left=len(self._pending())))
+        return pid
+
+    def _stop_worker(self) -> None:
+        if self.backend is None or self.paths is None:
+            return
+        try:
+            pid = self._running_worker(self.backend, self.paths)
+            if pid is not None:
+                self.backend.kill(pid, signal.SIGKILL)
+        except GpuferryError as exc:
+            log.warning("could not stop the stalled worker: %s", exc)
+
+    # --- downloads ------------------------------------------------------------------------------
+
+    def _on_poll(self, backend: Backend, paths: RemotePaths, progress: dict[str, Any], finished: set[int]) -> bool:
+        if self.cancelled():
+            raise KeyboardInterrupt
+        records = {record.segment.index: record for record in self.store.segments(self.job.id)}
+        for index in sorted(finished):
+            record = records.get(index)
+            if record is None or record.state == "verified":
+                continue
+            self._download_segment(backend, paths, record.segment)
+        self._emit_progress(progress)
+        return not self._pending()
+
+    def _download_segment(self, backend: Backend, paths: RemotePaths, segment: Segment) -> None:
+        marker = read_json(backend, paths.in_job(segment_marker(segment)))
+        if marker is None:
+            return
+        done = SegmentDone(**marker)
+        local = self.segments_dir / f"{segment.name}{SEGMENT_EXT}"
+        report = download(backend, paths.in_job(segment_file(segment)), local, options=self.options.transfer)
+        if report.sha256 != done.sha256 or done.frames != segment.frames:
+            local.unlink(missing_ok=True)
+            raise TransferIntegrityError(
+                f"segment {segment.index} does not match its done-marker", path=str(local), step="download"
+            )
+        self.store.mark_verified(self.job.id, segment.index, done.sha256, done.size)
+        self.emit(make_event("segment", job=self.job.id, index=segment.index, frames=segment.frames,
+                             engine=done.engine, seconds=done.seconds))
+
+    def _emit_progress(self, progress: dict[str, Any]) -> None:
+        records = self.store.segments(self.job.id)
+        total = sum(record.segment.frames for record in records)
+        verified = sum(record.segment.frames for record in records if record.state == "verified")
+        current = progress.get("segment")
+        in_flight = 0
+        if current is not None and any(r.segment.index == current and r.state != "verified" for r in records):
+            in_flight = int(progress.get("segment_done") or 0)
+        done = min(total, verified + in_flight)
+        elapsed = time.monotonic() - self._started
+        fps = float(progress.get("fps") or 0.0)
+        self.emit(make_event("progress", input=self.job.input, job=self.job.id, done=done, total=total,
+                             fps=round(fps, 3), eta_s=round((total - done) / fps, 1) if fps else None,
+                             elapsed_s=round(elapsed, 1)))
+
+    # --- assembly -------------------------------------------------------------------------------
+
+    def _assemble(self, overwrite: bool) -> FileResult:
+        source, output = Path(self.job.input), Path(self.job.output)
+        info = probe(source)
+        assert info.video is not None
+        check_output(source, output, overwrite)
+        records = self.store.segments(self.job.id)
+        pieces = [(self.segments_dir / f"{r.segment.name}{SEGMENT_EXT}", r.segment.first_pts or 0) for r in records]
+        scale = int(self.job.settings["engine"]["scale"])
+        width, height = info.video.width * scale, info.video.height * scale
+        self.emit(make_event("assembling", job=self.job.id, segments=len(pieces)))
+        with partial_output(output) as partial:
+            report = join_segments(pieces, info, partial)
+            verify_video(partial, info, width, height)
+            publish(partial, output, overwrite)
+        warnings = [f"not copied: {item}" for item in report.dropped_streams]
+        for warning in warnings:
+            self.emit(make_event("warning", input=str(source), message=warning))
+        return FileResult(
+            input=source,
+            output=output,
+            frames=report.frames,
+            seconds=time.monotonic() - self._started,
+            engine=f"{self.job.target.get('kind', 'remote')} worker",
+            width=width,
+            height=height,
+            warnings=warnings,
+        )
+
+    def _cleanup_after_success(self) -> None:
+        """The far side's job folder goes only now, after the output was verified here."""
+        for piece in self.segments_dir.glob("*"):
+            piece.unlink(missing_ok=True)
+        if self.options.keep_remote:
+            return
+        try:
+            backend = self._backend()
+            paths = self._paths(backend)
+            backend.remove(paths.job_dir, recursive=True)
+            self.store.set_remote_dir(self.job.id, None)
+        except GpuferryError as exc:
+            self.emit(make_event("warning", input=self.job.input,
+                                 message=f"could not remove the remote job folder ({exc.one_line()}); "
+                                         "`gpuferry clean` will retry"))
+        finally:
+            if self.backend is not None:
+                self.backend.close()
+                self.backend = None
+

@@ -1,0 +1,93 @@
+"""Watch a detached worker: read its heartbeat, notice a stall by frames that stop moving, notice
+its exit or disappearance, and hand finished segments over as soon as they appear."""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from gpuferry.backends.base import Backend
+from gpuferry.errors import CommandTimeoutError, StallError
+from gpuferry.jobs.remote_setup import RemotePaths
+from gpuferry.worker.spec import ERROR_FILE, EXIT_FILE, PROGRESS_FILE, SEGMENTS_DIR
+
+
+@dataclass
+class WorkerOutcome:
+    """How a watch ended: the worker's exit code, or None when it vanished without one."""
+
+    exit_code: int | None
+    last_progress: dict[str, Any] = field(default_factory=dict)
+    error: dict[str, Any] | None = None
+
+
+def read_json(backend: Backend, path: str) -> dict[str, Any] | None:
+    """A small JSON file from the far side, or None when it is missing or mid-write."""
+    if backend.stat(path) is None:
+        return None
+    try:
+        return json.loads(backend.read_bytes(path).decode("utf-8"))
+    except (ValueError, UnicodeDecodeError):
+        return None
+
+
+def finished_segments(backend: Backend, paths: RemotePaths) -> set[int]:
+    """Indices whose done-marker exists (written only after the segment file is complete)."""
+    found = set()
+    for name in backend.listdir(paths.in_job(SEGMENTS_DIR)):
+        if name.startswith("seg_") and name.endswith(".done.json"):
+            found.add(int(name[4:9]))
+    return found
+
+
+def watch_worker(
+    backend: Backend,
+    paths: RemotePaths,
+    pid: int,
+    *,
+    poll_interval: float,
+    stall_timeout: float,
+    attempt_deadline: float,
+    on_poll: Callable[[dict[str, Any], set[int]], bool],
+) -> WorkerOutcome:
+    """Poll until the worker exits or vanishes; raise StallError or CommandTimeoutError.
+
+    ``on_poll(progress, finished)`` downloads what is new and returns True once everything the
+    job needs is safely here (then the watch ends even if the worker is still tidying up).
+    Progress means frames moving: a worker whose heartbeat still ticks but whose frame count
+    stands still for ``stall_timeout`` is stalled.
+    """
+    last_key: tuple[Any, ...] | None = None
+    last_change = time.monotonic()
+    progress: dict[str, Any] = {}
+    while True:
+        progress = read_json(backend, paths.in_job(PROGRESS_FILE)) or progress
+        finished = finished_segments(backend, paths)
+        if on_poll(progress, finished):
+            return WorkerOutcome(exit_code=0, last_progress=progress)
+        key = (progress.get("pid"), progress.get("frames_done"), progress.get("segment"), len(finished))
+        now = time.monotonic()
+        if key != last_key:
+            last_key, last_change = key, now
+        exit_text = backend.read_bytes(paths.in_job(EXIT_FILE)) if backend.stat(paths.in_job(EXIT_FILE)) else None
+        if exit_text is not None:
+            on_poll(progress, finished_segments(backend, paths))
+            code = int(exit_text.decode().strip() or 1)
+            return WorkerOutcome(code, progress, read_json(backend, paths.in_job(ERROR_FILE)))
+        if not backend.is_alive(pid):
+            # gone without writing an exit code: killed (-9), or the runtime was recycled
+            return WorkerOutcome(None, progress)
+        if now - last_change > stall_timeout:
+            raise StallError(
+                f"the worker made no progress for {stall_timeout:g} s "
+                f"(segment {progress.get('segment')}, {progress.get('frames_done', 0)} frames done)",
+                step="watch",
+            )
+        if now > attempt_deadline:
+            raise CommandTimeoutError(
+                "the job ran past its overall time limit for one attempt (CGPU_TIMEOUT)", step="watch"
+            )
+        time.sleep(poll_interval)

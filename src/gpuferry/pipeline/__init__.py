@@ -1,0 +1,1 @@
+"""Decode -> engine -> encode streaming, output publishing, and one-file upscaling."""

@@ -1,0 +1,180 @@
+"""Run a job's segments in order with the same streaming pipeline as local runs; each finished
+segment and its done-marker land atomically, so any crash costs at most the segment in progress."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import sys
+import time
+from dataclasses import replace
+from pathlib import Path
+
+from gpuferry.engines import EngineRequest, create_engine
+from gpuferry.engines.base import Engine
+from gpuferry.errors import EncodeError, GpuferryError
+from gpuferry.media.decode import iter_video_frames
+from gpuferry.media.encode import EncodeOptions, VideoWriter
+from gpuferry.media.probe import MediaInfo, probe
+from gpuferry.media.segments import Segment
+from gpuferry.pipeline.stream import FrameProgress, run_stream
+from gpuferry.worker.heartbeat import Heartbeat, write_atomic
+from gpuferry.worker.spec import (
+    COMPUTED_LOG,
+    ERROR_FILE,
+    JOB_FILE,
+    PROGRESS_FILE,
+    SEGMENTS_DIR,
+    JobSpec,
+    SegmentDone,
+    segment_file,
+    segment_marker,
+)
+
+log = logging.getLogger("gpuferry.worker")
+
+
+def file_sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def is_done(job_dir: Path, segment: Segment) -> bool:
+    """A segment counts as done only when its marker exists and its file matches the marker."""
+    marker, video = job_dir / segment_marker(segment), job_dir / segment_file(segment)
+    if not marker.is_file() or not video.is_file():
+        return False
+    try:
+        done = SegmentDone.from_json(marker.read_text())
+    except (ValueError, TypeError):
+        return False
+    return done.size == video.stat().st_size and done.frames == segment.frames
+
+
+def build_engine(spec: JobSpec, job_dir: Path) -> Engine:
+    request = EngineRequest(**spec.engine)
+    if spec.model_file:
+        request = replace(request, model_path=job_dir / spec.model_file)
+    choice = create_engine(request)
+    log.info("engine: %s (%s)", choice.engine.describe(), choice.reason)
+    return choice.engine
+
+
+def encode_segment(
+    job_dir: Path,
+    spec: JobSpec,
+    info: MediaInfo,
+    engine: Engine,
+    segment: Segment,
+    heartbeat: Heartbeat,
+) -> SegmentDone:
+    """Upscale one segment into a partial file, then publish file and marker."""
+    assert info.video is not None
+    started = time.monotonic()
+    target = job_dir / segment_file(segment)
+    partial = target.with_name(f".{target.name}.partial{target.suffix}")
+    width, height = info.video.width * engine.scale, info.video.height * engine.scale
+    writer = VideoWriter(
+        partial,
+        info,
+        width,
+        height,
+        EncodeOptions(**spec.encode),
+        copy_streams=False,
+        pts_offset=segment.first_pts or 0,
+    )
+    base_done = heartbeat.state["frames_done"]
+    heartbeat.update(segment=segment.index, segment_done=0, segment_frames=segment.frames)
+
+    def progress(state: FrameProgress) -> None:
+        heartbeat.update(segment_done=state.done, frames_done=base_done + state.done)
+
+    try:
+        frames = iter_video_frames(
+            job_dir / spec.input, spec.video_index, segment.first_frame, segment.stop, segment.first_pts
+        )
+        run_stream(
+            frames,
+            engine,
+            lambda rgb, source: writer.write(rgb, source.pts, source.index),
+            segment.frames,
+            on_progress=progress,
+        )
+        report = writer.close()
+    except BaseException:
+        writer.abort()
+        partial.unlink(missing_ok=True)
+        raise
+    if report.frames != segment.frames:
+        partial.unlink(missing_ok=True)
+        raise EncodeError(
+            f"segment {segment.index} has {report.frames} frames, planned {segment.frames}",
+            step="worker",
+        )
+    done = SegmentDone(
+        index=segment.index,
+        frames=report.frames,
+        size=partial.stat().st_size,
+        sha256=file_sha256(partial),
+        seconds=round(time.monotonic() - started, 3),
+        engine=engine.describe(),
+    )
+    os.replace(partial, target)
+    write_atomic(job_dir / segment_marker(segment), done.to_json())
+    with (job_dir / COMPUTED_LOG).open("a") as ledger:
+        ledger.write(json.dumps({"segment": segment.index, "frames": done.frames, "pid": os.getpid()}) + "\n")
+    return done
+
+
+def run_job(job_dir: Path) -> int:
+    """Process every segment of the job that is not done yet; returns the process exit code."""
+    spec = JobSpec.from_json((job_dir / JOB_FILE).read_text())
+    (job_dir / SEGMENTS_DIR).mkdir(exist_ok=True)
+    (job_dir / ERROR_FILE).unlink(missing_ok=True)
+    heartbeat = Heartbeat(job_dir / PROGRESS_FILE, spec.heartbeat_s)
+    heartbeat.start()
+    try:
+        info = probe(job_dir / spec.input)
+        assert info.video is not None
+        engine = build_engine(spec, job_dir)
+        preflight = engine.prepare(info.video.width, info.video.height)
+        to_dict = getattr(preflight, "to_dict", None)
+        heartbeat.update(
+            state="running",
+            engine=engine.describe(),
+            preflight=to_dict() if to_dict else preflight,
+        )
+        for segment in spec.segments:
+            if segment.index not in spec.todo or is_done(job_dir, segment):
+                continue
+            done = encode_segment(job_dir, spec, info, engine, segment, heartbeat)
+            log.info("segment %d done: %d frames in %.1f s", done.index, done.frames, done.seconds)
+            heartbeat.update(segments_done=heartbeat.state.get("segments_done", 0) + 1)
+            heartbeat.write()
+        engine.close()
+    except GpuferryError as exc:
+        write_atomic(job_dir / ERROR_FILE, json.dumps(exc.to_json()))
+        heartbeat.stop("failed")
+        log.error("%s", exc.render())
+        return exc.exit_code
+    except Exception as exc:  # noqa: BLE001 - reported to the client through error.json
+        write_atomic(job_dir / ERROR_FILE, json.dumps({"kind": "error", "exit_code": 1, "message": repr(exc)}))
+        heartbeat.stop("failed")
+        log.exception("worker failed")
+        return 1
+    heartbeat.stop("done")
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = sys.argv[1:] if argv is None else argv
+    if len(args) != 1:
+        print("usage: python -m gpuferry.worker JOB_DIR", file=sys.stderr)
+        return 2
+    logging.basicConfig(level=logging.INFO, stream=sys.stderr, format="%(asctime)s %(levelname)s %(message)s")
+    return run_job(Path(args[0]).resolve())

@@ -1,0 +1,79 @@
+"""The contract between client and worker: the job folder's file names and the job.json format."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+from gpuferry.media.segments import Segment
+
+FORMAT = 1
+
+JOB_FILE = "job.json"
+PROGRESS_FILE = "progress.json"
+ERROR_FILE = "error.json"
+COMPUTED_LOG = "computed.log"
+PID_FILE = "worker.pid"
+LOG_FILE = "worker.log"
+EXIT_FILE = "worker.exit"
+SEGMENTS_DIR = "segments"
+SEGMENT_EXT = ".mp4"
+
+
+def segment_file(segment: Segment) -> str:
+    """Where a finished segment's video lies, relative to the job folder."""
+    return f"{SEGMENTS_DIR}/{segment.name}{SEGMENT_EXT}"
+
+
+def segment_marker(segment: Segment) -> str:
+    """The done-marker written (atomically) after the segment's video is complete."""
+    return f"{SEGMENTS_DIR}/{segment.name}.done.json"
+
+
+@dataclass
+class JobSpec:
+    """What one worker run must do: which input, which segments, with which engine and encoder."""
+
+    input: str
+    video_index: int
+    segments: list[Segment]
+    todo: list[int]
+    engine: dict[str, Any]
+    encode: dict[str, Any]
+    model_file: str | None = None
+    heartbeat_s: float = 2.0
+    format: int = FORMAT
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def to_json(self) -> str:
+        data = asdict(self)
+        data["segments"] = [segment.to_json() for segment in self.segments]
+        return json.dumps(data, indent=1)
+
+    @classmethod
+    def from_json(cls, text: str) -> JobSpec:
+        data = json.loads(text)
+        if data.get("format") != FORMAT:
+            raise ValueError(f"job.json format {data.get('format')} is not {FORMAT}: client and worker differ")
+        data["segments"] = [Segment.from_json(item) for item in data["segments"]]
+        return cls(**data)
+
+
+@dataclass(frozen=True)
+class SegmentDone:
+    """The done-marker's content: enough for the client to verify the download."""
+
+    index: int
+    frames: int
+    size: int
+    sha256: str
+    seconds: float
+    engine: str
+
+    def to_json(self) -> str:
+        return json.dumps(asdict(self))
+
+    @classmethod
+    def from_json(cls, text: str) -> SegmentDone:
+        return cls(**json.loads(text))
