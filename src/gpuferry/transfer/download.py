@@ -150,7 +150,10 @@ class ChunkFetcher:
         if recorded is None:
             return False
         local = hashlib.sha256(os.pread(self.descriptor, chunk.length, chunk.offset)).hexdigest()
-        return local == recorded and local == self.expected(chunk.index)
+        if local == recorded and local == self.expected(chunk.index):
+            return True
+        self.session.tally.sent_before(chunk.index)
+        return False
 
     def fetch_missing(self, plan: ChunkPlan, verified: dict[int, str]) -> None:
         workers = ChunkWorkers(self.session.options.parallel or 1, "gpuferry-download")
@@ -197,6 +200,7 @@ def repair_until_whole(session: TransferSession, fetcher: ChunkFetcher, descript
         if not damaged:
             break
         for index in damaged:
+            session.tally.sent_before(index)
             session.meter.retract(plan.chunk(index).length)
             fetcher.fetch(plan.chunk(index))
     raise TransferIntegrityError(

@@ -115,6 +115,11 @@ class Tally:
         with self._lock:
             self.report.chunks_skipped += count
 
+    def sent_before(self, chunk: int) -> None:
+        """The chunk crossed the link in an earlier attempt: sending it now is a re-send."""
+        with self._lock:
+            self._moved_chunks.add(chunk)
+
     def retried(self) -> None:
         with self._lock:
             self.report.retries += 1

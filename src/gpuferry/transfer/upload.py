@@ -140,6 +140,8 @@ def repair_until_whole(session: TransferSession, sender: ChunkSender, local_path
         if not damaged:
             break
         session.far_call("forget", {"manifest": names.manifest, "chunks": damaged}, 0, path=names.manifest)
+        for index in damaged:
+            session.tally.sent_before(index)
         with open(local_path, "rb") as handle:
             for index in damaged:
                 chunk = plan.chunk(index)

@@ -1,0 +1,1 @@
+"""Tests of chunked, verified, resumable transfers on every backend."""
