@@ -8,7 +8,6 @@ contains a whole marker: only the real output does.
 from __future__ import annotations
 
 import re
-import shlex
 import uuid
 from dataclasses import dataclass, field
 
@@ -74,7 +73,3 @@ def parse_framed(raw: str, framing: Framing) -> FramedOutput:
     exit_code = int(match.group(1)) if match else None
     timed_out = framing.timeout in body
     return FramedOutput(True, exit_code, body, timed_out)
-
-
-def quote(word: str) -> str:
-    return shlex.quote(word)

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Mapping, Sequence
@@ -330,8 +329,3 @@ class SshBackend(HelperOperations):
 
         self._with_sftp("rename", source, work)
 
-
-def default_client_keys() -> list[str] | None:
-    """Keys named by GPUFERRY_SSH_KEY (os.pathsep-separated), else asyncssh's defaults and agent."""
-    value = os.environ.get("GPUFERRY_SSH_KEY")
-    return value.split(os.pathsep) if value else None
