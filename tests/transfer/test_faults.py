@@ -1,0 +1,163 @@
+"""Faults on every backend: a dropped link resumes from verified chunks, damage is re-sent, stalls are caught."""
+
+from __future__ import annotations
+
+import hashlib
+import time
+from pathlib import Path
+
+import pytest
+
+from gpuferry.errors import GpuferryError, StallError
+from gpuferry.transfer import TransferOptions, TransferProgress, TransferReport, download, upload
+from gpuferry.transfer.chunks import PART_SUFFIX
+
+from .conftest import TEST_CHUNK, MakeFile, Rig
+
+CHUNKS = 6
+#: one chunk at a time, so "at most one chunk in flight when the link drops" is exact
+STEADY = TransferOptions(chunk_size=TEST_CHUNK, parallel=1, first_chunk_ceiling=120, backoff_initial=0.05)
+#: the interrupted attempt gives up at the first failure
+NO_RETRY = TransferOptions(chunk_size=TEST_CHUNK, parallel=1, first_chunk_ceiling=120, attempts_per_chunk=1,
+                           retry_budget=0)
+
+
+def sha256(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def cut_after_chunks(rig: Rig, chunks: int):  # type: ignore[no-untyped-def]
+    """An on_progress callback that drops the link in the middle of the chunk after ``chunks``."""
+    fired = []
+
+    def on_progress(progress: TransferProgress) -> None:
+        if not fired and progress.done_bytes >= chunks * TEST_CHUNK:
+            fired.append(progress.done_bytes)
+            rig.cut_link_soon(TEST_CHUNK // 2)
+
+    return on_progress
+
+
+def interrupted(transfer, rig: Rig) -> TransferReport:  # type: ignore[no-untyped-def]
+    with pytest.raises(GpuferryError) as caught:
+        transfer(rig.open(), cut_after_chunks(rig, 3))
+    assert caught.value.transient, caught.value
+    rig.heal()
+    partial = caught.value.transfer_report
+    assert partial.chunks_sent >= 4  # three finished, the fourth was moving when the link dropped
+    return partial
+
+
+def test_upload_resumes_after_a_dropped_link(rig: Rig, make_file: MakeFile) -> None:
+    source = make_file("source.bin", CHUNKS * TEST_CHUNK - 100)
+    partial = interrupted(lambda backend, hook: upload(backend, source, "copy.bin", options=NO_RETRY,
+                                                       on_progress=hook), rig)
+    assert not (rig.remote_dir / "copy.bin").exists()
+    assert (rig.remote_dir / ("copy.bin" + PART_SUFFIX)).exists()
+    resumed = upload(rig.open(), source, "copy.bin", options=STEADY)
+    assert sha256(rig.remote_dir / "copy.bin") == sha256(source)
+    assert resumed.chunks_skipped >= 3
+    assert resumed.chunks_skipped + resumed.chunks_sent == CHUNKS
+    resent_bytes = partial.bytes_sent + resumed.bytes_sent - source.stat().st_size
+    assert 0 <= resent_bytes <= TEST_CHUNK
+
+
+def test_download_resumes_after_a_dropped_link(rig: Rig, make_file: MakeFile) -> None:
+    source = make_file("source.bin", CHUNKS * TEST_CHUNK - 100)
+    (rig.remote_dir / "copy.bin").write_bytes(source.read_bytes())
+    back = rig.local_dir / "back.bin"
+    partial = interrupted(lambda backend, hook: download(backend, "copy.bin", back, options=NO_RETRY,
+                                                         on_progress=hook), rig)
+    assert not back.exists()
+    resumed = download(rig.open(), "copy.bin", back, options=STEADY)
+    assert sha256(back) == sha256(source)
+    assert resumed.chunks_skipped >= 3
+    resent_bytes = partial.bytes_sent + resumed.bytes_sent - source.stat().st_size
+    assert 0 <= resent_bytes <= TEST_CHUNK
+
+
+def flip_byte(path: Path, offset: int) -> None:
+    with open(path, "r+b") as handle:
+        handle.seek(offset)
+        value = handle.read(1)
+        handle.seek(offset)
+        handle.write(bytes([value[0] ^ 0xFF]))
+
+
+def test_damaged_partial_upload_is_caught_and_resent(rig: Rig, make_file: MakeFile) -> None:
+    source = make_file("source.bin", CHUNKS * TEST_CHUNK - 100)
+    interrupted(lambda backend, hook: upload(backend, source, "copy.bin", options=NO_RETRY, on_progress=hook), rig)
+    flip_byte(rig.remote_dir / ("copy.bin" + PART_SUFFIX), TEST_CHUNK + 10)  # inside verified chunk 1
+    resumed = upload(rig.open(), source, "copy.bin", options=STEADY)
+    assert sha256(rig.remote_dir / "copy.bin") == sha256(source)
+    assert resumed.resent_chunks == 1
+
+
+def test_damaged_partial_download_is_caught_and_resent(rig: Rig, make_file: MakeFile) -> None:
+    source = make_file("source.bin", CHUNKS * TEST_CHUNK - 100)
+    (rig.remote_dir / "copy.bin").write_bytes(source.read_bytes())
+    back = rig.local_dir / "back.bin"
+    interrupted(lambda backend, hook: download(backend, "copy.bin", back, options=NO_RETRY, on_progress=hook), rig)
+    flip_byte(rig.local_dir / ("back.bin" + PART_SUFFIX), TEST_CHUNK + 10)
+    resumed = download(rig.open(), "copy.bin", back, options=STEADY)
+    assert sha256(back) == sha256(source)
+    assert resumed.resent_chunks == 1
+
+
+def test_chunk_damaged_in_transit_is_sent_again(rig: Rig, make_file: MakeFile) -> None:
+    source = make_file("source.bin", 4 * TEST_CHUNK)
+    backend = rig.open()
+    write, read = backend.write_bytes, backend.read_bytes
+    damaged: list[int] = []
+
+    def damaging_write(path: str, data: bytes, offset: int = 0) -> None:
+        if path.endswith("00000002") and not damaged:
+            damaged.append(2)
+            data = data[:100] + bytes([data[100] ^ 1]) + data[101:]
+        write(path, data, offset)
+
+    def damaging_read(path: str, offset: int = 0, length: int | None = None) -> bytes:
+        data = read(path, offset, length)
+        if offset == 2 * TEST_CHUNK and len(damaged) == 1:
+            damaged.append(2)
+            return data[:-1]  # a short chunk
+        return data
+
+    backend.write_bytes = damaging_write  # type: ignore[method-assign]
+    backend.read_bytes = damaging_read  # type: ignore[method-assign]
+    sent = upload(backend, source, "copy.bin", options=STEADY)
+    assert sha256(rig.remote_dir / "copy.bin") == sha256(source)
+    assert (sent.resent_chunks, sent.chunks_sent, sent.bytes_sent) == (1, 5, 5 * TEST_CHUNK)
+    received = download(backend, "copy.bin", rig.local_dir / "back.bin", options=STEADY)
+    assert sha256(rig.local_dir / "back.bin") == sha256(source)
+    assert (received.resent_chunks, received.chunks_sent) == (1, 5)
+
+
+STALL_LIMIT = 2.0
+STALLING = TransferOptions(chunk_size=TEST_CHUNK, parallel=1, first_chunk_ceiling=120, stall_timeout=STALL_LIMIT,
+                           attempts_per_chunk=1, retry_budget=0)
+
+
+def stall_after_first_chunk(rig: Rig):  # type: ignore[no-untyped-def]
+    def on_progress(progress: TransferProgress) -> None:
+        if progress.done_bytes == TEST_CHUNK:
+            rig.stall_link()
+
+    return on_progress
+
+
+@pytest.mark.parametrize("direction", ["upload", "download"])
+def test_stall_is_caught_within_the_limit(rig: Rig, make_file: MakeFile, direction: str) -> None:
+    source = make_file("source.bin", 4 * TEST_CHUNK)
+    backend = rig.open()
+    if direction == "download":
+        (rig.remote_dir / "copy.bin").write_bytes(source.read_bytes())
+    started = time.monotonic()
+    with pytest.raises(StallError):
+        if direction == "upload":
+            upload(backend, source, "copy.bin", options=STALLING, on_progress=stall_after_first_chunk(rig))
+        else:
+            download(backend, "copy.bin", rig.local_dir / "back.bin", options=STALLING,
+                     on_progress=stall_after_first_chunk(rig))
+    # generous bound: the limit is 2 s; without stall detection the call would hang for minutes
+    assert time.monotonic() - started < 60
