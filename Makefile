@@ -26,7 +26,7 @@ install: $(VENV)/.installed
 install-test: $(VENV)/.installed-test
 
 system-deps:
-	bash scripts/install-system-deps.sh
+	bash scripts/install-test-system-deps.sh
 
 demo: install
 	$(PY) scripts/demo.py demo-out

@@ -9,6 +9,9 @@ import pytest
 
 from gpuferry.media.synth import make_clip
 
+# real servers (sshd, jupyter_server) and fake cgpu runtimes, shared by every suite
+pytest_plugins = ["servers.fixtures"]
+
 
 @pytest.fixture(scope="session")
 def clips(tmp_path_factory: pytest.TempPathFactory) -> "ClipFactory":

@@ -11,6 +11,18 @@ except PackageNotFoundError:  # pragma: no cover - running from a source tree wi
 
 __all__ = ["__version__"]
 
-from gpuferry.api import Upscaler, UpscaleResult, upscale  # noqa: E402
+__all__ += ["UpscaleResult", "Upscaler", "upscale", "upscale_on_target", "resume_job"]
 
-__all__ += ["UpscaleResult", "Upscaler", "upscale"]
+
+def __getattr__(name: str) -> object:
+    """The API is imported on first use: the remote worker imports this package too, and must not
+    pull in the client's dependencies (ssh, http) that a GPU host may lack."""
+    if name in ("Upscaler", "UpscaleResult", "upscale", "upscale_on_target", "resume_job"):
+        from gpuferry import api
+
+        return getattr(api, name)
+    if name == "errors":
+        import gpuferry.errors as errors
+
+        return errors
+    raise AttributeError(f"module 'gpuferry' has no attribute {name!r}")

@@ -5,17 +5,24 @@ from __future__ import annotations
 import os
 import threading
 from collections.abc import Iterable
+from dataclasses import asdict
 from pathlib import Path
+from typing import Any
 
 from gpuferry.engines import EngineChoice, EngineRequest, create_engine
 from gpuferry.engines.base import check_size
-from gpuferry.errors import GpuferryError
+from gpuferry.errors import GpuferryError, UsageError
+from gpuferry.jobs.cleanup import remove_job_leftovers
+from gpuferry.jobs.plan import plan_job
+from gpuferry.jobs.runner import RemoteJobRunner, RemoteOptions
+from gpuferry.jobs.store import CANCELLED, DONE, FAILED, JobRecord, JobStore
+from gpuferry.jobs.targets import TargetSpec
 from gpuferry.events import EventSink, ignore, make_event
 from gpuferry.media.encode import EncodeOptions
 from gpuferry.media.probe import probe
-from gpuferry.models.registry import DEFAULT_MODEL
+from gpuferry.models.registry import DEFAULT_MODEL, get_model
 from gpuferry.pipeline.files import FileResult, upscale_file
-from gpuferry.pipeline.outputs import default_output
+from gpuferry.pipeline.outputs import check_output, default_output
 
 PathLike = str | os.PathLike[str]
 
@@ -138,3 +145,132 @@ def upscale(
     encode = EncodeOptions(codec=codec, crf=crf, preset=preset, pix_fmt=pix_fmt)
     with Upscaler(scale=scale, model=model, engine=engine, device=device, encode=encode, on_event=on_event) as upscaler:
         return upscaler.upscale(source, output, overwrite=overwrite)
+
+
+# --- remote jobs ----------------------------------------------------------------------------------
+
+
+def _remote_options(target: dict[str, Any]) -> RemoteOptions:
+    return RemoteOptions(**(target.get("remote") or {}))
+
+
+def upscale_on_target(
+    source: PathLike,
+    output: PathLike | None = None,
+    *,
+    target: TargetSpec,
+    remote: RemoteOptions | None = None,
+    scale: int = 2,
+    model: str = DEFAULT_MODEL,
+    engine: str = "auto",
+    device: str = "auto",
+    tile: int = 0,
+    encode: EncodeOptions = EncodeOptions(),
+    overwrite: bool = False,
+    on_event: EventSink = ignore,
+) -> UpscaleResult:
+    """Upscale a video on a backend (local worker, ssh, jupyter, cgpu) as a resumable job.
+
+    An unfinished job with the same input, settings and target is resumed, not started again.
+    """
+    remote = remote or RemoteOptions()
+    source_path = Path(source)
+    output_path = Path(output) if output is not None else default_output(source_path, scale)
+    store = JobStore()
+    try:
+        get_model(model)
+        check_output(source_path.resolve(), output_path.resolve(), overwrite)
+        stored_target = {**target.to_json(), "remote": _stored_remote(remote)}
+        job, resumed = plan_job(
+            store,
+            source_path,
+            output_path,
+            engine={"engine": engine, "model": model, "scale": scale, "device": device, "tile": tile},
+            encode=asdict(encode),
+            segment_seconds=remote.segment_seconds,
+            target=stored_target,
+        )
+        on_event(make_event("job", job=job.id, resumed=resumed, target=target.kind,
+                            segments=len(store.segments(job.id))))
+        return _run_job(store, job, on_event, overwrite)
+    except GpuferryError as exc:
+        on_event(make_event("failed", input=str(source_path), error=exc.to_json()))
+        raise
+    finally:
+        store.close()
+
+
+def _stored_remote(remote: RemoteOptions) -> dict[str, Any]:
+    data = asdict(remote)
+    data.pop("transfer", None)
+    return data
+
+
+def _run_job(store: JobStore, job: JobRecord, on_event: EventSink, overwrite: bool) -> UpscaleResult:
+    target = TargetSpec.from_json(job.target)
+    runner = RemoteJobRunner(store, job, target.connect, _remote_options(job.target), emit=on_event)
+    result = runner.run(overwrite=overwrite)
+    on_event(make_event("finished", job=job.id, **result.to_json()))
+    return result
+
+
+def resume_job(job_id: str, *, overwrite: bool = False, on_event: EventSink = ignore) -> UpscaleResult:
+    """Continue a job after a client crash (Ctrl-C, kill -9, reboot); verified segments are kept."""
+    store = JobStore()
+    try:
+        job = store.get(job_id)
+        if job.state == DONE:
+            raise UsageError(f"job {job_id} is already done: {job.output}", step="resume")
+        if job.state == CANCELLED:
+            raise UsageError(f"job {job_id} was cancelled; start it again with `gpuferry upscale`", step="resume")
+        on_event(make_event("job", job=job.id, resumed=True, target=job.target.get("kind")))
+        return _run_job(store, job, on_event, overwrite)
+    except GpuferryError as exc:
+        on_event(make_event("failed", job=job_id, error=exc.to_json()))
+        raise
+    finally:
+        store.close()
+
+
+def list_jobs(limit: int = 50) -> list[dict[str, Any]]:
+    """Every stored job with its state and segment counts, newest first."""
+    store = JobStore()
+    try:
+        rows = []
+        for job in store.list(limit):
+            segments = store.segments(job.id)
+            rows.append({
+                **job.to_json(),
+                "segments": len(segments),
+                "segments_verified": sum(1 for s in segments if s.state == "verified"),
+            })
+        return rows
+    finally:
+        store.close()
+
+
+def cancel_job(job_id: str, on_event: EventSink = ignore) -> None:
+    """Stop a job's remote worker, remove its remote and local leftovers, mark it cancelled."""
+    store = JobStore()
+    try:
+        job = store.get(job_id)
+        store.set_state(job.id, CANCELLED, error="cancelled by the user")
+        remove_job_leftovers(store, job, stop_worker=True, on_event=on_event)
+        for record in store.segments(job.id):
+            store.mark_pending(job.id, record.segment.index)
+    finally:
+        store.close()
+
+
+def clean_jobs(on_event: EventSink = ignore) -> list[str]:
+    """Remove remote folders and local segments that finished, failed or cancelled jobs left."""
+    store = JobStore()
+    cleaned = []
+    try:
+        for job in store.list(limit=1000):
+            if job.state in (DONE, CANCELLED, FAILED) and (job.remote_dir or store.job_dir(job.id).exists()):
+                if remove_job_leftovers(store, job, stop_worker=job.state != DONE, on_event=on_event):
+                    cleaned.append(job.id)
+        return cleaned
+    finally:
+        store.close()

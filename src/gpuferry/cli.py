@@ -7,12 +7,24 @@ import logging
 import signal
 import sys
 from pathlib import Path
+from collections.abc import Callable
 from typing import Any
 
 import click
 
 from gpuferry import __version__
-from gpuferry.api import Upscaler
+from gpuferry.api import (
+    Upscaler,
+    UpscaleResult,
+    cancel_job,
+    clean_jobs,
+    list_jobs,
+    resume_job,
+    upscale_on_target,
+)
+from gpuferry.backends.targets import BACKEND_KINDS
+from gpuferry.jobs.runner import RemoteOptions
+from gpuferry.jobs.targets import TargetSpec
 from gpuferry.engines.select import DEVICE_NAMES, ENGINE_NAMES
 from gpuferry.errors import CancelledError, EngineUnavailableError, GpuferryError, UsageError
 from gpuferry.events import Event, JsonLines
@@ -87,6 +99,31 @@ def cli() -> None:
 @click.option("--tile", type=click.IntRange(0), default=0, help="Tile size for engines that tile (0 = automatic).")
 @click.option("--threads", type=click.IntRange(1), default=None, help="CPU threads for the engine (default: all).")
 @click.option("--overwrite", is_flag=True, help="Replace an existing output.")
+@click.option(
+    "--backend",
+    type=click.Choice(BACKEND_KINDS),
+    default=None,
+    help="Run as a resumable job on a backend (local worker, ssh, jupyter, cgpu). Default: in this process.",
+)
+@click.option(
+    "--target",
+    "target_pairs",
+    multiple=True,
+    metavar="KEY=VALUE",
+    help="Backend setting, repeatable (ssh: host=, port=, username=, client_keys=; jupyter: url=, "
+    "token_file=; cgpu: executable=, config_dir=). Tokens come from GPUFERRY_JUPYTER_TOKEN, never argv.",
+)
+@click.option("--segment-seconds", type=click.FloatRange(min=0.1), default=10.0, show_default=True,
+              help="Remote jobs: length of a checkpointed segment.")
+@click.option("--stall-timeout", type=click.FloatRange(min=1), default=120.0, show_default=True,
+              help="Remote jobs: seconds without new frames before the worker counts as hung.")
+@click.option("--poll-interval", type=click.FloatRange(min=0.1), default=2.0, show_default=True,
+              help="Remote jobs: seconds between progress polls.")
+@click.option("--attempt-timeout", type=click.FloatRange(min=1), envvar="CGPU_TIMEOUT", default=1800.0,
+              show_default=True, help="Remote jobs: overall cap for one attempt (env CGPU_TIMEOUT).")
+@click.option("--remote-python", default="python3", show_default=True, help="Remote jobs: the far side's Python.")
+@click.option("--remote-root", default=None, help="Remote jobs: folder that holds gpuferry/jobs (default: the backend's).")
+@click.option("--keep-remote", is_flag=True, help="Remote jobs: keep the remote job folder after success.")
 @click.option("--json", "as_json", is_flag=True, help="One JSON event per line on stdout; logs on stderr.")
 @click.option("-v", "--verbose", is_flag=True, help="Debug logs on stderr.")
 def upscale(
@@ -104,6 +141,15 @@ def upscale(
     tile: int,
     threads: int | None,
     overwrite: bool,
+    backend: str | None,
+    target_pairs: tuple[str, ...],
+    segment_seconds: float,
+    stall_timeout: float,
+    poll_interval: float,
+    attempt_timeout: float,
+    remote_python: str,
+    remote_root: str | None,
+    keep_remote: bool,
     as_json: bool,
     verbose: bool,
 ) -> None:
@@ -115,7 +161,6 @@ def upscale(
     sink = JsonLines() if as_json else view
     assert sink is not None
     encode = EncodeOptions(codec=codec, crf=crf, preset=preset, pix_fmt=pix_fmt)
-    exit_code = 0
     try:
         targets = _plan_outputs(inputs, output, scale_n)
     except GpuferryError as exc:
@@ -123,6 +168,25 @@ def upscale(
             sink({"event": "failed", "error": exc.to_json()})
         _print_error(exc)
         sys.exit(exc.exit_code)
+    if backend is not None:
+        remote = RemoteOptions(
+            segment_seconds=segment_seconds,
+            stall_timeout=stall_timeout,
+            poll_interval=poll_interval,
+            attempt_timeout=attempt_timeout,
+            python=remote_python,
+            remote_root=remote_root,
+            keep_remote=keep_remote,
+        )
+
+        def run_remote(source: Path, target: Path) -> UpscaleResult:
+            return upscale_on_target(
+                source, target, target=TargetSpec.from_pairs(backend, target_pairs), remote=remote,
+                scale=scale_n, model=model, engine=engine, device=device, tile=tile, encode=encode,
+                overwrite=overwrite, on_event=sink,
+            )
+
+        sys.exit(_each_input(targets, run_remote, view, as_json, sink))
     upscaler = Upscaler(
         scale=scale_n,
         model=model,
@@ -135,9 +199,27 @@ def upscale(
         on_event=sink,
     )
     try:
-        for source, target in targets:
+        exit_code = _each_input(
+            targets, lambda source, target: upscaler.upscale(source, target, overwrite=overwrite), view, as_json, sink
+        )
+    finally:
+        upscaler.close()
+    sys.exit(exit_code)
+
+
+def _each_input(
+    plans: list[tuple[Path, Path]],
+    run_one: Callable[[Path, Path], UpscaleResult],
+    view: ProgressView | None,
+    as_json: bool,
+    sink: Callable[[Event], None],
+) -> int:
+    """Process inputs in turn; one bad input does not stop the others. Returns the exit code."""
+    exit_code = 0
+    try:
+        for source, target in plans:
             try:
-                result = upscaler.upscale(source, target, overwrite=overwrite)
+                result = run_one(source, target)
             except GpuferryError as exc:
                 _print_error(exc)
                 exit_code = exit_code or exc.exit_code
@@ -153,10 +235,9 @@ def upscale(
         _print_error(error)
         exit_code = error.exit_code
     finally:
-        upscaler.close()
         if view is not None:
             view.close()
-    sys.exit(exit_code)
+    return exit_code
 
 
 def _plan_outputs(inputs: tuple[Path, ...], output: Path | None, scale: int) -> list[tuple[Path, Path]]:
@@ -204,6 +285,79 @@ def models(as_json: bool) -> None:
         name = row["name"] + (" (default)" if row["default"] else "")
         table.add_row(name, scales, row["architecture"], row["description"])
     Console().print(table)
+
+
+@cli.command()
+@click.option("--json", "as_json", is_flag=True, help="Print the jobs as JSON.")
+@click.option("--limit", type=click.IntRange(1), default=50, show_default=True)
+def jobs(as_json: bool, limit: int) -> None:
+    """List remote jobs: id, state, segments verified, input and target."""
+    rows = list_jobs(limit)
+    if as_json:
+        click.echo(json.dumps(rows, indent=2, default=str))
+        return
+    if not rows:
+        click.echo("no jobs")
+        return
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(title="Jobs")
+    for column in ("id", "state", "segments", "target", "input", "error"):
+        table.add_column(column)
+    for row in rows:
+        table.add_row(
+            row["id"], row["state"], f"{row['segments_verified']}/{row['segments']}", row["target"]["kind"],
+            row["input"], row["error"] or "",
+        )
+    Console().print(table)
+
+
+def _job_command(as_json: bool) -> tuple[ProgressView | None, Callable[[Event], None]]:
+    signal.signal(signal.SIGTERM, _sigterm_as_interrupt)
+    view = None if as_json else ProgressView(stream=sys.stderr)
+    sink = JsonLines() if as_json else view
+    assert sink is not None
+    return view, sink
+
+
+@cli.command()
+@click.argument("job_id")
+@click.option("--overwrite", is_flag=True, help="Replace an existing output.")
+@click.option("--json", "as_json", is_flag=True, help="One JSON event per line on stdout.")
+def resume(job_id: str, overwrite: bool, as_json: bool) -> None:
+    """Continue a job after a client crash; verified segments are not redone."""
+    view, sink = _job_command(as_json)
+    plans = [(Path(job_id), Path(job_id))]
+    sys.exit(_each_input(plans, lambda source, target: resume_job(job_id, overwrite=overwrite, on_event=sink),
+                         view, as_json, sink))
+
+
+@cli.command()
+@click.argument("job_id")
+@click.option("--json", "as_json", is_flag=True)
+def cancel(job_id: str, as_json: bool) -> None:
+    """Stop a job's remote worker, remove its remote folder and local segments."""
+    sink = JsonLines() if as_json else (lambda event: click.echo(_plain(event), err=True))
+    try:
+        cancel_job(job_id, on_event=sink)
+    except GpuferryError as exc:
+        _print_error(exc)
+        sys.exit(exc.exit_code)
+    click.echo(json.dumps({"event": "cancelled", "job": job_id}) if as_json else f"cancelled {job_id}")
+
+
+@cli.command()
+@click.option("--json", "as_json", is_flag=True)
+def clean(as_json: bool) -> None:
+    """Remove remote folders and local segments left by finished, failed or cancelled jobs."""
+    sink = JsonLines() if as_json else (lambda event: click.echo(_plain(event), err=True))
+    cleaned = clean_jobs(on_event=sink)
+    click.echo(json.dumps({"event": "cleaned", "jobs": cleaned}) if as_json else f"cleaned {len(cleaned)} job(s)")
+
+
+def _plain(event: Event) -> str:
+    return " ".join(f"{key}={value}" for key, value in event.items() if key != "time")
 
 
 def main() -> None:

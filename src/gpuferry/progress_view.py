@@ -56,10 +56,39 @@ class ProgressView:
         if not self.console.is_terminal:
             self.console.print(f"upscaling {event['input']} ({event['frames']} frames) -> {event['output']}")
 
+    def _ensure_live(self) -> None:
+        if not self._live and self.console.is_terminal:
+            self.progress.start()
+            self._live = True
+
     def _on_progress(self, event: Event) -> None:
         task = self._tasks.get(event["input"])
-        if task is not None:
-            self.progress.update(task, completed=event["done"], fps=event.get("fps") or 0.0)
+        if task is None:  # remote jobs report progress without a local "started"
+            self._ensure_live()
+            name = event["input"].rsplit("/", 1)[-1]
+            task = self._tasks[event["input"]] = self.progress.add_task(name, total=event["total"], fps=0.0)
+        self.progress.update(task, completed=event["done"], fps=event.get("fps") or 0.0)
+
+    def _on_transfer(self, event: Event) -> None:
+        key = f"{event['direction']}:{event['path']}"
+        task = self._tasks.get(key)
+        total_mb = event["total_bytes"] / 1e6
+        if task is None:
+            self._ensure_live()
+            label = f"{event['direction']} {event['path'].rsplit('/', 1)[-1]} ({total_mb:.1f} MB)"
+            task = self._tasks[key] = self.progress.add_task(label, total=max(event["total_bytes"], 1), fps=0.0)
+        # the fps column shows MB/s for transfers
+        self.progress.update(task, completed=event["done_bytes"], fps=event["rate"] / 1e6)
+
+    def _on_job(self, event: Event) -> None:
+        how = "resuming" if event.get("resumed") else "starting"
+        self.console.print(f"{how} job {event['job']} on {event.get('target')}")
+
+    def _on_recovery(self, event: Event) -> None:
+        self.console.print(f"[yellow]recovering:[/] {event.get('message') or event.get('kind')}")
+
+    def _on_reattached(self, event: Event) -> None:
+        self.console.print(f"reattached to the running worker (pid {event['pid']})")
 
     def _on_warning(self, event: Event) -> None:
         self.console.print(f"[yellow]warning:[/] {event['message']}")

@@ -22,6 +22,7 @@ from typing import Any
 from gpuferry.backends.base import Backend
 from gpuferry.errors import (
     BadInputError,
+    CancelledError,
     ConnectionLostError,
     GpuferryError,
     NotAuthenticatedError,
@@ -134,7 +135,7 @@ class RemoteJobRunner:
                 self._compute_all_segments()
                 result = self._assemble(overwrite)
             except BaseException as exc:
-                state = CANCELLED if isinstance(exc, KeyboardInterrupt) else FAILED
+                state = CANCELLED if isinstance(exc, (KeyboardInterrupt, CancelledError)) else FAILED
                 message = exc.one_line() if isinstance(exc, GpuferryError) else repr(exc)
                 self.store.set_state(self.job.id, state, error=message)
                 raise
@@ -150,8 +151,13 @@ class RemoteJobRunner:
     def _pending(self) -> list[Segment]:
         return [record.segment for record in self.store.segments(self.job.id) if record.state != "verified"]
 
+    def _check_cancelled(self) -> None:
+        if self.cancelled() or self.store.get(self.job.id).state == CANCELLED:
+            raise CancelledError(f"job {self.job.id} was cancelled", step="job")
+
     def _compute_all_segments(self) -> None:
         while self._pending():
+            self._check_cancelled()
             try:
                 self._attempt()
             except RECOVERABLE as exc:
@@ -349,8 +355,7 @@ class RemoteJobRunner:
     # --- downloads ------------------------------------------------------------------------------
 
     def _on_poll(self, backend: Backend, paths: RemotePaths, progress: dict[str, Any], finished: set[int]) -> bool:
-        if self.cancelled():
-            raise KeyboardInterrupt
+        self._check_cancelled()
         records = {record.segment.index: record for record in self.store.segments(self.job.id)}
         for index in sorted(finished):
             record = records.get(index)

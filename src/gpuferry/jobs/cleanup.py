@@ -1,0 +1,42 @@
+"""Remove what a job left behind: its remote folder (stopping a worker first) and local segments."""
+
+from __future__ import annotations
+
+import shutil
+import signal
+
+from gpuferry.errors import GpuferryError
+from gpuferry.events import EventSink, ignore, make_event
+from gpuferry.jobs.lock import JobLock
+from gpuferry.jobs.store import JobRecord, JobStore
+from gpuferry.jobs.targets import TargetSpec
+from gpuferry.worker.spec import EXIT_FILE, PID_FILE
+
+
+def remove_job_leftovers(
+    store: JobStore, job: JobRecord, *, stop_worker: bool, on_event: EventSink = ignore
+) -> bool:
+    """True when everything is gone; a target that cannot be reached is reported and kept for later."""
+    local_dir = store.job_dir(job.id)
+    if job.remote_dir:
+        try:
+            with TargetSpec.from_json(job.target).connect() as backend:
+                if stop_worker:
+                    pid_path = f"{job.remote_dir}/{PID_FILE}"
+                    if backend.stat(pid_path) and not backend.stat(f"{job.remote_dir}/{EXIT_FILE}"):
+                        pid = int(backend.read_bytes(pid_path).decode().strip() or 0)
+                        if pid and backend.is_alive(pid):
+                            backend.kill(pid, signal.SIGKILL)
+                            on_event(make_event("worker_stopped", job=job.id, pid=pid))
+                backend.remove(job.remote_dir, recursive=True)
+            store.set_remote_dir(job.id, None)
+            on_event(make_event("removed", job=job.id, where=job.remote_dir))
+        except GpuferryError as exc:
+            on_event(make_event("warning", job=job.id, message=f"remote folder kept: {exc.one_line()}"))
+            return False
+    try:
+        with JobLock(local_dir / "lock", job.id):
+            shutil.rmtree(local_dir / "segments", ignore_errors=True)
+    except GpuferryError:
+        return False  # a client still holds the job; its own cleanup will run
+    return True

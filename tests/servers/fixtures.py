@@ -1,0 +1,78 @@
+"""Session fixtures shared by every suite: one real sshd, one real jupyter_server, fake cgpu runtimes."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from gpuferry.backends.cgpu import CgpuBackend
+from servers.jupyter import JupyterServer, running_jupyter
+from servers.sshd import SshServer, running_sshd
+
+FAKE_CGPU = Path(__file__).resolve().parents[1] / "fakes" / "cgpu"
+
+
+@pytest.fixture(scope="session")
+def sshd_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SshServer]:
+    with running_sshd(tmp_path_factory.mktemp("sshd")) as server:
+        yield server
+
+
+@pytest.fixture(scope="session")
+def jupyter_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[JupyterServer]:
+    with running_jupyter(tmp_path_factory.mktemp("jupyter")) as server:
+        yield server
+
+
+class FakeCgpuRuntime:
+    """A runtime directory and a config directory for the stand-in cgpu."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+        self.content = root / "runtime" / "content"
+        self.config = root / "config"
+        self.content.mkdir(parents=True)
+        self.config.mkdir()
+        (self.config / "config.json").write_text(json.dumps({"fake_account": "Test User <test@example.com>"}))
+
+    @property
+    def runtime(self) -> Path:
+        return self.content.parent
+
+    def set_faults(self, **faults: object) -> None:
+        (self.runtime / "faults.json").write_text(json.dumps(faults))
+
+    def clear_faults(self) -> None:
+        (self.runtime / "faults.json").unlink(missing_ok=True)
+
+    def process_env(self) -> dict[str, str]:
+        return {"CGPU_FAKE_RUNTIME": str(self.runtime)}
+
+    def settings(self, **overrides: object) -> dict[str, object]:
+        """CgpuBackend settings that reach this runtime through the fake CLI."""
+        options: dict[str, object] = {
+            "executable": str(FAKE_CGPU),
+            "config_dir": str(self.config),
+            "remote_root": str(self.content),
+            "process_env": self.process_env(),
+            "call_overhead": 20.0,
+        }
+        options.update(overrides)
+        return options
+
+    def backend(self, **overrides: object) -> CgpuBackend:
+        return CgpuBackend(**self.settings(**overrides))  # type: ignore[arg-type]
+
+
+@pytest.fixture(scope="session")
+def cgpu_runtime(tmp_path_factory: pytest.TempPathFactory) -> FakeCgpuRuntime:
+    return FakeCgpuRuntime(tmp_path_factory.mktemp("cgpu"))
+
+
+@pytest.fixture
+def fresh_cgpu_runtime(tmp_path: Path) -> FakeCgpuRuntime:
+    """A runtime of its own, for tests that inject faults."""
+    return FakeCgpuRuntime(tmp_path / "cgpu")
