@@ -4,9 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import os
-from collections.abc import Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
-from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -19,6 +17,10 @@ from .session import TransferSession
 from .workers import ChunkWorkers
 
 REPAIR_ROUNDS = 3
+
+#: backends whose reads travel as text through a terminal: read through the agent's base64 lines
+#: (their own read_bytes prints one long line, which line-based relays such as cgpu handle slowly)
+LINE_BASED_KINDS = ("cgpu", "jupyter")
 
 
 def download(
@@ -83,29 +85,14 @@ def _download(session: TransferSession, source: str, local_path: Path, plan: Chu
             verified = {}
         os.ftruncate(descriptor, plan.size)
         fetcher = ChunkFetcher(session, source, descriptor, manifest, far_hashes)
-        with larger_helper_reads(session.backend, plan.chunk_size):
-            fetcher.fetch_missing(plan, verified)
-            whole_sha = repair_until_whole(session, fetcher, descriptor, plan)
+        fetcher.fetch_missing(plan, verified)
+        whole_sha = repair_until_whole(session, fetcher, descriptor, plan)
         os.fsync(descriptor)
     finally:
         os.close(descriptor)
     os.replace(part, local_path)
     manifest.remove()
     return session.finish(whole_sha)
-
-
-@contextmanager
-def larger_helper_reads(backend: Backend, chunk_size: int) -> Iterator[None]:
-    """Helper-based backends read in ``read_chunk_size`` pieces (one remote call each): use one per chunk."""
-    previous = getattr(backend, "read_chunk_size", None)
-    if previous is None or previous >= chunk_size:
-        yield
-        return
-    backend.read_chunk_size = chunk_size  # type: ignore[attr-defined]
-    try:
-        yield
-    finally:
-        backend.read_chunk_size = previous  # type: ignore[attr-defined]
 
 
 class ChunkFetcher:
@@ -119,6 +106,13 @@ class ChunkFetcher:
         self.manifest = manifest
         self.far_hashes = far_hashes
 
+    def read(self, chunk: Chunk) -> bytes:
+        backend = self.session.backend
+        if backend.kind in LINE_BASED_KINDS:
+            return self.session.far.read_range(self.source, chunk.offset, chunk.length,
+                                               self.session.options.far_timeout(chunk.length))
+        return backend.read_bytes(self.source, chunk.offset, chunk.length)
+
     def expected(self, index: int) -> str | None:
         chunks = self.far_hashes.result()["chunks"]
         return chunks[index] if index < len(chunks) else None
@@ -128,10 +122,8 @@ class ChunkFetcher:
         backend = session.backend
 
         def attempt() -> None:
-            data = session.timed_move(
-                chunk.index, chunk.length,
-                lambda: backend.read_bytes(self.source, chunk.offset, chunk.length), f"download chunk {chunk.index}",
-            )
+            data = session.timed_move(chunk.index, chunk.length, lambda: self.read(chunk),
+                                      f"download chunk {chunk.index}")
             digest = hashlib.sha256(data).hexdigest()
             if len(data) != chunk.length or digest != self.expected(chunk.index):
                 raise TransferIntegrityError(

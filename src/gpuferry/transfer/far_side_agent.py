@@ -162,9 +162,26 @@ def op_forget(args):
     return None
 
 
+def op_read(args):
+    """Print a file range as base64 in short lines (line-based links carry them well) after a start line."""
+    import base64
+
+    with open(args["path"], "rb") as handle:
+        handle.seek(args["offset"])
+        data = handle.read(args["length"])
+    encoded = base64.b64encode(data)
+    out = sys.stdout.buffer
+    out.write(b"\n" + args["start"].encode("ascii") + b"\n")
+    width = 4096
+    for position in range(0, len(encoded), width):
+        out.write(encoded[position:position + width] + b"\n")
+    out.flush()
+    return {"length": len(data), "sha256": hashlib.sha256(data).hexdigest()}
+
+
 OPERATIONS = {
     "survey": op_survey, "commit": op_commit, "finish": op_finish,
-    "hash_chunks": op_hash_chunks, "forget": op_forget,
+    "hash_chunks": op_hash_chunks, "forget": op_forget, "read": op_read,
 }
 
 

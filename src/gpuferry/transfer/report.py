@@ -26,7 +26,7 @@ class TransferReport:
     """The tally of one transfer call."""
 
     bytes_total: int = 0
-    #: payload bytes actually moved across the link, re-sends included
+    #: payload bytes of chunk moves that completed, re-sends included (a move cut mid-way is not counted)
     bytes_sent: int = 0
     chunks_total: int = 0
     chunks_sent: int = 0

@@ -41,9 +41,10 @@ class TransferSession:
 
     def timed_move(self, chunk: int, nbytes: int, move: Callable[[], T], what: str) -> T:
         """Move one chunk's payload under its throughput deadline, counting the bytes and the rate."""
-        self.tally.moved(chunk, nbytes)
         started = time.monotonic()
         result = call_with_deadline(move, self.clock.deadline_for(nbytes), what, self.backend.kind)
+        # counted once the move completed: a move cut mid-way moved an unknown part of the chunk
+        self.tally.moved(chunk, nbytes)
         self.clock.observe(nbytes, time.monotonic() - started)
         return result
 

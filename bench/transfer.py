@@ -1,0 +1,162 @@
+"""Transfer benchmark: payload throughput against a link of known rate per backend, and re-sends after a drop at 90%.
+
+ssh and jupyter run against real servers behind the test fault proxy (token-bucket rate per direction);
+cgpu runs the stand-in CLI with its own rate fault. Efficiency = payload bytes/s / link bytes/s, so the
+base64-bound backends (jupyter contents API, cgpu downloads) top out at 0.75.
+Usage: python bench/transfer.py [--size-mb 64] [--rate-mb 32]
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import os
+import shutil
+import sys
+import tempfile
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "tests"))
+sys.path.insert(0, str(ROOT / "src"))
+
+from servers.jupyter import running_jupyter  # noqa: E402
+from servers.proxy import running_proxy  # noqa: E402
+from servers.sshd import running_sshd  # noqa: E402
+
+from gpuferry.backends.cgpu import CgpuBackend  # noqa: E402
+from gpuferry.backends.jupyter import JupyterBackend  # noqa: E402
+from gpuferry.backends.ssh import SshBackend  # noqa: E402
+from gpuferry.errors import GpuferryError  # noqa: E402
+from gpuferry.transfer import TransferOptions, TransferProgress, download, upload  # noqa: E402
+
+FAKE_CGPU = ROOT / "tests" / "fakes" / "cgpu"
+MB = 1_000_000
+
+
+class Link:
+    """How to open a backend of one kind and how to drop its link."""
+
+    def __init__(self, kind, opener, drop, heal):  # type: ignore[no-untyped-def]
+        self.kind, self.open, self.drop, self.heal = kind, opener, drop, heal
+
+
+def measure(link: Link, source: Path, remote_dir: Path, work: Path, rate: float) -> dict[str, float]:
+    backend = link.open()
+    try:
+        sent = upload(backend, source, "bench.bin")
+        back = work / f"back-{link.kind}.bin"
+        received = download(backend, "bench.bin", back)
+        assert received.sha256 == sent.sha256
+        back.unlink()
+    finally:
+        backend.close()
+    (remote_dir / "bench.bin").unlink()
+    return {"up": sent.bytes_sent / sent.seconds / rate, "down": received.bytes_sent / received.seconds / rate,
+            "up_mbs": sent.bytes_sent / sent.seconds / MB, "down_mbs": received.bytes_sent / received.seconds / MB}
+
+
+def resent_after_drop(link: Link, source: Path, remote_dir: Path) -> tuple[int, int, int]:
+    """Upload, drop the link at 90%, resume with a fresh backend: (bytes re-sent, chunks re-sent, chunk size)."""
+    size = source.stat().st_size
+    fired: list[int] = []
+    options = TransferOptions(backoff_initial=0.1).for_backend(link.kind)
+    chunk = options.chunk_size or 1
+
+    def hook(progress: TransferProgress) -> None:
+        # cgpu: each copy is its own connection, so drop the one after 85% done (it reaches ~90%)
+        if link.kind == "cgpu" and not fired and progress.done_bytes >= 0.85 * size:
+            fired.append(progress.done_bytes)
+            link.drop(chunk // 2)
+
+    moved = 0
+    backend = link.open()
+    if link.kind != "cgpu":
+        # the proxy counts bytes on the wire: cut when 90% of the payload (base64: 4/3 of it) has passed
+        link.drop(int(0.9 * size * (4 / 3 if link.kind == "jupyter" else 1)))
+    try:
+        report = upload(backend, source, "drop.bin", options=options, on_progress=hook)
+        moved += report.bytes_sent
+    except GpuferryError as error:
+        moved += error.transfer_report.bytes_sent  # type: ignore[attr-defined]
+        backend.close()
+        link.heal()
+        backend = link.open()
+        moved += upload(backend, source, "drop.bin", options=options).bytes_sent
+    finally:
+        backend.close()
+        link.heal()
+    (remote_dir / "drop.bin").unlink()
+    resent = moved - size
+    return resent, math.ceil(resent / chunk), chunk
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--size-mb", type=int, default=64)
+    parser.add_argument("--rate-mb", type=float, default=32.0)
+    args = parser.parse_args()
+    rate = args.rate_mb * MB
+    work = Path(tempfile.mkdtemp(prefix="gpuferry-bench-"))
+    try:
+        source = work / "source.bin"
+        with open(source, "wb") as handle:
+            for _ in range(args.size_mb):
+                handle.write(os.urandom(MB))
+        remote = work / "remote"
+        remote.mkdir()
+        results: dict[str, dict[str, float]] = {}
+        resent_chunks: dict[str, int] = {}
+        with running_sshd(work / "sshd") as sshd, running_jupyter(work / "jupyter") as jupyter, \
+                running_proxy(sshd.port, rate) as ssh_proxy, \
+                running_proxy(int(jupyter.url.rsplit(":", 1)[1]), rate) as jupyter_proxy:
+            key_type, key = sshd.host_public_key.read_text().split()[:2]
+            known = work / "known_hosts"
+            known.write_text(f"[127.0.0.1]:{ssh_proxy.port} {key_type} {key}\n")
+            runtime = work / "cgpu" / "runtime"
+            (runtime / "content").mkdir(parents=True)
+            config = work / "cgpu" / "config"
+            config.mkdir()
+            (config / "config.json").write_text('{"fake_account": "Bench <bench@example.com>"}')
+            faults = runtime / "faults.json"
+
+            def cgpu_rate() -> None:
+                faults.write_text('{"rate": %f}' % rate)
+
+            def cgpu_drop(nbytes: int) -> None:
+                faults.write_text('{"rate": %f, "disconnect_after_bytes": %d, "once": true}' % (rate, nbytes))
+
+            links = [
+                Link("ssh", lambda: SshBackend(host="127.0.0.1", port=ssh_proxy.port, username=sshd.username,
+                                               client_keys=[str(sshd.client_key)], known_hosts=str(known),
+                                               config_files=[str(sshd.empty_ssh_config)], workdir=str(remote)),
+                     ssh_proxy.cut_after, ssh_proxy.reset),
+                Link("jupyter", lambda: JupyterBackend(url=f"http://127.0.0.1:{jupyter_proxy.port}",
+                                                       token=jupyter.token(), workdir=str(remote)),
+                     jupyter_proxy.cut_after, jupyter_proxy.reset),
+                Link("cgpu", lambda: CgpuBackend(executable=str(FAKE_CGPU), config_dir=str(config),
+                                                 remote_root=str(runtime / "content"), workdir=str(remote),
+                                                 process_env={"CGPU_FAKE_RUNTIME": str(runtime)}),
+                     cgpu_drop, cgpu_rate),
+            ]
+            cgpu_rate()
+            print(f"file {args.size_mb} MB, link {args.rate_mb:g} MB/s per direction (raw bytes on the wire)")
+            for link in links:
+                results[link.kind] = measure(link, source, remote, work, rate)
+                row = results[link.kind]
+                resent, chunks, chunk = resent_after_drop(link, source, remote)
+                resent_chunks[link.kind] = chunks
+                print(f"{link.kind:8s} upload {row['up_mbs']:6.1f} MB/s eff {row['up']:.2f}   "
+                      f"download {row['down_mbs']:6.1f} MB/s eff {row['down']:.2f}   "
+                      f"drop at 90%: re-sent {resent} bytes = {chunks} chunk(s) of {chunk // (1 << 20)} MiB",
+                      flush=True)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    eff = {kind: min(row["up"], row["down"]) for kind, row in results.items()}
+    print("efficiency per backend = the lower of upload and download")
+    print(f"RESULT ssh_eff={eff['ssh']:.2f} jupyter_eff={eff['jupyter']:.2f} cgpu_eff={eff['cgpu']:.2f} "
+          f"resent_chunks_max={max(resent_chunks.values())}")
+
+
+if __name__ == "__main__":
+    main()
