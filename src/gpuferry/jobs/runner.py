@@ -122,6 +122,7 @@ class RemoteJobRunner:
         self.paths: RemotePaths | None = None
         self.engine_settings = dict(job.settings["engine"])
         self.recoveries = 0
+        self._last_progress: dict[str, Any] = {}
         self._code_path: str | None = None
         self._caps: Capabilities | None = None
         self._started = time.monotonic()
@@ -140,8 +141,7 @@ class RemoteJobRunner:
                 self.store.set_state(self.job.id, state, error=message)
                 raise
             finally:
-                if self.backend is not None:
-                    self.backend.close()
+                self._disconnect()
             self.store.set_state(self.job.id, DONE)
             self._cleanup_after_success()
             return result
@@ -172,6 +172,7 @@ class RemoteJobRunner:
             raise error
         if isinstance(error, StallError):
             self._stop_worker()
+            self.store.add_lost_frames(self.job.id, self._lost_in_progress(self._last_progress), "stalled worker")
         if isinstance(error, (ConnectionLostError, NotAuthenticatedError)):
             self._disconnect()
             time.sleep(min(2.0 ** min(self.recoveries, 5), 30.0) * 0.1)
@@ -356,6 +357,7 @@ class RemoteJobRunner:
 
     def _on_poll(self, backend: Backend, paths: RemotePaths, progress: dict[str, Any], finished: set[int]) -> bool:
         self._check_cancelled()
+        self._last_progress = progress
         records = {record.segment.index: record for record in self.store.segments(self.job.id)}
         for index in sorted(finished):
             record = records.get(index)
@@ -442,7 +444,5 @@ class RemoteJobRunner:
                                  message=f"could not remove the remote job folder ({exc.one_line()}); "
                                          "`gpuferry clean` will retry"))
         finally:
-            if self.backend is not None:
-                self.backend.close()
-                self.backend = None
+            self._disconnect()
 

@@ -228,17 +228,17 @@ class JobStore:
 
     # --- events ---------------------------------------------------------------------------------
 
-    def event(self, job_id: str, kind: str, **data: Any) -> None:
+    def event(self, job_id: str, name: str, **data: Any) -> None:
         self._db.execute(
             "INSERT INTO events (job_id, time, kind, data) VALUES (?, ?, ?, ?)",
-            (job_id, time.time(), kind, json.dumps(data, default=str)),
+            (job_id, time.time(), name, json.dumps(data, default=str)),
         )
 
     def events(self, job_id: str) -> list[dict[str, Any]]:
         rows = self._db.execute(
             "SELECT time, kind, data FROM events WHERE job_id = ? ORDER BY rowid", (job_id,)
         ).fetchall()
-        return [{"time": row["time"], "kind": row["kind"], **json.loads(row["data"])} for row in rows]
+        return [{"time": row["time"], "event": row["kind"], **json.loads(row["data"])} for row in rows]
 
     def delete(self, job_id: str) -> None:
         with self._transaction() as db:

@@ -43,6 +43,15 @@ def finished_segments(backend: Backend, paths: RemotePaths) -> set[int]:
     return found
 
 
+def _exit_outcome(backend: Backend, paths: RemotePaths, progress: dict[str, Any]) -> WorkerOutcome | None:
+    exit_path = paths.in_job(EXIT_FILE)
+    if backend.stat(exit_path) is None:
+        return None
+    text = backend.read_bytes(exit_path).decode().strip()
+    code = int(text) if text.lstrip("-").isdigit() else 1
+    return WorkerOutcome(code, progress, read_json(backend, paths.in_job(ERROR_FILE)))
+
+
 def watch_worker(
     backend: Backend,
     paths: RemotePaths,
@@ -72,12 +81,13 @@ def watch_worker(
         now = time.monotonic()
         if key != last_key:
             last_key, last_change = key, now
-        exit_text = backend.read_bytes(paths.in_job(EXIT_FILE)) if backend.stat(paths.in_job(EXIT_FILE)) else None
-        if exit_text is not None:
+        alive = backend.is_alive(pid)
+        # the exit file is written by the process's leader before it exits: read it after is_alive
+        outcome = _exit_outcome(backend, paths, progress)
+        if outcome is not None:
             on_poll(progress, finished_segments(backend, paths))
-            code = int(exit_text.decode().strip() or 1)
-            return WorkerOutcome(code, progress, read_json(backend, paths.in_job(ERROR_FILE)))
-        if not backend.is_alive(pid):
+            return outcome
+        if not alive:
             # gone without writing an exit code: killed (-9), or the runtime was recycled
             return WorkerOutcome(None, progress)
         if now - last_change > stall_timeout:
