@@ -42,6 +42,17 @@ class SshServer:
         options.update(overrides)
         return options
 
+    def known_hosts_via(self, port: int, directory: Path) -> Path:
+        """A known_hosts file for this server's key as seen on another port (through a proxy)."""
+        key_type, key = self.host_public_key.read_text().split()[:2]
+        path = directory / f"known_hosts_{port}"
+        path.write_text(f"[127.0.0.1]:{port} {key_type} {key}\n")
+        return path
+
+    def options_via(self, port: int, directory: Path, **overrides: object) -> dict[str, object]:
+        """backend_options for reaching this server through a proxy listening on ``port``."""
+        return self.backend_options(port=port, known_hosts=str(self.known_hosts_via(port, directory)), **overrides)
+
 
 def make_key(path: Path) -> None:
     subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", "gpuferry-test", "-f", str(path)], check=True)

@@ -133,7 +133,13 @@ class RemoteJobRunner:
         with JobLock(self.local_dir / "lock", self.job.id):
             self.store.set_state(self.job.id, RUNNING)
             try:
-                self._compute_all_segments()
+                try:
+                    self._compute_all_segments()
+                except GpuferryError as exc:
+                    # a cancel from another client pulls the far side away mid-step: say so
+                    if not isinstance(exc, CancelledError) and self.store.get(self.job.id).state == CANCELLED:
+                        raise CancelledError(f"job {self.job.id} was cancelled", step="job") from exc
+                    raise
                 result = self._assemble(overwrite)
             except BaseException as exc:
                 state = CANCELLED if isinstance(exc, (KeyboardInterrupt, CancelledError)) else FAILED

@@ -1,0 +1,164 @@
+"""Dropped connections reattach to the running worker; a killed client resumes; one client per job."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from job_shape import FRAMES, SEGMENT_SECONDS
+from media_checks import audio_packets
+from servers.proxy import running_proxy
+
+from gpuferry.api import upscale_on_target
+from gpuferry.errors import JobBusyError
+from gpuferry.jobs.lock import JobLock
+from gpuferry.jobs.store import JobStore
+from gpuferry.jobs.targets import TargetSpec
+from gpuferry.media import probe
+
+
+def _spawned_and_reattached(events):
+    spawned = [e["pid"] for e in events if e["event"] == "spawned"]
+    reattached = [e["pid"] for e in events if e["event"] == "reattached"]
+    return spawned, reattached
+
+
+def test_ssh_drop_reattaches_to_the_same_worker(job_clip, tmp_path, sshd_server, remote_options):
+    root = tmp_path / "far side"
+    root.mkdir()
+    events = []
+    with running_proxy(sshd_server.port) as proxy:
+        target = TargetSpec("ssh", sshd_server.options_via(proxy.port, tmp_path, workdir=str(root)))
+
+        def cut_after_first_segment(event):
+            events.append(event)
+            if event["event"] == "segment" and event["index"] == 0:
+                proxy.cut()  # every open connection dies mid-job
+
+        result = upscale_on_target(job_clip, tmp_path / "out.mp4", target=target, remote=remote_options,
+                                   engine="ncnn", on_event=cut_after_first_segment)
+    spawned, reattached = _spawned_and_reattached(events)
+    assert [e["kind"] for e in events if e["event"] == "recovery"][0] == "connection_lost"
+    assert len(spawned) == 1 and reattached == spawned, "the worker survived the drop and was reattached"
+    assert probe(result.output).video.frames == FRAMES
+    job_id = next(e["job"] for e in events if e["event"] == "job")
+    assert JobStore().get(job_id).lost_frames == 0
+
+
+def test_cgpu_lost_connection_reattaches(job_clip, tmp_path, fresh_cgpu_runtime, remote_options):
+    root = tmp_path / "far side"
+    root.mkdir()
+    target = TargetSpec("cgpu", fresh_cgpu_runtime.settings(workdir=str(root)))
+    events = []
+
+    def drop_once(event):
+        events.append(event)
+        if event["event"] == "segment" and event["index"] == 0:
+            fresh_cgpu_runtime.set_faults(lost_exit_code=True, once=True)
+
+    result = upscale_on_target(job_clip, tmp_path / "out.mp4", target=target, remote=remote_options,
+                               engine="ncnn", on_event=drop_once)
+    spawned, reattached = _spawned_and_reattached(events)
+    assert any(e["event"] == "recovery" and e["kind"] == "connection_lost" for e in events)
+    assert len(spawned) == 1 and reattached == spawned
+    assert probe(result.output).video.frames == FRAMES
+
+
+def _cli(*args: str) -> list[str]:
+    return [sys.executable, "-m", "gpuferry", *args]
+
+
+def _start_job(job_clip: Path, output: Path, root: Path, env: dict[str, str]) -> subprocess.Popen:
+    return subprocess.Popen(
+        _cli("upscale", "--json", "--backend", "local", "--target", f"workdir={root}", "--engine", "ncnn",
+             "--segment-seconds", str(SEGMENT_SECONDS), "--poll-interval", "0.25", "--keep-remote",
+             "--remote-python", sys.executable, "-o", str(output), str(job_clip)),
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
+    )
+
+
+def _read_until(process: subprocess.Popen, predicate, timeout: float = 120) -> list[dict]:
+    assert process.stdout is not None
+    seen = []
+    deadline = time.monotonic() + timeout
+    for line in process.stdout:
+        event = json.loads(line)
+        seen.append(event)
+        if predicate(event) or time.monotonic() > deadline:
+            break
+    return seen
+
+
+@pytest.fixture
+def cli_env(gpuferry_home: Path) -> dict[str, str]:
+    return {**os.environ, "GPUFERRY_HOME": str(gpuferry_home)}
+
+
+def test_kill_9_client_then_resume_computes_every_segment_once(job_clip, tmp_path, cli_env):
+    root, output = tmp_path / "far side", tmp_path / "out.mp4"
+    root.mkdir()
+    client = _start_job(job_clip, output, root, cli_env)
+    seen = _read_until(client, lambda e: e["event"] == "segment")
+    job_id = next(e["job"] for e in seen if e["event"] == "job")
+    client.kill()  # SIGKILL: no cleanup, no lock release by the program itself
+    client.wait(timeout=30)
+    assert not output.exists()
+
+    resumed = subprocess.run(_cli("resume", "--json", job_id), capture_output=True, text=True, env=cli_env,
+                             timeout=300)
+    assert resumed.returncode == 0, resumed.stderr
+    events = [json.loads(line) for line in resumed.stdout.splitlines()]
+    assert events[0] == {**events[0], "event": "job", "job": job_id, "resumed": True}
+    assert probe(output).video.frames == FRAMES
+    assert audio_packets(output) == audio_packets(job_clip)
+    ledger = root / "gpuferry" / "jobs" / job_id / "computed.log"
+    computed = [json.loads(line)["segment"] for line in ledger.read_text().splitlines()]
+    assert sorted(computed) == [0, 1, 2], "every segment computed exactly once across both clients"
+    listing = json.loads(subprocess.run(_cli("jobs", "--json"), capture_output=True, text=True,
+                                        env=cli_env, timeout=60).stdout)
+    assert [(row["id"], row["state"]) for row in listing] == [(job_id, "done")]
+
+
+def test_a_second_client_on_the_same_job_is_refused(job_clip, tmp_path, cli_env, gpuferry_home):
+    root, output = tmp_path / "far side", tmp_path / "out.mp4"
+    root.mkdir()
+    client = _start_job(job_clip, output, root, cli_env)
+    try:
+        seen = _read_until(client, lambda e: e["event"] == "spawned")
+        job_id = next(e["job"] for e in seen if e["event"] == "job")
+        second = subprocess.run(_cli("resume", job_id), capture_output=True, text=True, env=cli_env, timeout=60)
+        assert second.returncode == JobBusyError.exit_code
+        assert "being run by another gpuferry client" in second.stderr
+    finally:
+        client.send_signal(signal.SIGINT)
+        client.communicate(timeout=60)
+
+
+def test_cancel_stops_the_worker_and_removes_the_remote_folder(job_clip, tmp_path, cli_env):
+    root, output = tmp_path / "far side", tmp_path / "out.mp4"
+    root.mkdir()
+    client = _start_job(job_clip, output, root, cli_env)
+    seen = _read_until(client, lambda e: e["event"] == "spawned")
+    job_id = next(e["job"] for e in seen if e["event"] == "job")
+    cancelled = subprocess.run(_cli("cancel", job_id), capture_output=True, text=True, env=cli_env, timeout=60)
+    assert cancelled.returncode == 0, cancelled.stderr
+    client.communicate(timeout=60)
+    assert client.returncode == 130
+    assert not (root / "gpuferry" / "jobs" / job_id).exists()
+    assert not output.exists()
+    assert JobStore().get(job_id).state == "cancelled"
+
+
+def test_lock_is_per_job_and_released_on_exit(tmp_path):
+    with JobLock(tmp_path / "lock", "abc"):
+        with pytest.raises(JobBusyError):
+            with JobLock(tmp_path / "lock", "abc"):
+                pass
+    with JobLock(tmp_path / "lock", "abc"):
+        pass
