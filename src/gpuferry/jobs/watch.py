@@ -36,8 +36,11 @@ def read_json(backend: Backend, path: str) -> dict[str, Any] | None:
 
 def finished_segments(backend: Backend, paths: RemotePaths) -> set[int]:
     """Indices whose done-marker exists (written only after the segment file is complete)."""
-    found = set()
-    for name in backend.listdir(paths.in_job(SEGMENTS_DIR)):
+    found: set[int] = set()
+    directory = paths.in_job(SEGMENTS_DIR)
+    if backend.stat(directory) is None:
+        return found  # the runtime was recycled and took the job folder with it
+    for name in backend.listdir(directory):
         if name.startswith("seg_") and name.endswith(".done.json"):
             found.add(int(name[4:9]))
     return found
