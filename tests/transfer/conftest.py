@@ -1,4 +1,4 @@
-"""Fixtures for transfer tests: real sshd and jupyter_server behind fault proxies, the fake cgpu, local."""
+"""Fixtures for transfer tests: the shared sshd and jupyter_server behind fault proxies, the fake cgpu, local."""
 
 from __future__ import annotations
 
@@ -8,9 +8,9 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
-from servers.jupyter import JupyterServer, running_jupyter
+from servers.jupyter import JupyterServer
 from servers.proxy import FaultProxy, running_proxy
-from servers.sshd import SshServer, running_sshd
+from servers.sshd import SshServer
 
 from gpuferry.backends.base import Backend
 from gpuferry.backends.cgpu import CgpuBackend
@@ -24,18 +24,6 @@ FAKE_CGPU = TESTS_DIR / "fakes" / "cgpu"
 BACKEND_KINDS = ["local", "ssh", "jupyter", "cgpu"]
 #: small chunks so that every test crosses several chunk boundaries
 TEST_CHUNK = 64 * 1024
-
-
-@pytest.fixture(scope="session")
-def sshd_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SshServer]:
-    with running_sshd(tmp_path_factory.mktemp("sshd")) as server:
-        yield server
-
-
-@pytest.fixture(scope="session")
-def jupyter_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[JupyterServer]:
-    with running_jupyter(tmp_path_factory.mktemp("jupyter")) as server:
-        yield server
 
 
 @pytest.fixture(scope="session")

@@ -59,7 +59,7 @@ LOST = (asyncssh.ConnectionLost, asyncssh.DisconnectError, ConnectionError, asyn
 
 
 class SshBackend(HelperOperations):
-    """One ssh connection (with an sftp session) held open until ``close``."""
+    """One ssh connection (with an sftp session) held open until ``close``; opened again after a drop."""
 
     kind = "ssh"
 
@@ -69,6 +69,8 @@ class SshBackend(HelperOperations):
         self._loop = EventLoopThread(name=f"gpuferry-ssh-{self.settings.host}")
         self._connection: asyncssh.SSHClientConnection | None = None
         self._sftp: asyncssh.SFTPClient | None = None
+        self._closed = False
+        self._reconnecting: asyncio.Lock | None = None
         try:
             self._loop.call(self._connect())
         except BaseException:
@@ -154,7 +156,23 @@ class SshBackend(HelperOperations):
         with open(path, "a", encoding="utf-8") as handle:
             handle.write(line)
 
+    async def _live(self) -> asyncssh.SSHClientConnection:
+        """The connection, opened again when the previous one dropped (never after ``close``)."""
+        if self._closed:
+            raise ConnectionLostError(f"the ssh backend for {self.where} is closed", step=self.kind)
+        if self._connection is not None and not self._connection.is_closed():
+            return self._connection
+        if self._reconnecting is None:
+            self._reconnecting = asyncio.Lock()
+        async with self._reconnecting:
+            if self._connection is None or self._connection.is_closed():
+                self._connection, self._sftp = None, None
+                await self._connect()
+        assert self._connection is not None
+        return self._connection
+
     def close(self) -> None:
+        self._closed = True
         if self._connection is not None:
             connection, self._connection = self._connection, None
             self._sftp = None
@@ -171,11 +189,6 @@ class SshBackend(HelperOperations):
             except RuntimeError:
                 pass
         self._loop.stop()
-
-    def _require_connection(self) -> asyncssh.SSHClientConnection:
-        if self._connection is None:
-            raise ConnectionLostError(f"the ssh backend for {self.where} is closed", step=self.kind)
-        return self._connection
 
     @property
     def workdir(self) -> str:
@@ -199,7 +212,7 @@ class SshBackend(HelperOperations):
         return self._loop.call(self._run_line(shell_line(argv, replace_shell=True), timeout, argv[0]))
 
     async def _run_line(self, line: str, timeout: float, program: str) -> CommandResult:
-        connection = self._require_connection()
+        connection = await self._live()
         try:
             process = await connection.create_process(
                 line, stdin=asyncssh.DEVNULL, stderr=asyncssh.STDOUT, encoding=None
@@ -227,6 +240,7 @@ class SshBackend(HelperOperations):
     # --- files (sftp) ---------------------------------------------------------------------------
 
     async def _sftp_call(self, operation: str, path: str, work: Any) -> Any:
+        await self._live()
         if self._sftp is None:
             raise ConnectionLostError(f"the ssh backend for {self.where} is closed", step=self.kind)
         try:

@@ -48,8 +48,8 @@ class FarSide:
             raise ConnectionLostError(f"read of {path!r} returned no data", step=self.backend.kind)
         body = output[begin + len(start) + 1:]
         end = body.rfind("\n{")
-        encoded = body[:end] if end >= 0 else body
-        return base64.b64decode("".join(encoded.split()))
+        # b64decode drops the line breaks itself (non-alphabet characters are discarded)
+        return base64.b64decode(body[:end] if end >= 0 else body)
 
     def call(self, operation: str, arguments: dict[str, Any], timeout: float, path: str | None = None) -> Any:
         argv = [self.python, "-c", agent_source(), operation, json.dumps(arguments)]

@@ -1,4 +1,4 @@
-"""Far-side transfer agent: survey, commit a chunk, finish a partial file, hash chunks (stdlib only).
+"""Far-side transfer agent: survey, commit chunks, finish a partial file, hash chunks (stdlib only).
 
 Run as ``python3 -c <this source> <operation> <json arguments>``: every path travels inside the JSON
 argument, never through a shell. Prints one JSON line ``{"ok": ..., "result": ...}``.
@@ -68,6 +68,7 @@ def op_survey(args):
             pass
         write_text_atomically(manifest, json.dumps(args["header"], sort_keys=True) + "\n")
     os.makedirs(chunk_dir, exist_ok=True)
+    result["staged"] = sorted(int(name) for name in os.listdir(chunk_dir) if name.isdigit())
     return result
 
 
@@ -78,32 +79,48 @@ def write_text_atomically(path, text):
     os.replace(temporary, path)
 
 
-def op_commit(args):
-    """Check a staged chunk file (size, sha256), copy it into the partial file at its offset, record it."""
-    stage, part, manifest = args["stage"], args["part"], args["manifest"]
+def commit_one(part, entry):
+    """Check a staged chunk file (size, sha256) and copy it into the partial file at its offset; None when it fits."""
+    stage = entry["stage"]
     try:
         size = os.path.getsize(stage)
     except FileNotFoundError:
-        return {"committed": False, "reason": "staged chunk is missing"}
+        return "staged chunk is missing"
     digest = hash_file(stage)
-    if size != args["length"] or digest != args["sha256"]:
+    if size != entry["length"] or digest != entry["sha256"]:
         os.remove(stage)
-        return {"committed": False, "reason": "staged chunk has %d bytes, sha256 %s" % (size, digest[:12])}
+        return "staged chunk has %d bytes, sha256 %s" % (size, digest[:12])
     with open(part, "r+b") as target, open(stage, "rb") as source:
-        target.seek(args["offset"])
+        target.seek(entry["offset"])
         shutil.copyfileobj(source, target, BLOCK)
     os.remove(stage)
-    line = json.dumps({"chunk": args["index"], "sha256": digest}) + "\n"
-    with open(manifest, "a") as handle:
-        fcntl.flock(handle.fileno(), fcntl.LOCK_EX)
-        handle.write(line)
-        handle.flush()
-    return {"committed": True}
+    return None
+
+
+def op_commit(args):
+    """Commit a batch of staged chunks (``chunks``: stage, index, offset, length, sha256); record the good ones."""
+    failed, lines = {}, []
+    for entry in args["chunks"]:
+        reason = commit_one(args["part"], entry)
+        if reason is None:
+            lines.append(json.dumps({"chunk": entry["index"], "sha256": entry["sha256"]}) + "\n")
+        else:
+            failed[str(entry["index"])] = reason
+    if lines:
+        with open(args["manifest"], "a") as handle:
+            fcntl.flock(handle.fileno(), fcntl.LOCK_EX)
+            handle.write("".join(lines))
+            handle.flush()
+    return {"failed": failed}
 
 
 def op_finish(args):
     """Whole-file sha256 of the partial file; when it is the expected one, rename it into place."""
     part, dest = args["part"], args["dest"]
+    if args.get("chunks"):
+        failed = op_commit(args)["failed"]
+        if failed:
+            return {"done": False, "failed": failed}
     size = os.path.getsize(part)
     if size > args["size"]:
         with open(part, "r+b") as handle:
@@ -119,7 +136,7 @@ def op_finish(args):
                 pass
         shutil.rmtree(args["chunk_dir"], ignore_errors=True)
         return {"done": True, "sha256": digest, "size": size}
-    return {"done": False, "sha256": digest, "size": size}
+    return {"done": False, "sha256": digest, "size": size, "failed": {}}
 
 
 def op_hash_chunks(args):

@@ -8,12 +8,13 @@ MIB = 1024 * 1024
 
 #: Chunk size and parallel chunks that suit each backend kind (see TransferOptions.for_backend).
 BACKEND_DEFAULTS: dict[str, tuple[int, int]] = {
-    # sftp pipelines requests inside one write, so one chunk at a time already fills the link
-    "ssh": (8 * MIB, 3),
-    # one HTTP round trip per contents PUT and a terminal per commit: overlap chunks
-    "jupyter": (8 * MIB, 4),
-    # every cgpu call costs a login and a runtime look-up: few, large chunks, one at a time
-    "cgpu": (8 * MIB, 1),
+    # sftp pipelines requests inside one write, so one chunk at a time fills the link (and a drop cuts
+    # at most one chunk); far-side commits run beside the next move
+    "ssh": (32 * MIB, 1),
+    # one contents PUT per chunk; the server decodes while the next chunk is on the wire
+    "jupyter": (8 * MIB, 2),
+    # every cgpu call costs a process, a login and a runtime look-up: few, large chunks, one at a time
+    "cgpu": (16 * MIB, 1),
     "local": (32 * MIB, 1),
 }
 

@@ -26,13 +26,14 @@ class TransferReport:
     """The tally of one transfer call."""
 
     bytes_total: int = 0
-    #: payload bytes of chunk moves that completed, re-sends included (a move cut mid-way is not counted)
+    #: payload bytes of chunk moves, re-sends included; a move that failed counts in full (it put at most
+    #: the whole chunk on the wire), so re-sent bytes are an upper bound, never an under-count
     bytes_sent: int = 0
     chunks_total: int = 0
     chunks_sent: int = 0
     #: chunks already verified at the destination (resume or identical content)
     chunks_skipped: int = 0
-    #: chunks moved more than once in this call (failed verification or a retried transfer)
+    #: chunks moved more than once in this call (failed verification, a retried or a cut move)
     resent_chunks: int = 0
     retries: int = 0
     seconds: float = 0.0

@@ -42,9 +42,12 @@ class TransferSession:
     def timed_move(self, chunk: int, nbytes: int, move: Callable[[], T], what: str) -> T:
         """Move one chunk's payload under its throughput deadline, counting the bytes and the rate."""
         started = time.monotonic()
-        result = call_with_deadline(move, self.clock.deadline_for(nbytes), what, self.backend.kind)
-        # counted once the move completed: a move cut mid-way moved an unknown part of the chunk
-        self.tally.moved(chunk, nbytes)
+        try:
+            result = call_with_deadline(move, self.clock.deadline_for(nbytes), what, self.backend.kind)
+        finally:
+            # a move cut mid-way put an unknown part of the chunk on the wire: count all of it (an upper
+            # bound), so the re-sent bytes a caller adds up are never under-reported
+            self.tally.moved(chunk, nbytes)
         self.clock.observe(nbytes, time.monotonic() - started)
         return result
 

@@ -7,8 +7,9 @@ import os
 from pathlib import Path
 
 from ..backends.base import Backend
-from ..errors import BadInputError, TransferIntegrityError
+from ..errors import BadInputError, StallError, TransferIntegrityError
 from .chunks import Chunk, ChunkPlan, PartNames, sha256_of_file
+from .commits import Committer
 from .options import TransferOptions
 from .report import ProgressCallback, TransferReport
 from .session import TransferSession
@@ -59,41 +60,72 @@ def upload(
     verified = {int(index): digest for index, digest in survey["verified"].items()}
     sender = ChunkSender(session, names)
     try:
+        verified.update(sender.adopt_staged(local_path, plan, survey.get("staged", []), verified))
         chunk_sha, whole_sha = sender.send_missing(local_path, plan, verified)
         repair_until_whole(session, sender, local_path, plan, chunk_sha, whole_sha)
     except BaseException as error:
+        if isinstance(error, StallError):
+            sender.committer.abandon()
+        else:
+            sender.committer.salvage()
         session.attach_partial_report(error)
         raise
     return session.finish(whole_sha)
 
 
+#: backends whose far-side commits run beside the next chunk's move over a link (cgpu calls run one at a time:
+#: every call rewrites the stored session)
+BACKGROUND_COMMIT_KINDS = ("ssh", "jupyter")
+
+
 class ChunkSender:
-    """Sends one chunk: write it as a staged file, then have the far side check and commit it."""
+    """Moves one chunk into a staged file; the committer then has the far side check and commit it."""
 
     def __init__(self, session: TransferSession, names: PartNames) -> None:
         self.session = session
         self.names = names
         self.backend = session.backend
+        self.committer = Committer(session, names, self.backend.kind in BACKGROUND_COMMIT_KINDS)
+
+    def entry(self, chunk: Chunk, sha256: str) -> dict[str, object]:
+        return {"stage": f"{self.names.chunk_dir}/{chunk.index:08d}", "index": chunk.index, "offset": chunk.offset,
+                "length": chunk.length, "sha256": sha256}
+
+    def move(self, chunk: Chunk, data: bytes, sha256: str, counted: bool = True) -> dict[str, object]:
+        """Stage the chunk's bytes on the far side (retried on transient errors); its commit entry.
+
+        ``counted``: progress counts the staged bytes now (a failed commit takes them back later).
+        """
+        entry = self.entry(chunk, sha256)
+        session = self.session
+        session.retrying(lambda: session.timed_move(
+            chunk.index, chunk.length, lambda: self.backend.write_bytes(str(entry["stage"]), data, 0),
+            f"upload chunk {chunk.index}"))
+        if counted:
+            session.meter.advance(chunk.index, chunk.length)
+        return entry
 
     def send(self, chunk: Chunk, data: bytes, sha256: str) -> None:
-        stage = f"{self.names.chunk_dir}/{chunk.index:08d}"
-        session = self.session
+        if self.committer.error is not None:
+            raise self.committer.error
+        self.committer.add(self.move(chunk, data, sha256, counted=self.committer.background))
 
-        def attempt() -> None:
-            session.timed_move(chunk.index, chunk.length, lambda: self.backend.write_bytes(stage, data, 0),
-                               f"upload chunk {chunk.index}")
-            reply = session.far.call(
-                "commit",
-                {"stage": stage, "part": self.names.part, "manifest": self.names.manifest,
-                 "index": chunk.index, "offset": chunk.offset, "length": chunk.length, "sha256": sha256},
-                session.options.far_timeout(chunk.length), path=self.names.part,
-            )
-            if not reply["committed"]:
-                raise TransferIntegrityError(f"chunk {chunk.index} arrived damaged: {reply['reason']}",
-                                             path=self.names.dest, step=self.backend.kind)
-
-        session.retrying(attempt)
-        session.meter.advance(chunk.index, chunk.length)
+    def adopt_staged(self, local_path: Path, plan: ChunkPlan, staged: list[int],
+                     verified: dict[int, str]) -> dict[int, str]:
+        """Commit chunks an interrupted upload staged but never committed, when their bytes are right."""
+        candidates = [index for index in staged if index < plan.count and index not in verified]
+        if not candidates:
+            return {}
+        batch = []
+        with open(local_path, "rb") as handle:
+            for index in candidates:
+                chunk = plan.chunk(index)
+                batch.append(self.entry(chunk, hashlib.sha256(os.pread(handle.fileno(), chunk.length,
+                                                                        chunk.offset)).hexdigest()))
+        reply = self.session.far_call("commit", self.committer.arguments(batch), 2 * plan.chunk_size * len(batch),
+                                      path=self.names.part)
+        return {int(entry["index"]): str(entry["sha256"]) for entry in batch
+                if str(entry["index"]) not in reply["failed"]}
 
     def send_missing(self, local_path: Path, plan: ChunkPlan, verified: dict[int, str]) -> tuple[list[str], str]:
         """Read the file once in order (hashing every chunk and the whole), sending what is not verified."""
@@ -123,16 +155,41 @@ class ChunkSender:
         return chunk_sha, whole.hexdigest()
 
 
+def resend(session: TransferSession, sender: ChunkSender, local_path: Path, plan: ChunkPlan,
+           chunk_sha: list[str], indices: list[int]) -> list[dict[str, object]]:
+    """Stage the chunks ``indices`` again; their commit entries."""
+    entries = []
+    with open(local_path, "rb") as handle:
+        for index in sorted(indices):
+            chunk = plan.chunk(index)
+            data = os.pread(handle.fileno(), chunk.length, chunk.offset)
+            digest = hashlib.sha256(data).hexdigest()
+            if digest != chunk_sha[index]:
+                raise BadInputError("the file changed while it was being uploaded", path=str(local_path))
+            entries.append(sender.move(chunk, data, digest))
+    return entries
+
+
 def repair_until_whole(session: TransferSession, sender: ChunkSender, local_path: Path, plan: ChunkPlan,
                        chunk_sha: list[str], whole_sha: str) -> None:
-    """Finish on the far side; when the whole hash differs, find the damaged chunks and send them again."""
+    """Commit what is left and finish on the far side; send again what failed its check or proved damaged."""
     names = sender.names
+    committer = sender.committer
+    commits = committer.stop()
+    failed = dict(committer.failed)
     finish_arguments = {"part": names.part, "dest": names.dest, "manifest": names.manifest,
                         "chunk_dir": names.chunk_dir, "size": plan.size, "sha256": whole_sha}
-    for _ in range(REPAIR_ROUNDS):
-        reply = session.far_call("finish", finish_arguments, plan.size, path=names.dest)
+    for _ in range(REPAIR_ROUNDS + 1):
+        if failed:
+            commits += resend(session, sender, local_path, plan, chunk_sha, list(failed))
+        reply = session.far_call("finish", {**finish_arguments, "chunks": commits}, plan.size, path=names.dest)
+        committer.settle(commits, reply.get("failed") or {})
+        commits = []
         if reply["done"]:
             return
+        failed = {int(index): reason for index, reason in (reply.get("failed") or {}).items()}
+        if failed:
+            continue
         far = session.far_call("hash_chunks", {"path": names.part, "chunk_size": plan.chunk_size}, plan.size,
                                path=names.part)
         damaged = [index for index, digest in enumerate(chunk_sha)
@@ -142,15 +199,8 @@ def repair_until_whole(session: TransferSession, sender: ChunkSender, local_path
         session.far_call("forget", {"manifest": names.manifest, "chunks": damaged}, 0, path=names.manifest)
         for index in damaged:
             session.tally.sent_before(index)
-        with open(local_path, "rb") as handle:
-            for index in damaged:
-                chunk = plan.chunk(index)
-                data = os.pread(handle.fileno(), chunk.length, chunk.offset)
-                digest = hashlib.sha256(data).hexdigest()
-                if digest != chunk_sha[index]:
-                    raise BadInputError("the file changed while it was being uploaded", path=str(local_path))
-                session.meter.retract(chunk.length)
-                sender.send(chunk, data, digest)
+            session.meter.retract(plan.chunk(index).length)
+        failed = {index: "damaged at the destination" for index in damaged}
     raise TransferIntegrityError(
         f"the uploaded file's sha256 does not match the source after {REPAIR_ROUNDS} repair rounds",
         path=names.dest, step=session.backend.kind,

@@ -1,0 +1,116 @@
+"""Commit staged chunks on the far side in batches, on a background thread, while later chunks still move."""
+
+from __future__ import annotations
+
+import threading
+from typing import Any
+
+from ..errors import GpuferryError
+from .chunks import PartNames
+from .session import TransferSession
+
+
+class Committer:
+    """Queues chunks whose bytes are staged and has the far side check and commit them, a batch per call.
+
+    With ``background`` one thread commits whatever queued up since its last call, so far-side hashing
+    and copying never hold up the link; without it each chunk is committed as it is added.
+    Chunks that fail the far side's check land in ``failed`` (index -> reason), to be sent again.
+    """
+
+    def __init__(self, session: TransferSession, names: PartNames, background: bool) -> None:
+        self.session = session
+        self.names = names
+        self.failed: dict[int, str] = {}
+        self.error: BaseException | None = None
+        self._pending: list[dict[str, Any]] = []
+        self._stopping = False
+        self._cond = threading.Condition()
+        self._thread: threading.Thread | None = None
+        if background:
+            self._thread = threading.Thread(target=self._loop, name="gpuferry-commit", daemon=True)
+            self._thread.start()
+
+    def arguments(self, batch: list[dict[str, Any]]) -> dict[str, Any]:
+        return {"part": self.names.part, "manifest": self.names.manifest, "chunks": batch}
+
+    @property
+    def background(self) -> bool:
+        return self._thread is not None
+
+    def add(self, entry: dict[str, Any]) -> None:
+        """Queue a staged chunk (its progress already counted), or commit it now and then count it."""
+        if self._thread is None:
+            self.commit([entry], counted=False)
+            if entry["index"] not in self.failed:
+                self.session.meter.advance(entry["index"], entry["length"])
+            return
+        with self._cond:
+            self._pending.append(entry)
+            self._cond.notify()
+
+    def _loop(self) -> None:
+        while True:
+            with self._cond:
+                while not self._pending and not self._stopping:
+                    self._cond.wait()
+                if self._stopping:
+                    return
+                batch, self._pending = self._pending, []
+            try:
+                self.commit(batch)
+            except BaseException as error:  # handed to the uploading thread by stop()
+                with self._cond:
+                    self._pending[:0] = batch  # still to commit (by finish, or a salvage)
+                self.error = error
+                return
+
+    def commit(self, batch: list[dict[str, Any]], counted: bool = True) -> None:
+        touched = sum(entry["length"] for entry in batch)
+        reply = self.session.far_call("commit", self.arguments(batch), 2 * touched, path=self.names.part)
+        self.settle(batch, reply["failed"], counted)
+
+    def settle(self, batch: list[dict[str, Any]], failed: dict[str, str], counted: bool = True) -> None:
+        """Remember the chunks that failed the far side's check (taking back their progress if ``counted``)."""
+        for entry in batch:
+            reason = failed.get(str(entry["index"]))
+            if reason is not None:
+                self.failed[entry["index"]] = reason
+                if counted:
+                    self.session.meter.retract(entry["length"])
+
+    def stop(self, wait: bool = True) -> list[dict[str, Any]]:
+        """End the thread after its current batch; the chunks still queued (to commit with ``finish``)."""
+        with self._cond:
+            self._stopping = True
+            self._cond.notify()
+        if self._thread is not None and wait:
+            self._thread.join()
+        if self.error is not None:
+            raise self.error
+        with self._cond:
+            left, self._pending = self._pending, []
+        return left
+
+    def abandon(self) -> None:
+        """The upload failed: stop committing without waiting (the link may be stalled)."""
+        with self._cond:
+            self._stopping = True
+            self._cond.notify()
+
+    def salvage(self) -> None:
+        """The upload failed but the link may work again: one try to commit what is queued, so a resume
+        finds it verified (the backend reconnects where it can); failures are left to the resume."""
+        self.abandon()
+        if self._thread is not None:
+            self._thread.join()
+        with self._cond:
+            left, self._pending = self._pending, []
+        try:
+            if left:
+                touched = sum(entry["length"] for entry in left)
+                reply = self.session.far.call("commit", self.arguments(left),
+                                              self.session.options.far_timeout(2 * touched), path=self.names.part)
+                self.settle(left, reply["failed"])
+        except GpuferryError:
+            pass
