@@ -310,3 +310,14 @@ class JobNotFoundError(GpuferryError):
     exit_code = 2
     kind = "job_not_found"
     default_hints = ("List jobs with `gpuferry jobs`.",)
+
+
+def error_class_for_kind(kind: str) -> type[GpuferryError]:
+    """The class behind a ``kind`` string (as a worker reports it in error.json)."""
+    stack: list[type[GpuferryError]] = [GpuferryError]
+    while stack:
+        cls = stack.pop()
+        if cls.kind == kind:
+            return cls
+        stack.extend(cls.__subclasses__())
+    return GpuferryError

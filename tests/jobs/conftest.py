@@ -41,6 +41,8 @@ def remote_options() -> RemoteOptions:
         python=sys.executable,
         heartbeat_s=0.2,
         keep_remote=True,
+        backoff_initial=0.05,
+        backoff_max=1.0,
     )
 
 

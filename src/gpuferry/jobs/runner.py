@@ -19,20 +19,20 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import tenacity
+
 from gpuferry.backends.base import Backend
 from gpuferry.errors import (
-    BadInputError,
     CancelledError,
-    ConnectionLostError,
     GpuferryError,
-    NotAuthenticatedError,
-    RemoteCommandError,
+    GpuOutOfMemoryError,
     StallError,
     TransferIntegrityError,
-    UsageError,
+    error_class_for_kind,
 )
 from gpuferry.events import EventSink, ignore, make_event
 from gpuferry.jobs.lock import JobLock
+from gpuferry.jobs.policy import WorkerEndedError, backoff, is_retried, rule_for
 from gpuferry.jobs.remote_setup import (
     Capabilities,
     RemotePaths,
@@ -64,8 +64,6 @@ from gpuferry.worker.spec import (
 
 log = logging.getLogger(__name__)
 
-#: what a recovery may do about each transient failure
-RECOVERABLE = (ConnectionLostError, NotAuthenticatedError, StallError, TransferIntegrityError)
 #: the exit code the worker uses for GPU out-of-memory (GpuOutOfMemoryError)
 OOM_EXIT = 7
 MIN_TILE = 32
@@ -79,7 +77,10 @@ class RemoteOptions:
     poll_interval: float = 2.0
     stall_timeout: float = 120.0
     attempt_timeout: float = 1800.0
+    #: the job's retry budget: reconnects, relaunches and retries together
     max_recoveries: int = 8
+    backoff_initial: float = 0.5
+    backoff_max: float = 30.0
     remote_root: str | None = None
     python: str = "python3"
     install_dependencies: bool = True
@@ -162,26 +163,36 @@ class RemoteJobRunner:
             raise CancelledError(f"job {self.job.id} was cancelled", step="job")
 
     def _compute_all_segments(self) -> None:
-        while self._pending():
-            self._check_cancelled()
-            try:
-                self._attempt()
-            except RECOVERABLE as exc:
-                self._recover(exc)
+        """Attempts until every segment is verified; the policy table decides what a failure gets."""
+        retrying = tenacity.Retrying(
+            retry=tenacity.retry_if_exception(is_retried),
+            stop=tenacity.stop_after_attempt(self.options.max_recoveries + 1),
+            wait=backoff(self.options.backoff_initial, self.options.backoff_max),
+            before_sleep=self._before_retry,
+            reraise=True,
+        )
+        for attempt in retrying:
+            with attempt:
+                self._check_cancelled()
+                if self._pending():
+                    self._attempt()
 
-    def _recover(self, error: GpuferryError) -> None:
-        self.recoveries += 1
-        self.store.event(self.job.id, "recovery", kind=error.kind, message=error.one_line(), count=self.recoveries)
-        self.emit(make_event("recovery", job=self.job.id, kind=error.kind, message=error.one_line(),
-                             attempt=self.recoveries))
-        if self.recoveries > self.options.max_recoveries:
-            raise error
+    def _before_retry(self, state: tenacity.RetryCallState) -> None:
+        """Do what the failure's rule says before the next attempt, and say so."""
+        error = state.outcome.exception() if state.outcome else None
+        assert isinstance(error, GpuferryError)
+        self.recoveries = state.attempt_number
+        rule = rule_for(error)
+        self.store.event(self.job.id, "recovery", error=error.kind, action=rule.action,
+                         message=error.one_line(), count=self.recoveries)
+        self.emit(make_event("recovery", job=self.job.id, kind=error.kind, action=rule.action,
+                             message=error.one_line(), attempt=self.recoveries,
+                             budget=self.options.max_recoveries))
         if isinstance(error, StallError):
             self._stop_worker()
             self.store.add_lost_frames(self.job.id, self._lost_in_progress(self._last_progress), "stalled worker")
-        if isinstance(error, (ConnectionLostError, NotAuthenticatedError)):
+        if rule.action == "reconnect":
             self._disconnect()
-            time.sleep(min(2.0 ** min(self.recoveries, 5), 30.0) * 0.1)
 
     def _attempt(self) -> None:
         backend = self._backend()
@@ -206,41 +217,31 @@ class RemoteJobRunner:
         self._handle_outcome(outcome)
 
     def _handle_outcome(self, outcome: WorkerOutcome) -> None:
+        """Segments left after the worker ended: raise what the policy should act on."""
         if not self._pending():
             return
         lost = self._lost_in_progress(outcome.last_progress)
         if outcome.exit_code is None:
             self.store.add_lost_frames(self.job.id, lost, "worker vanished")
-            self.emit(make_event("recovery", job=self.job.id, kind="worker_gone", lost_frames=lost,
-                                 message="the worker is gone (killed or runtime recycled); relaunching"))
-        elif outcome.exit_code == OOM_EXIT:
-            self.store.add_lost_frames(self.job.id, lost, "out of GPU memory")
-            self._halve_tile(outcome)
-        elif outcome.exit_code != 0:
-            self.store.add_lost_frames(self.job.id, lost, f"worker exit {outcome.exit_code}")
-            error = outcome.error or {}
-            if error.get("kind") in (BadInputError.kind, UsageError.kind):
-                raise BadInputError(f"the worker refused the job: {error.get('message')}", step="worker")
-            self.emit(make_event("recovery", job=self.job.id, kind="worker_failed",
-                                 message=str(error.get("message") or f"exit {outcome.exit_code}")))
-        self.recoveries += 1
-        if self.recoveries > self.options.max_recoveries:
-            raise RemoteCommandError(
-                f"the worker kept failing ({self.recoveries} recoveries); last: "
-                f"{(outcome.error or {}).get('message') or outcome.exit_code}",
-                step="worker",
-            )
+            raise WorkerEndedError("the worker is gone (killed, or the runtime was recycled)", step="worker")
+        self.store.add_lost_frames(self.job.id, lost, f"worker exit {outcome.exit_code}")
+        if outcome.exit_code == OOM_EXIT:
+            tile = self._halve_tile(outcome)
+            raise WorkerEndedError(f"out of GPU memory: redoing the segment with tile {tile}", step="worker")
+        error = outcome.error or {}
+        message = str(error.get("message") or f"the worker exited with {outcome.exit_code}")
+        cls = error_class_for_kind(str(error.get("kind", "")))
+        if cls is not GpuferryError and not rule_for(cls("")).retried:
+            raise cls(f"the worker failed: {message}", step="worker")
+        raise WorkerEndedError(f"the worker failed: {message}", step="worker")
 
-    def _halve_tile(self, outcome: WorkerOutcome) -> None:
+    def _halve_tile(self, outcome: WorkerOutcome) -> int:
         preflight = outcome.last_progress.get("preflight") or {}
         current = int(self.engine_settings.get("tile") or preflight.get("tile") or 512)
         if current <= MIN_TILE:
-            from gpuferry.errors import GpuOutOfMemoryError
-
             raise GpuOutOfMemoryError(f"out of GPU memory even with tile {current}", step="worker")
         self.engine_settings["tile"] = max(MIN_TILE, current // 2)
-        self.emit(make_event("recovery", job=self.job.id, kind="gpu_oom",
-                             message=f"out of GPU memory: redoing with tile {self.engine_settings['tile']}"))
+        return int(self.engine_settings["tile"])
 
     def _lost_in_progress(self, progress: dict[str, Any]) -> int:
         segment = progress.get("segment")

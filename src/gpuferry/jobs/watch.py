@@ -46,13 +46,14 @@ def finished_segments(backend: Backend, paths: RemotePaths) -> set[int]:
     return found
 
 
-def _exit_outcome(backend: Backend, paths: RemotePaths, progress: dict[str, Any]) -> WorkerOutcome | None:
+def _exit_outcome(backend: Backend, paths: RemotePaths) -> WorkerOutcome | None:
+    """The worker's exit code and error report, once its leader has written them."""
     exit_path = paths.in_job(EXIT_FILE)
     if backend.stat(exit_path) is None:
         return None
     text = backend.read_bytes(exit_path).decode().strip()
     code = int(text) if text.lstrip("-").isdigit() else 1
-    return WorkerOutcome(code, progress, read_json(backend, paths.in_job(ERROR_FILE)))
+    return WorkerOutcome(code, error=read_json(backend, paths.in_job(ERROR_FILE)))
 
 
 def watch_worker(
@@ -86,13 +87,14 @@ def watch_worker(
             last_key, last_change = key, now
         alive = backend.is_alive(pid)
         # the exit file is written by the process's leader before it exits: read it after is_alive
-        outcome = _exit_outcome(backend, paths, progress)
-        if outcome is not None:
-            on_poll(progress, finished_segments(backend, paths))
-            return outcome
-        if not alive:
-            # gone without writing an exit code: killed (-9), or the runtime was recycled
-            return WorkerOutcome(None, progress)
+        ended = _exit_outcome(backend, paths)
+        if ended is None and not alive:
+            ended = WorkerOutcome(None)  # gone without an exit code: killed (-9), or runtime recycled
+        if ended is not None:
+            # the worker's last heartbeat says how far it got in the segment it did not finish
+            ended.last_progress = read_json(backend, paths.in_job(PROGRESS_FILE)) or progress
+            on_poll(ended.last_progress, finished_segments(backend, paths))
+            return ended
         if now - last_change > stall_timeout:
             raise StallError(
                 f"the worker made no progress for {stall_timeout:g} s "

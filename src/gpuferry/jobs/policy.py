@@ -1,0 +1,81 @@
+"""The failure policy as data: one table from error class to what a job does about it.
+
+- fail: stop now (an overall timeout is never retried: the original 2 x 600 s lesson);
+- reconnect: open a new connection (re-authenticating) and reattach to the running worker;
+- relaunch: start the worker again from the first missing segment;
+- retry: do the same step again;
+- fallback: this target cannot do it; the fallback chain moves to the next one.
+
+Retries (reconnect, relaunch, retry) wait with capped exponential backoff and full jitter and count
+against one budget per job, so waits never multiply.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+import tenacity
+
+from gpuferry import errors
+
+Action = Literal["fail", "reconnect", "relaunch", "retry", "fallback"]
+
+
+@dataclass(frozen=True)
+class Rule:
+    action: Action
+
+    @property
+    def retried(self) -> bool:
+        """Whether the same target tries again (within the job's retry budget)."""
+        return self.action in ("reconnect", "relaunch", "retry")
+
+
+class WorkerEndedError(errors.RemoteCommandError):
+    """The worker exited early or vanished (killed, runtime recycled) with segments still to do."""
+
+    kind = "worker_ended"
+    transient = True
+
+
+POLICY: dict[type[errors.GpuferryError], Rule] = {
+    errors.CommandTimeoutError: Rule("fail"),
+    errors.BadInputError: Rule("fail"),
+    errors.UsageError: Rule("fail"),
+    errors.OutputExistsError: Rule("fail"),
+    errors.OutputNotWritableError: Rule("fail"),
+    errors.DiskFullError: Rule("fail"),
+    errors.CancelledError: Rule("fail"),
+    errors.JobBusyError: Rule("fail"),
+    errors.EncodeError: Rule("fail"),
+    errors.NotAuthenticatedError: Rule("reconnect"),
+    errors.ConnectionLostError: Rule("reconnect"),
+    errors.StallError: Rule("relaunch"),
+    WorkerEndedError: Rule("relaunch"),
+    errors.TransferIntegrityError: Rule("retry"),
+    errors.QuotaError: Rule("fallback"),
+    errors.NotInstalledError: Rule("fallback"),
+    errors.EngineUnavailableError: Rule("fallback"),
+    errors.GpuOutOfMemoryError: Rule("fallback"),
+    errors.RemoteCommandError: Rule("fallback"),
+    errors.RemoteFileError: Rule("fallback"),
+}
+
+
+def rule_for(error: BaseException) -> Rule:
+    """The rule of the nearest class in the table (subclasses inherit their parent's rule)."""
+    for cls in type(error).__mro__:
+        rule = POLICY.get(cls)  # type: ignore[arg-type]
+        if rule is not None:
+            return rule
+    return Rule("fail")
+
+
+def is_retried(error: BaseException) -> bool:
+    return isinstance(error, errors.GpuferryError) and rule_for(error).retried
+
+
+def backoff(initial: float = 0.5, maximum: float = 30.0) -> tenacity.wait.wait_base:
+    """Capped exponential backoff with full jitter (random between 0 and the cap of each step)."""
+    return tenacity.wait_random_exponential(multiplier=initial, max=maximum)
