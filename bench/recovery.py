@@ -179,7 +179,7 @@ def client_kill(work: Path, clip: str, root: Path, options: RemoteOptions, frame
     env = {**os.environ}
     started = time.monotonic()
     client = subprocess.Popen(
-        [sys.executable, "-m", "gpuferry", "upscale", "--json", "--backend", "local", "--target", f"workdir={root}",
+        [sys.executable, "-m", "gpuferry", "upscale", "--json", "--backend", "local", "--backend-opt", f"workdir={root}",
          "--engine", "ncnn", "--segment-seconds", str(options.segment_seconds), "--poll-interval",
          str(options.poll_interval), "--keep-remote", "--remote-python", sys.executable, "--overwrite",
          "-o", str(work / "client.mp4"), clip],

@@ -13,6 +13,7 @@ from gpuferry.engines import EngineChoice, EngineRequest, create_engine
 from gpuferry.engines.base import check_size
 from gpuferry.errors import GpuferryError, UsageError
 from gpuferry.jobs.cleanup import remove_job_leftovers
+from gpuferry.jobs.fallback import Stage, adopt_segments, run_chain
 from gpuferry.jobs.plan import plan_job
 from gpuferry.jobs.runner import RemoteJobRunner, RemoteOptions
 from gpuferry.jobs.store import CANCELLED, DONE, FAILED, JobRecord, JobStore
@@ -274,3 +275,67 @@ def clean_jobs(on_event: EventSink = ignore) -> list[str]:
         return cleaned
     finally:
         store.close()
+
+
+def upscale_with_fallback(
+    source: PathLike,
+    output: PathLike | None = None,
+    *,
+    chain: list[Stage],
+    remote: RemoteOptions | None = None,
+    scale: int = 2,
+    model: str = DEFAULT_MODEL,
+    engine: str = "auto",
+    device: str = "auto",
+    tile: int = 0,
+    threads: int | None = None,
+    encode: EncodeOptions = EncodeOptions(),
+    overwrite: bool = False,
+    strict: bool = False,
+    on_event: EventSink = ignore,
+) -> UpscaleResult:
+    """Upscale on the first place of ``chain`` that works; segments verified on a failed place are
+    reused by the next. ``strict`` fails with the first place's error instead."""
+    remote = remote or RemoteOptions()
+    source_path = Path(source)
+    output_path = Path(output) if output is not None else default_output(source_path, scale)
+    store = JobStore()
+
+    def run_remote(stage: Stage, previous_job: str | None, engine_overrides: dict[str, Any] | None = None):
+        assert stage.target is not None
+        settings = {"engine": engine, "model": model, "scale": scale, "device": device, "tile": tile,
+                    **(engine_overrides or {})}
+        job, resumed = plan_job(store, source_path, output_path, engine=settings, encode=asdict(encode),
+                                segment_seconds=remote.segment_seconds,
+                                target={**stage.target.to_json(), "remote": _stored_remote(remote)})
+        adopted = adopt_segments(store, previous_job, job.id) if previous_job and previous_job != job.id else 0
+        on_event(make_event("job", job=job.id, resumed=resumed, target=stage.name, adopted_segments=adopted,
+                            segments=len(store.segments(job.id))))
+        try:
+            return _run_job(store, job, on_event, overwrite), job.id
+        except GpuferryError as exc:
+            exc.job_id = job.id  # type: ignore[attr-defined]  # its verified segments go to the next place
+            raise
+
+    def run_local(stage: Stage, engine_settings: dict[str, Any], previous_job: str | None) -> UpscaleResult:
+        verified = previous_job and any(r.state == "verified" for r in store.segments(previous_job))
+        if verified:
+            local_stage = Stage(stage.name, TargetSpec("local", {}))
+            return run_remote(local_stage, previous_job, engine_settings)[0]
+        with Upscaler(scale=scale, model=model, engine=engine_settings["engine"], device=engine_settings["device"],
+                      tile=tile, threads=threads, encode=encode, on_event=on_event) as upscaler:
+            return upscaler.upscale(source_path, output_path, overwrite=overwrite)
+
+    try:
+        get_model(model)
+        check_output(source_path.resolve(), output_path.resolve(), overwrite)
+        outcome = run_chain(chain, run_remote=run_remote, run_local=run_local, strict=strict, emit=on_event)
+    except GpuferryError as exc:
+        on_event(make_event("failed", input=str(source_path), error=exc.to_json()))
+        raise
+    finally:
+        store.close()
+    outcome.result.warnings.extend(
+        f"{item['stage']} passed over ({item['kind']}): {item['reason']}" for item in outcome.passed_over
+    )
+    return outcome.result

@@ -20,9 +20,11 @@ from gpuferry.api import (
     clean_jobs,
     list_jobs,
     resume_job,
-    upscale_on_target,
+    upscale_with_fallback,
 )
-from gpuferry.backends.targets import BACKEND_KINDS
+from gpuferry.config import Settings, load_settings
+from gpuferry.jobs.fallback import Stage, build_chain
+from gpuferry.backends.targets import BACKEND_KINDS, Target, check_targets
 from gpuferry.jobs.runner import RemoteOptions
 from gpuferry.jobs.targets import TargetSpec
 from gpuferry.engines.select import DEVICE_NAMES, ENGINE_NAMES
@@ -69,8 +71,8 @@ def cli() -> None:
     type=click.Path(path_type=Path),
     help="Output file (one input) or existing directory. Default: <stem>_x<scale><ext> next to the input.",
 )
-@click.option("--scale", type=click.Choice(["2", "3", "4"]), default="2", show_default=True, help="Upscale factor.")
-@click.option("--model", default=DEFAULT_MODEL, show_default=True, help="Model name (see `gpuferry models`).")
+@click.option("--scale", type=click.Choice(["2", "3", "4"]), default=None, help="Upscale factor (env UPSCALE_SCALE; 2).")
+@click.option("--model", default=None, help="Model name, see `gpuferry models` (env UPSCALE_MODEL; realesr-animevideov3).")
 @click.option(
     "--model-path",
     type=click.Path(path_type=Path, dir_okay=False),
@@ -84,44 +86,39 @@ def cli() -> None:
     show_default=True,
     help="auto picks the best engine available here and says why.",
 )
-@click.option(
-    "--device",
-    type=click.Choice(DEVICE_NAMES),
-    envvar="USE_GPU",
-    default="auto",
-    show_default=True,
-    help="Where the engine runs (env USE_GPU).",
-)
-@click.option("--crf", type=click.IntRange(0, 63), default=18, show_default=True, help="Video quality (lower is better).")
+@click.option("--device", type=click.Choice(DEVICE_NAMES), default=None, help="Where the engine runs (env USE_GPU; auto).")
+@click.option("--crf", type=click.IntRange(0, 63), default=None, help="Video quality, lower is better (env UPSCALE_CRF; 18).")
 @click.option("--preset", default="medium", show_default=True, help="Encoder speed preset (libx264/libx265).")
 @click.option("--codec", default=None, help="Video encoder (default from the extension: libx264, or libvpx-vp9 for webm).")
 @click.option("--pix-fmt", default=None, help="Output pixel format (default: the source's, e.g. 10-bit stays 10-bit).")
-@click.option("--tile", type=click.IntRange(0), default=0, help="Tile size for engines that tile (0 = automatic).")
+@click.option("--tile", type=click.IntRange(0), default=None, help="Tile size for engines that tile (env UPSCALE_TILE_SIZE; 0 = automatic).")
 @click.option("--threads", type=click.IntRange(1), default=None, help="CPU threads for the engine (default: all).")
 @click.option("--overwrite", is_flag=True, help="Replace an existing output.")
 @click.option(
     "--backend",
     type=click.Choice(BACKEND_KINDS),
     default=None,
-    help="Run as a resumable job on a backend (local worker, ssh, jupyter, cgpu). Default: in this process.",
+    help="Run as a resumable job on this backend (local worker, ssh, jupyter, cgpu), then fall back.",
 )
 @click.option(
-    "--target",
-    "target_pairs",
+    "--backend-opt",
+    "backend_opts",
     multiple=True,
     metavar="KEY=VALUE",
-    help="Backend setting, repeatable (ssh: host=, port=, username=, client_keys=; jupyter: url=, "
-    "token_file=; cgpu: executable=, config_dir=). Tokens come from GPUFERRY_JUPYTER_TOKEN, never argv.",
+    help="Setting for --backend, repeatable (ssh: host=, port=, username=, client_keys=; jupyter: url=, "
+    "token_file=; cgpu: executable=, config_dir=; any: workdir=). Tokens never on the command line.",
 )
-@click.option("--segment-seconds", type=click.FloatRange(min=0.1), default=10.0, show_default=True,
-              help="Remote jobs: length of a checkpointed segment.")
-@click.option("--stall-timeout", type=click.FloatRange(min=1), default=120.0, show_default=True,
-              help="Remote jobs: seconds without new frames before the worker counts as hung.")
-@click.option("--poll-interval", type=click.FloatRange(min=0.1), default=2.0, show_default=True,
-              help="Remote jobs: seconds between progress polls.")
-@click.option("--attempt-timeout", type=click.FloatRange(min=1), envvar="CGPU_TIMEOUT", default=1800.0,
-              show_default=True, help="Remote jobs: overall cap for one attempt (env CGPU_TIMEOUT).")
-@click.option("--remote-python", default="python3", show_default=True, help="Remote jobs: the far side's Python.")
+@click.option("--target", "target_name", default=None, help="A target from the config file ([targets.NAME]).")
+@click.option("--strict", is_flag=True, default=None, help="Fail with the first place's error instead of falling back (env GPUFERRY_STRICT).")
+@click.option("--segment-seconds", type=click.FloatRange(min=0.1), default=None,
+              help="Remote jobs: length of a checkpointed segment (env GPUFERRY_SEGMENT_SECONDS; 10).")
+@click.option("--stall-timeout", type=click.FloatRange(min=1), default=None,
+              help="Remote jobs: seconds without new frames before the worker counts as hung (env GPUFERRY_STALL_TIMEOUT; 120).")
+@click.option("--poll-interval", type=click.FloatRange(min=0.1), default=None,
+              help="Remote jobs: seconds between progress polls (env GPUFERRY_POLL_INTERVAL; 2).")
+@click.option("--attempt-timeout", type=click.FloatRange(min=1), default=None,
+              help="Remote jobs: overall cap for one attempt (env CGPU_TIMEOUT; 1800).")
+@click.option("--remote-python", default=None, help="Remote jobs: the far side's Python (default: the target's `python` setting, else python3).")
 @click.option("--remote-root", default=None, help="Remote jobs: folder that holds gpuferry/jobs (default: the backend's).")
 @click.option("--keep-remote", is_flag=True, help="Remote jobs: keep the remote job folder after success.")
 @click.option("--json", "as_json", is_flag=True, help="One JSON event per line on stdout; logs on stderr.")
@@ -129,70 +126,87 @@ def cli() -> None:
 def upscale(
     inputs: tuple[Path, ...],
     output: Path | None,
-    scale: str,
-    model: str,
+    scale: str | None,
+    model: str | None,
     model_path: Path | None,
     engine: str,
-    device: str,
-    crf: int,
+    device: str | None,
+    crf: int | None,
     preset: str,
     codec: str | None,
     pix_fmt: str | None,
-    tile: int,
+    tile: int | None,
     threads: int | None,
     overwrite: bool,
     backend: str | None,
-    target_pairs: tuple[str, ...],
-    segment_seconds: float,
-    stall_timeout: float,
-    poll_interval: float,
-    attempt_timeout: float,
-    remote_python: str,
+    backend_opts: tuple[str, ...],
+    target_name: str | None,
+    strict: bool | None,
+    segment_seconds: float | None,
+    stall_timeout: float | None,
+    poll_interval: float | None,
+    attempt_timeout: float | None,
+    remote_python: str | None,
     remote_root: str | None,
     keep_remote: bool,
     as_json: bool,
     verbose: bool,
 ) -> None:
-    """Upscale one or more videos or images (processed in turn)."""
+    """Upscale one or more videos or images (processed in turn).
+
+    Without --backend or --target, and with no cloud GPU enabled (CGPU_GPU_ENABLED) nor targets in the
+    config file, the work runs in this process on the best local engine. Otherwise it runs as a
+    resumable job through the fallback chain (GPUFERRY_FALLBACK: cgpu, targets, local-gpu, local-cpu,
+    resample) and each place passed over is reported with the reason.
+    """
     _setup_logging(verbose)
     signal.signal(signal.SIGTERM, _sigterm_as_interrupt)
-    scale_n = int(scale)
     view = None if as_json else ProgressView(stream=sys.stderr)
     sink = JsonLines() if as_json else view
     assert sink is not None
-    encode = EncodeOptions(codec=codec, crf=crf, preset=preset, pix_fmt=pix_fmt)
+    flags = {
+        "scale": int(scale) if scale else None, "model": model, "device": device, "crf": crf, "tile": tile,
+        "strict": strict, "segment_seconds": segment_seconds, "stall_timeout": stall_timeout,
+        "poll_interval": poll_interval, "cgpu_timeout": attempt_timeout,
+    }
     try:
-        targets = _plan_outputs(inputs, output, scale_n)
+        config = load_settings(flags).settings
+        if not config.upscale:
+            raise UsageError("upscaling is turned off (UPSCALE=false)", step="config")
+        targets = _plan_outputs(inputs, output, config.scale)
+        encode = EncodeOptions(codec=codec, crf=config.crf, preset=preset, pix_fmt=pix_fmt)
+        chain = _chain_for(config, backend, backend_opts, target_name, engine, config.device)
     except GpuferryError as exc:
         if as_json:
             sink({"event": "failed", "error": exc.to_json()})
         _print_error(exc)
         sys.exit(exc.exit_code)
-    if backend is not None:
+    if chain:
         remote = RemoteOptions(
-            segment_seconds=segment_seconds,
-            stall_timeout=stall_timeout,
-            poll_interval=poll_interval,
-            attempt_timeout=attempt_timeout,
+            segment_seconds=config.segment_seconds,
+            stall_timeout=config.stall_timeout,
+            poll_interval=config.poll_interval,
+            attempt_timeout=config.cgpu_timeout,
+            max_recoveries=config.retry_budget,
             python=remote_python,
             remote_root=remote_root,
             keep_remote=keep_remote,
         )
 
-        def run_remote(source: Path, target: Path) -> UpscaleResult:
-            return upscale_on_target(
-                source, target, target=TargetSpec.from_pairs(backend, target_pairs), remote=remote,
-                scale=scale_n, model=model, engine=engine, device=device, tile=tile, encode=encode,
-                overwrite=overwrite, on_event=sink,
+        def run_chain_for(source: Path, target: Path) -> UpscaleResult:
+            return upscale_with_fallback(
+                source, target, chain=chain, remote=remote, scale=config.scale, model=config.model,
+                engine=engine, device=config.device, tile=config.tile, threads=threads, encode=encode,
+                overwrite=overwrite, strict=config.strict, on_event=sink,
             )
 
-        sys.exit(_each_input(targets, run_remote, view, as_json, sink))
+        sys.exit(_each_input(targets, run_chain_for, view, as_json, sink))
     upscaler = Upscaler(
-        scale=scale_n,
-        model=model,
+        scale=config.scale,
+        model=config.model,
         engine=engine,
-        device=device,
-        tile=tile,
+        device=config.device,
+        tile=config.tile,
         threads=threads,
         model_path=model_path,
         encode=encode,
@@ -205,6 +219,36 @@ def upscale(
     finally:
         upscaler.close()
     sys.exit(exit_code)
+
+
+def _chain_for(
+    config: Settings,
+    backend: str | None,
+    backend_opts: tuple[str, ...],
+    target_name: str | None,
+    engine: str,
+    device: str,
+) -> list[Stage]:
+    """The places to try, or [] for a plain in-process run."""
+    configured = [(name, TargetSpec(t.kind, t.settings)) for name, t in config.targets.items()
+                  if t.enabled and t.kind != "cgpu"]
+    cgpu_configured = next((TargetSpec("cgpu", t.settings) for t in config.targets.values() if t.kind == "cgpu"), None)
+    if backend is not None:
+        explicit = [(f"{backend}", TargetSpec.from_pairs(backend, backend_opts))]
+    elif target_name is not None:
+        if target_name not in config.targets:
+            known = ", ".join(sorted(config.targets)) or "none configured"
+            raise UsageError(f"no target named {target_name!r} in the config file (known: {known})", step="config")
+        chosen = config.targets[target_name]
+        explicit = [(target_name, TargetSpec(chosen.kind, chosen.settings))]
+    elif config.cgpu_gpu_enabled or configured:
+        return build_chain(config.fallback, cgpu_enabled=config.cgpu_gpu_enabled, cgpu_target=cgpu_configured,
+                           targets=configured, engine={"engine": engine, "device": device})
+    else:
+        return []
+    local = build_chain(tuple(s for s in config.fallback if s not in ("cgpu", "targets")), cgpu_enabled=False,
+                        cgpu_target=None, targets=[], engine={"engine": engine, "device": device})
+    return [Stage(f"target {name}", spec) for name, spec in explicit] + local
 
 
 def _each_input(
@@ -354,6 +398,81 @@ def clean(as_json: bool) -> None:
     sink = JsonLines() if as_json else (lambda event: click.echo(_plain(event), err=True))
     cleaned = clean_jobs(on_event=sink)
     click.echo(json.dumps({"event": "cleaned", "jobs": cleaned}) if as_json else f"cleaned {len(cleaned)} job(s)")
+
+
+@cli.command("config")
+@click.option("--json", "as_json", is_flag=True, help="Print the settings as JSON.")
+def show_config(as_json: bool) -> None:
+    """Print the effective settings, where each came from, secrets masked."""
+    try:
+        loaded = load_settings()
+    except GpuferryError as exc:
+        _print_error(exc)
+        sys.exit(exc.exit_code)
+    rows = loaded.report()
+    if as_json:
+        click.echo(json.dumps({"file": str(loaded.file), "settings": rows}, indent=2, default=str))
+        return
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(title=f"Settings (file: {loaded.file}{'' if loaded.file.exists() else ', not present'})")
+    for column in ("setting", "variable", "value", "from"):
+        table.add_column(column)
+    for row in rows:
+        table.add_row(row["name"], row["env"] or "", json.dumps(row["value"], default=str), row["source"])
+    Console().print(table)
+
+
+@cli.command()
+@click.option("--json", "as_json", is_flag=True, help="Print the results as JSON.")
+def targets(as_json: bool) -> None:
+    """List the configured targets (config file, cgpu when enabled) and whether each answers."""
+    try:
+        config = load_settings().settings
+    except GpuferryError as exc:
+        _print_error(exc)
+        sys.exit(exc.exit_code)
+    listed = [Target(name, t.kind, dict(t.settings)) for name, t in config.targets.items()]
+    if config.cgpu_gpu_enabled and not any(t.kind == "cgpu" for t in listed):
+        listed.append(Target("cgpu", "cgpu", {}))
+    # connect through TargetSpec so that tokens come from the environment or token files
+    opener = lambda kind, **settings: TargetSpec(kind, settings).connect()  # noqa: E731
+    results = [status.to_json() for status in check_targets(listed, opener=opener)]
+    if as_json:
+        click.echo(json.dumps(results, indent=2))
+    elif not results:
+        click.echo("no targets configured (add [targets.NAME] to the config file, or set CGPU_GPU_ENABLED=true)")
+    for row in results if not as_json else ():
+        mark = "ok  " if row["ok"] else "FAIL"
+        latency = f"{row['latency']:.2f} s" if row["latency"] is not None else "-"
+        click.echo(f"{mark} {row['name']} ({row['kind']}, {latency}): {row['detail']}")
+    sys.exit(0 if all(row["ok"] for row in results) else 1)
+
+
+@cli.command()
+@click.option("--target", "target_name", default=None, help="Check only this configured target.")
+@click.option("--json", "as_json", is_flag=True, help="Print the checks as JSON.")
+def doctor(target_name: str | None, as_json: bool) -> None:
+    """Check each stage (codecs, engines, Vulkan, cgpu, each target's link, GPU, disk, throughput)."""
+    from gpuferry.diagnostics.doctor import run_doctor
+
+    try:
+        config = load_settings().settings
+        if target_name is not None and target_name not in config.targets and target_name != "cgpu":
+            raise UsageError(f"no target named {target_name!r} in the config file", step="doctor")
+        checks = run_doctor(config, only=target_name)
+    except GpuferryError as exc:
+        _print_error(exc)
+        sys.exit(exc.exit_code)
+    if as_json:
+        click.echo(json.dumps([check.to_json() for check in checks], indent=2))
+    else:
+        for check in checks:
+            mark = {"pass": "ok  ", "warn": "warn", "fail": "FAIL"}[check.status]
+            line = f"{mark} [{check.stage}] {check.name}: {check.detail}"
+            click.echo(line + (f"\n       fix: {check.fix}" if check.fix and check.status != "pass" else ""))
+    sys.exit(1 if any(check.status == "fail" for check in checks) else 0)
 
 
 def _plain(event: Event) -> str:

@@ -80,7 +80,7 @@ def _cli(*args: str) -> list[str]:
 
 def _start_job(job_clip: Path, output: Path, root: Path, env: dict[str, str]) -> subprocess.Popen:
     return subprocess.Popen(
-        _cli("upscale", "--json", "--backend", "local", "--target", f"workdir={root}", "--engine", "ncnn",
+        _cli("upscale", "--json", "--backend", "local", "--backend-opt", f"workdir={root}", "--engine", "ncnn",
              "--segment-seconds", str(SEGMENT_SECONDS), "--poll-interval", "0.25", "--keep-remote",
              "--remote-python", sys.executable, "-o", str(output), str(job_clip)),
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,

@@ -13,6 +13,7 @@ from __future__ import annotations
 import logging
 import posixpath
 import signal
+import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -82,7 +83,9 @@ class RemoteOptions:
     backoff_initial: float = 0.5
     backoff_max: float = 30.0
     remote_root: str | None = None
-    python: str = "python3"
+    #: the far side's Python for the worker; None: the backend's own (a target's `python` setting,
+    #: this interpreter for the local backend, else python3)
+    python: str | None = None
     install_dependencies: bool = True
     keep_remote: bool = False
     heartbeat_s: float = 2.0
@@ -292,7 +295,7 @@ class RemoteJobRunner:
         code = worker_code()
         self._code_path = install_worker_code(backend, paths, code, options)
         self._caps = ensure_dependencies(
-            backend, self.options.python, self._code_path, self.options.install_dependencies
+            backend, self._python(backend), self._code_path, self.options.install_dependencies
         )
         source = Path(self.job.input)
         self.emit(make_event("setup", job=self.job.id, step="upload input", path=str(source)))
@@ -336,10 +339,17 @@ class RemoteJobRunner:
         upload(backend, converted.cache_path, posixpath.join(paths.job_dir, remote), options=self.options.transfer)
         return remote
 
+    def _python(self, backend: Backend) -> str:
+        if self.options.python:
+            return self.options.python
+        if backend.kind == "local":
+            return sys.executable
+        return str(getattr(backend, "python", None) or "python3")
+
     def _spawn(self, backend: Backend, paths: RemotePaths) -> int:
         assert self._code_path is not None
         pid = backend.spawn(
-            [self.options.python, "-m", "gpuferry.worker", paths.job_dir],
+            [self._python(backend), "-m", "gpuferry.worker", paths.job_dir],
             log_path=paths.in_job(LOG_FILE),
             exit_code_path=paths.in_job(EXIT_FILE),
             pid_path=paths.in_job(PID_FILE),

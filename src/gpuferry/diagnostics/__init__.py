@@ -1,0 +1,1 @@
+"""Diagnostics: `gpuferry doctor` checks every stage a job depends on."""

