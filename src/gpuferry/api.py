@@ -11,7 +11,7 @@ from typing import Any
 
 from gpuferry.engines import EngineChoice, EngineRequest, create_engine
 from gpuferry.engines.base import check_size
-from gpuferry.errors import GpuferryError, UsageError
+from gpuferry.errors import GpuferryError, UsageError, file_size_or_none
 from gpuferry.jobs.cleanup import remove_job_leftovers
 from gpuferry.jobs.fallback import Stage, adopt_segments, run_chain
 from gpuferry.jobs.plan import plan_job
@@ -195,10 +195,19 @@ def upscale_on_target(
                             segments=len(store.segments(job.id))))
         return _run_job(store, job, on_event, overwrite)
     except GpuferryError as exc:
+        _name_the_input(exc, source_path)
         on_event(make_event("failed", input=str(source_path), error=exc.to_json()))
         raise
     finally:
         store.close()
+
+
+def _name_the_input(error: GpuferryError, source: Path) -> None:
+    """A failure with no file of its own is about the input being upscaled: name it and its size."""
+    if error.path is None:
+        error.path = str(source)
+        error.size = file_size_or_none(source)
+        error.args = (error.one_line(),)
 
 
 def _stored_remote(remote: RemoteOptions) -> dict[str, Any]:
@@ -320,6 +329,9 @@ def upscale_with_fallback(
     def run_local(stage: Stage, engine_settings: dict[str, Any], previous_job: str | None) -> UpscaleResult:
         verified = previous_job and any(r.state == "verified" for r in store.segments(previous_job))
         if verified:
+            # this machine: find out in-process whether the engine exists before starting a worker
+            create_engine(EngineRequest(engine=engine_settings["engine"], device=engine_settings["device"],
+                                        model=model, scale=scale)).engine.close()
             local_stage = Stage(stage.name, TargetSpec("local", {}))
             return run_remote(local_stage, previous_job, engine_settings)[0]
         with Upscaler(scale=scale, model=model, engine=engine_settings["engine"], device=engine_settings["device"],
@@ -331,6 +343,7 @@ def upscale_with_fallback(
         check_output(source_path.resolve(), output_path.resolve(), overwrite)
         outcome = run_chain(chain, run_remote=run_remote, run_local=run_local, strict=strict, emit=on_event)
     except GpuferryError as exc:
+        _name_the_input(exc, source_path)
         on_event(make_event("failed", input=str(source_path), error=exc.to_json()))
         raise
     finally:

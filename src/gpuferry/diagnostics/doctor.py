@@ -93,7 +93,7 @@ def cgpu_checks(spec: TargetSpec) -> Iterator[Check]:
         yield Check("cgpu", "credentials", "pass", f"{credentials} present and writable")
 
 
-def target_checks(name: str, spec: TargetSpec, python: str = "python3",
+def target_checks(name: str, spec: TargetSpec,
                   connect: Callable[[TargetSpec], Backend] | None = None) -> Iterator[Check]:
     """Reachable, session valid, GPU and memory, disk, Python and throughput of one target."""
     stage = f"target {name}"
@@ -120,6 +120,7 @@ def target_checks(name: str, spec: TargetSpec, python: str = "python3",
         free = backend.free_disk(backend.workdir)
         yield Check(stage, "disk", "pass" if free > 2e9 else "warn", f"{human_size(free)} free in {backend.workdir}",
                     "" if free > 2e9 else "free space on the target: a job holds its input and the segments")
+        python = str(getattr(backend, "python", None) or "python3")
         caps = probe_capabilities(backend, python, backend.resolve("."))
         missing = caps.missing_modules()
         yield Check(stage, "python", "pass" if not missing else "warn",

@@ -25,6 +25,7 @@ import tenacity
 from gpuferry.backends.base import Backend
 from gpuferry.errors import (
     CancelledError,
+    CommandTimeoutError,
     GpuferryError,
     GpuOutOfMemoryError,
     StallError,
@@ -139,6 +140,9 @@ class RemoteJobRunner:
             try:
                 try:
                     self._compute_all_segments()
+                except CommandTimeoutError:
+                    self._stop_worker()  # the user's cap for one attempt: stop spending the GPU
+                    raise
                 except GpuferryError as exc:
                     # a cancel from another client pulls the far side away mid-step: say so
                     if not isinstance(exc, CancelledError) and self.store.get(self.job.id).state == CANCELLED:

@@ -1,0 +1,58 @@
+"""`gpuferry doctor` on a healthy and a broken target; the exit codes the README documents."""
+
+from __future__ import annotations
+
+import json
+import re
+import sys
+from pathlib import Path
+
+from policy_helpers import write_config
+
+import gpuferry.backends.ssh  # noqa: F401 - registers its error class
+import gpuferry.jobs.policy  # noqa: F401 - registers its error class
+from gpuferry.errors import exit_code_table
+
+README = Path(__file__).resolve().parents[2] / "README.md"
+
+
+def test_doctor_passes_a_healthy_ssh_target(cli, env, sshd_server, tmp_path):
+    root = tmp_path / "box"
+    root.mkdir()
+    settings = sshd_server.backend_options(workdir=str(root), python=sys.executable)
+    write_config(Path(env["GPUFERRY_CONFIG"]), {"box": {"kind": "ssh", **settings}})
+    completed = cli("doctor", "--target", "box", "--json")
+    checks = {check["name"]: check for check in json.loads(completed.stdout)}
+    assert completed.returncode == 0, completed.stdout
+    assert checks["reachable"]["status"] == "pass"
+    assert checks["disk"]["detail"].endswith(str(root))
+    assert checks["upload throughput"]["status"] == checks["download throughput"]["status"] == "pass"
+    assert "MB/s" in checks["upload throughput"]["detail"]
+    assert checks["python"]["status"] == "pass" and "torch=True" in checks["python"]["detail"]
+    assert checks["GPU"]["status"] == "warn"  # no GPU on this machine: said, not hidden
+    assert list(root.iterdir()) == [], "the throughput probe leaves nothing behind"
+
+
+def test_doctor_fails_a_broken_target_with_the_fix(cli, env, tmp_path):
+    write_config(Path(env["GPUFERRY_CONFIG"]), {
+        "down": {"kind": "ssh", "host": "127.0.0.1", "port": 9, "known_hosts": str(tmp_path / "none")},
+        "colab": {"kind": "cgpu", "executable": str(tmp_path / "missing-cgpu")},
+    })
+    completed = cli("doctor")
+    assert completed.returncode == 1
+    assert re.search(r"FAIL \[target down\] reachable: .*127\.0\.0\.1:9", completed.stdout)
+    assert "FAIL [cgpu] installed" in completed.stdout and "fix: npm i -g cgpu" in completed.stdout
+    assert "ok   [local] encoder libx264" in completed.stdout
+    assert "ok   [local] engine ncnn-cpu" in completed.stdout
+
+
+def test_every_exit_code_is_documented_in_the_readme():
+    documented = {}
+    for line in README.read_text().splitlines():
+        match = re.match(r"\| (\d+) \| ([a-z_ /]*) \|", line)
+        if match:
+            for kind in match.group(2).split("/"):
+                if kind.strip():
+                    documented[kind.strip()] = int(match.group(1))
+    for kind, code in exit_code_table().items():
+        assert documented.get(kind) == code, f"{kind} (exit {code}) is not documented in README.md"
