@@ -15,7 +15,6 @@ if str(TESTS_DIR) not in sys.path:
 from servers.fixtures import FAKE_CGPU, FakeCgpuRuntime  # noqa: E402,F401
 
 from gpuferry.backends.base import Backend  # noqa: E402
-from gpuferry.backends.cgpu import CgpuBackend  # noqa: E402
 from gpuferry.backends.jupyter import JupyterBackend  # noqa: E402
 from gpuferry.backends.local import LocalBackend  # noqa: E402
 from gpuferry.backends.ssh import SshBackend  # noqa: E402

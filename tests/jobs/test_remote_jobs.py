@@ -91,7 +91,8 @@ def test_killed_worker_costs_at_most_one_segment(job_clip, tmp_path, place, remo
     killed = {}
 
     def kill_mid_second_segment(event):
-        if event["event"] == "segment" and event["index"] == 0 and not killed:
+        # the worker runs on its own: watch its heartbeat from the start, however slow the link is
+        if event["event"] == "spawned" and not killed:
             progress = wait_mid_segment(place, event["job"], 1)
             os.kill(progress["pid"], signal.SIGKILL)
             killed.update(progress)
@@ -112,7 +113,7 @@ def test_hung_worker_is_detected_and_replaced(job_clip, tmp_path, place, remote_
     stopped = {}
 
     def freeze_worker(event):
-        if event["event"] == "segment" and event["index"] == 0 and not stopped:
+        if event["event"] == "spawned" and not stopped:
             progress = wait_mid_segment(place, event["job"], 1)
             os.kill(progress["pid"], signal.SIGSTOP)  # alive, but no frame will ever move again
             stopped.update(progress, at=time.monotonic())

@@ -43,7 +43,7 @@ def test_ncnn_x3_uses_the_x3_network_and_sizes_are_exact():
 
 def test_stream_keeps_order_and_bounds_frames_in_flight():
     """However long the video, only a handful of frames are held between decode and encode."""
-    engine = create_engine(EngineRequest(engine="resample", scale=2)).engine
+    engine = create_engine(EngineRequest(engine="ncnn", scale=2)).engine
     total, in_flight, written = 400, [], []
     produced = 0
 
@@ -52,7 +52,7 @@ def test_stream_keeps_order_and_bounds_frames_in_flight():
         for index in range(total):
             produced += 1
             in_flight.append(produced - len(written))
-            yield SourceFrame(index, np.full((8, 8, 3), index % 256, np.uint8), index)
+            yield SourceFrame(index, np.full((8, 8, 3), index % 256, np.uint8), index)  # noqa: B023
 
     def write(rgb, source):
         assert rgb.shape == (16, 16, 3)
@@ -64,7 +64,7 @@ def test_stream_keeps_order_and_bounds_frames_in_flight():
 
 
 def test_stream_reraises_an_encoder_failure_and_stops_decoding():
-    engine = create_engine(EngineRequest(engine="resample", scale=2)).engine
+    engine = create_engine(EngineRequest(engine="ncnn", scale=2)).engine
     pulled = 0
 
     def frames():

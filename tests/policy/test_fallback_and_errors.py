@@ -10,7 +10,6 @@ from pathlib import Path
 import pytest
 from job_shape import FPS, FRAMES, HEIGHT, WIDTH
 from policy_helpers import json_events, write_config
-from servers.fixtures import FAKE_CGPU
 
 from gpuferry.api import upscale_with_fallback
 from gpuferry.errors import (

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 from PIL import Image
@@ -24,10 +25,17 @@ class Engine(ABC):
     name: str = "engine"
     scale: int = 1
     batch_size: int = 1
+    #: the engine also takes decoded video frames as they are (no RGB round trip): see
+    #: upscale_video_frames
+    accepts_video_frames: bool = False
 
     @abstractmethod
     def upscale(self, frames: Sequence[np.ndarray]) -> list[np.ndarray]:
         """Return one upscaled frame per input frame, in order."""
+
+    def upscale_video_frames(self, frames: Sequence[Any]) -> list[Any]:
+        """Upscale decoded ``av.VideoFrame``s in their own pixel format (engines that accept them)."""
+        raise NotImplementedError(f"{self.name} takes RGB frames only")
 
     def describe(self) -> str:
         """One line naming the engine, device and model, for logs and progress."""

@@ -14,11 +14,13 @@ from gpuferry.errors import BadInputError
 
 @dataclass(frozen=True)
 class SourceFrame:
-    """One decoded frame: its index in the video, RGB pixels and its pts in the stream's time base."""
+    """One decoded frame: its index in the video, its pts in the stream's time base, and its
+    pixels: RGB (``rgb``), or the decoder's own frame (``frame``) for engines that take those."""
 
     index: int
-    rgb: np.ndarray
+    rgb: np.ndarray | None
     pts: int | None
+    frame: av.VideoFrame | None = None
 
 
 def iter_video_frames(
@@ -27,13 +29,15 @@ def iter_video_frames(
     start: int = 0,
     stop: int | None = None,
     start_pts: int | None = None,
+    native: bool = False,
 ) -> Iterator[SourceFrame]:
     """Yield frames ``start <= index < stop`` as HxWx3 uint8 RGB.
 
     With ``start_pts`` (the timestamp of frame ``start``), decoding begins at the keyframe before
     it instead of at the first frame, and frames are told apart by timestamp: a segment in the
     middle of a long video costs one GOP of decoding, not everything before it.
-    Frames deeper than 8 bits are reduced to 8 bits here: the models work on 8-bit RGB.
+    Frames deeper than 8 bits are reduced to 8 bits here: the models work on 8-bit RGB. With
+    ``native`` the decoder's frames are passed on untouched (no RGB conversion, full bit depth).
     """
     source = str(path)
     index = 0
@@ -55,7 +59,10 @@ def iter_video_frames(
                 if stop is not None and index >= stop:
                     return
                 if index >= start:
-                    yield SourceFrame(index=index, rgb=frame.to_ndarray(format="rgb24"), pts=frame.pts)
+                    if native:
+                        yield SourceFrame(index=index, rgb=None, pts=frame.pts, frame=frame)
+                    else:
+                        yield SourceFrame(index=index, rgb=frame.to_ndarray(format="rgb24"), pts=frame.pts)
                 index += 1
     except av.FFmpegError as exc:
         reason = getattr(exc, "strerror", None) or str(exc)

@@ -210,9 +210,13 @@ class VideoWriter:
         stream.options = settings
         return stream
 
-    def write(self, rgb: np.ndarray, pts: int | None, index: int) -> None:
-        """Encode one frame at its source timestamp (derived from its index when the source has none)."""
-        frame = av.VideoFrame.from_ndarray(rgb, format="rgb24")
+    def write(self, picture: np.ndarray | av.VideoFrame, pts: int | None, index: int) -> None:
+        """Encode one frame (RGB array or decoded frame) at its source timestamp (derived from its
+        index when the source has none)."""
+        if isinstance(picture, av.VideoFrame):
+            frame = picture
+        else:
+            frame = av.VideoFrame.from_ndarray(picture, format="rgb24")
         if pts is None:
             pts = self.video.start_pts + round(index * self._frame_step)
         frame.pts = pts - self._pts_offset

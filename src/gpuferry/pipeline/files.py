@@ -119,8 +119,8 @@ def _upscale_video(
     writer = VideoWriter(partial, info, width, height, encode)
     try:
 
-        def write(rgb: np.ndarray, frame: SourceFrame) -> None:
-            writer.write(rgb, frame.pts, frame.index)
+        def write(picture: np.ndarray, frame: SourceFrame) -> None:
+            writer.write(picture, frame.pts, frame.index)
 
         def progress(state: FrameProgress) -> None:
             emit(
@@ -135,7 +135,7 @@ def _upscale_video(
             )
 
         run_stream(
-            iter_video_frames(info.path, info.video.index),
+            iter_video_frames(info.path, info.video.index, native=engine.accepts_video_frames),
             engine,
             write,
             info.video.frames,

@@ -151,7 +151,10 @@ def run_stream(
                         break
                     batch.append(more)  # type: ignore[arg-type]
             if batch:
-                outputs = engine.upscale([frame.rgb for frame in batch])
+                if engine.accepts_video_frames:
+                    outputs = engine.upscale_video_frames([frame.frame for frame in batch])
+                else:
+                    outputs = engine.upscale([frame.rgb for frame in batch])
                 for source, rgb in zip(batch, outputs, strict=True):
                     if not _put(upscaled, (rgb, source), failed):
                         break

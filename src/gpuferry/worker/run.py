@@ -96,7 +96,12 @@ def encode_segment(
 
     try:
         frames = iter_video_frames(
-            job_dir / spec.input, spec.video_index, segment.first_frame, segment.stop, segment.first_pts
+            job_dir / spec.input,
+            spec.video_index,
+            segment.first_frame,
+            segment.stop,
+            segment.first_pts,
+            native=engine.accepts_video_frames,
         )
         run_stream(
             frames,
