@@ -55,11 +55,16 @@ def wait_mid_segment(root: Path, job_id: str, segment: int, frames: int) -> dict
     raise RuntimeError("the worker never reached the middle of the segment")
 
 
-def recomputed(root: Path, job_id: str, total: int) -> int:
-    """Frames computed beyond the video's own: finished twice (ledger) plus lost mid-segment."""
+def ledger_frames(root: Path, job_id: str) -> int:
+    """Frames of the segments the worker recorded as finished (its computed.log)."""
     ledger = job_dir(root, job_id) / "computed.log"
-    finished = sum(json.loads(line)["frames"] for line in ledger.read_text().splitlines()) if ledger.exists() else total
-    return finished - total + JobStore().get(job_id).lost_frames
+    return sum(json.loads(line)["frames"] for line in ledger.read_text().splitlines()) if ledger.exists() else 0
+
+
+def recomputed(root: Path, job_id: str, total: int, before: int = 0) -> int:
+    """Frames computed beyond the video's own: segments finished twice plus frames lost mid-segment.
+    ``before`` counts segments finished in a job folder that a recycled runtime took away."""
+    return before + ledger_frames(root, job_id) - total + JobStore().get(job_id).lost_frames
 
 
 class Bench:
@@ -89,7 +94,14 @@ class Bench:
         seconds = time.monotonic() - started
         job_id = next(e["job"] for e in events if e["event"] == "job")
         assert probe(result.output).video.frames == self.frames
-        return {"seconds": seconds, "recomputed": recomputed(root, job_id, self.frames), **marks}
+        before = marks.pop("computed_before", None)
+        if before is None:
+            lost = recomputed(root, job_id, self.frames)
+        else:
+            # the recycled runtime took the worker's heartbeat with it: count the frames it had done in
+            # the segment it never finished from what the heartbeat said when it was killed
+            lost = before + marks.pop("partial") + ledger_frames(root, job_id) - self.frames
+        return {"seconds": seconds, "recomputed": lost, **marks}
 
     def local(self, root: Path) -> TargetSpec:
         return TargetSpec("local", {"workdir": str(root)})
@@ -130,6 +142,7 @@ def main() -> None:
             progress = wait_mid_segment(root, job_id, 1, segment_frames)
             leader = int((job_dir(root, job_id) / "worker.pid").read_text())
             os.killpg(leader, signal.SIGKILL)
+            marks.update(computed_before=ledger_frames(root, job_id), partial=progress["segment_done"])
             shutil.rmtree(job_dir(root, job_id))
             marks.update(at=time.monotonic(), killed=progress["pid"])
 
