@@ -25,6 +25,8 @@ Action = Literal["fail", "reconnect", "relaunch", "retry", "fallback"]
 @dataclass(frozen=True)
 class Rule:
     action: Action
+    #: at most this many retries for this class within a job (None: only the job's budget limits it)
+    limit: int | None = None
 
     @property
     def retried(self) -> bool:
@@ -49,7 +51,8 @@ POLICY: dict[type[errors.GpuferryError], Rule] = {
     errors.CancelledError: Rule("fail"),
     errors.JobBusyError: Rule("fail"),
     errors.EncodeError: Rule("fail"),
-    errors.NotAuthenticatedError: Rule("reconnect"),
+    # re-authenticate once: a session that expired comes back; a wrong token or key never will
+    errors.NotAuthenticatedError: Rule("reconnect", limit=1),
     errors.ConnectionLostError: Rule("reconnect"),
     errors.StallError: Rule("relaunch"),
     WorkerEndedError: Rule("relaunch"),
@@ -72,8 +75,12 @@ def rule_for(error: BaseException) -> Rule:
     return Rule("fail")
 
 
-def is_retried(error: BaseException) -> bool:
-    return isinstance(error, errors.GpuferryError) and rule_for(error).retried
+def is_retried(error: BaseException, earlier: int = 0) -> bool:
+    """Whether the policy retries ``error``, given ``earlier`` retries of its kind in this job."""
+    if not isinstance(error, errors.GpuferryError):
+        return False
+    rule = rule_for(error)
+    return rule.retried and (rule.limit is None or earlier < rule.limit)
 
 
 def backoff(initial: float = 0.5, maximum: float = 30.0) -> tenacity.wait.wait_base:

@@ -102,6 +102,10 @@ class JobSettings:
     segment_seconds: float
 
 
+def _kind(error: BaseException) -> str:
+    return getattr(error, "kind", type(error).__name__)
+
+
 class RemoteJobRunner:
     """Drives one job to completion on a target; see the module docstring for the recovery rules."""
 
@@ -128,6 +132,7 @@ class RemoteJobRunner:
         self.engine_settings = dict(job.settings["engine"])
         self.recoveries = 0
         self._last_progress: dict[str, Any] = {}
+        self._retried: dict[str, int] = {}
         self._code_path: str | None = None
         self._caps: Capabilities | None = None
         self._started = time.monotonic()
@@ -172,7 +177,7 @@ class RemoteJobRunner:
     def _compute_all_segments(self) -> None:
         """Attempts until every segment is verified; the policy table decides what a failure gets."""
         retrying = tenacity.Retrying(
-            retry=tenacity.retry_if_exception(is_retried),
+            retry=tenacity.retry_if_exception(lambda error: is_retried(error, self._retried.get(_kind(error), 0))),
             stop=tenacity.stop_after_attempt(self.options.max_recoveries + 1),
             wait=backoff(self.options.backoff_initial, self.options.backoff_max),
             before_sleep=self._before_retry,
@@ -189,6 +194,7 @@ class RemoteJobRunner:
         error = state.outcome.exception() if state.outcome else None
         assert isinstance(error, GpuferryError)
         self.recoveries = state.attempt_number
+        self._retried[error.kind] = self._retried.get(error.kind, 0) + 1
         rule = rule_for(error)
         self.store.event(self.job.id, "recovery", error=error.kind, action=rule.action,
                          message=error.one_line(), count=self.recoveries)
