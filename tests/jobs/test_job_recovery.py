@@ -78,13 +78,33 @@ def _cli(*args: str) -> list[str]:
     return [sys.executable, "-m", "gpuferry", *args]
 
 
-def _start_job(job_clip: Path, output: Path, root: Path, env: dict[str, str]) -> subprocess.Popen:
+def _start_job(job_clip: Path, output: Path, root: Path, env: dict[str, str],
+               backend: tuple[str, list[str]] | None = None) -> subprocess.Popen:
+    kind, options = backend or ("local", ["--backend-opt", f"workdir={root}"])
     return subprocess.Popen(
-        _cli("upscale", "--json", "--backend", "local", "--backend-opt", f"workdir={root}", "--engine", "ncnn",
+        _cli("upscale", "--json", "--backend", kind, *options, "--engine", "ncnn",
              "--segment-seconds", str(SEGMENT_SECONDS), "--poll-interval", "0.25", "--keep-remote",
              "--remote-python", sys.executable, "-o", str(output), str(job_clip)),
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
     )
+
+
+def _backend_options(kind: str, root: Path, request: pytest.FixtureRequest, env: dict[str, str]):
+    """CLI flags that reach each kind of far side from a fresh process."""
+    if kind == "local":
+        return kind, ["--backend-opt", f"workdir={root}"]
+    if kind == "ssh":
+        server = request.getfixturevalue("sshd_server")
+        settings = server.backend_options(workdir=str(root))
+    else:
+        runtime = request.getfixturevalue("fresh_cgpu_runtime")
+        settings = runtime.settings(workdir=str(root))
+        env.update(settings.pop("process_env"))  # CGPU_FAKE_RUNTIME reaches the fake through the environment
+    pairs = []
+    for key, value in settings.items():
+        value = ",".join(value) if isinstance(value, list) else value
+        pairs += ["--backend-opt", f"{key}={value}"]
+    return kind, pairs
 
 
 def _read_until(process: subprocess.Popen, predicate, timeout: float = 120) -> list[dict]:
@@ -104,10 +124,12 @@ def cli_env(gpuferry_home: Path) -> dict[str, str]:
     return {**os.environ, "GPUFERRY_HOME": str(gpuferry_home)}
 
 
-def test_kill_9_client_then_resume_computes_every_segment_once(job_clip, tmp_path, cli_env):
+@pytest.mark.parametrize("kind", ["local", "ssh", "cgpu"])
+def test_kill_9_client_then_resume_computes_every_segment_once(job_clip, tmp_path, cli_env, kind, request):
     root, output = tmp_path / "far side", tmp_path / "out.mp4"
     root.mkdir()
-    client = _start_job(job_clip, output, root, cli_env)
+    backend = _backend_options(kind, root, request, cli_env)
+    client = _start_job(job_clip, output, root, cli_env, backend)
     seen = _read_until(client, lambda e: e["event"] == "segment")
     job_id = next(e["job"] for e in seen if e["event"] == "job")
     client.kill()  # SIGKILL: no cleanup, no lock release by the program itself

@@ -17,6 +17,7 @@ from gpuferry.errors import NotAuthenticatedError, UsageError
 
 SECRET_KEYS = frozenset({"token", "passphrase", "password"})
 _INT_KEYS = frozenset({"port", "upload_chunk_size"})
+_FLOAT_KEYS = frozenset({"call_overhead", "request_timeout", "connect_timeout", "keepalive_interval"})
 _LIST_KEYS = frozenset({"client_keys", "config_files"})
 _BOOL_KEYS = frozenset({"accept_new_host_key", "verify_tls", "new_runtime"})
 
@@ -50,6 +51,8 @@ class TargetSpec:
             key = key.strip().replace("-", "_")
             if key in _INT_KEYS:
                 settings[key] = int(value)
+            elif key in _FLOAT_KEYS:
+                settings[key] = float(value)
             elif key in _LIST_KEYS:
                 settings[key] = [item for item in value.split(",") if item]
             elif key in _BOOL_KEYS:
