@@ -3,22 +3,14 @@ unfinished job with the same input, settings and target, to resume it)."""
 
 from __future__ import annotations
 
-import hashlib
 from pathlib import Path
 from typing import Any
 
 from gpuferry.engines.base import check_size
+from gpuferry.hashing import file_sha256
 from gpuferry.jobs.store import JobRecord, JobStore
 from gpuferry.media.probe import probe
 from gpuferry.media.segments import plan_segments, presentation_timestamps
-
-
-def file_sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as handle:
-        for block in iter(lambda: handle.read(4 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def plan_job(

