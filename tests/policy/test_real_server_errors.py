@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pytest
 from policy_helpers import json_events, write_config
+from process_checks import process_gone
 
 from gpuferry.errors import (
     EngineUnavailableError,
@@ -89,6 +90,7 @@ def test_stalled_worker_with_no_budget_left_is_a_stall(env, small_clip, tmp_path
     rest, errors = process.communicate(timeout=120)
     assert process.returncode == StallError.exit_code, errors
     assert "no progress for 2 s" in errors and "  1. " in errors
+    assert process_gone(progress["pid"]), "the hung worker was stopped, not left behind"
 
 
 class _Store:

@@ -145,8 +145,10 @@ class RemoteJobRunner:
             try:
                 try:
                     self._compute_all_segments()
-                except CommandTimeoutError:
-                    self._stop_worker()  # the user's cap for one attempt: stop spending the GPU
+                except (CommandTimeoutError, StallError):
+                    # the user's cap for one attempt, or a hung worker with no retry left: stop it, so
+                    # it neither spends the GPU nor lingers half-dead on the far side
+                    self._stop_worker()
                     raise
                 except GpuferryError as exc:
                     # a cancel from another client pulls the far side away mid-step: say so
