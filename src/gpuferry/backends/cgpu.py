@@ -15,21 +15,18 @@ import subprocess
 import tempfile
 import uuid
 from dataclasses import dataclass, field
-from typing import Any, Mapping, Sequence
+from typing import Any, Sequence
 
 from ..errors import (
     CommandTimeoutError,
     ConnectionLostError,
     NotInstalledError,
     RemoteFileError,
-    UsageError,
 )
 from .base import CommandResult
 from .cgpu_messages import classify_failure
-from .helper_call import helper_argv
-from .helper_ops import HelperOperations
+from .framed_commands import FramedCommands
 from .markers import Framing, parse_framed
-from .shell_line import check_env_names
 
 
 @dataclass
@@ -48,7 +45,7 @@ class CgpuSettings:
     process_env: dict[str, str] = field(default_factory=dict)
 
 
-class CgpuBackend(HelperOperations):
+class CgpuBackend(FramedCommands):
     """Runs commands on a Colab runtime through the cgpu CLI."""
 
     kind = "cgpu"
@@ -120,28 +117,6 @@ class CgpuBackend(HelperOperations):
 
     # --- commands -------------------------------------------------------------------------------
 
-    def run(
-        self,
-        argv: Sequence[str],
-        timeout: float,
-        cwd: str | None = None,
-        env: Mapping[str, str] | None = None,
-    ) -> CommandResult:
-        if not argv:
-            raise UsageError("empty command")
-        check_env_names(env)
-        framing = Framing()
-        arguments = {
-            "argv": list(argv),
-            "cwd": self.resolve(cwd if cwd is not None else "."),
-            "env": dict(env or {}),
-            "timeout": timeout,
-            "timeout_marker": framing.timeout,
-        }
-        return self._run_framed(helper_argv(self.python, "exec", arguments), framing, timeout, argv[0])
-
-    def _run_argv(self, argv: Sequence[str], timeout: float) -> CommandResult:
-        return self._run_framed(argv, Framing(), timeout, "gpuferry helper")
 
     # --- files ----------------------------------------------------------------------------------
 

@@ -6,18 +6,16 @@ import base64
 import shlex
 import uuid
 from dataclasses import dataclass
-from typing import Any, Mapping, Sequence
+from typing import Any, Sequence
 from urllib.parse import quote
 
-from ..errors import CommandTimeoutError, ConnectionLostError, RemoteFileError, UsageError
+from ..errors import CommandTimeoutError, ConnectionLostError, RemoteFileError
 from .base import CommandResult
-from .helper_call import helper_argv
-from .helper_ops import HelperOperations
+from .framed_commands import FramedCommands
 from .jupyter_http import JupyterHttp
 from .jupyter_terminal import TerminalSession
 from .markers import Framing, parse_framed
 from .secrets import Secret, as_secret
-from .shell_line import check_env_names
 
 
 @dataclass
@@ -35,7 +33,7 @@ class JupyterSettings:
     verify_tls: bool = True
 
 
-class JupyterBackend(HelperOperations):
+class JupyterBackend(FramedCommands):
     """Commands through fresh terminals (one per command), uploads through chunked contents PUTs."""
 
     kind = "jupyter"
@@ -92,28 +90,6 @@ class JupyterBackend(HelperOperations):
             )
         return CommandResult(framed.exit_code, framed.output)
 
-    def run(
-        self,
-        argv: Sequence[str],
-        timeout: float,
-        cwd: str | None = None,
-        env: Mapping[str, str] | None = None,
-    ) -> CommandResult:
-        if not argv:
-            raise UsageError("empty command")
-        check_env_names(env)
-        framing = Framing()
-        arguments = {
-            "argv": list(argv),
-            "cwd": self.resolve(cwd if cwd is not None else "."),
-            "env": dict(env or {}),
-            "timeout": timeout,
-            "timeout_marker": framing.timeout,
-        }
-        return self._run_framed(helper_argv(self.python, "exec", arguments), framing, timeout, argv[0])
-
-    def _run_argv(self, argv: Sequence[str], timeout: float) -> CommandResult:
-        return self._run_framed(argv, Framing(), timeout, "gpuferry helper")
 
     # --- uploads --------------------------------------------------------------------------------
 

@@ -1,0 +1,45 @@
+"""Commands for backends whose only channel is a shell that mixes everything (cgpu, a Jupyter
+terminal): each command runs through the far-side helper, between our own begin/end markers."""
+
+from __future__ import annotations
+
+from abc import abstractmethod
+from typing import Mapping, Sequence
+
+from ..errors import UsageError
+from .base import CommandResult
+from .helper_call import helper_argv
+from .helper_ops import HelperOperations
+from .markers import Framing
+from .shell_line import check_env_names
+
+
+class FramedCommands(HelperOperations):
+    """``run`` and ``_run_argv`` on top of one subclass method, ``_run_framed``."""
+
+    @abstractmethod
+    def _run_framed(self, argv: Sequence[str], framing: Framing, timeout: float, program: str) -> CommandResult:
+        """Run ``argv`` on the far side and cut its exit code and output out of the framing."""
+
+    def run(
+        self,
+        argv: Sequence[str],
+        timeout: float,
+        cwd: str | None = None,
+        env: Mapping[str, str] | None = None,
+    ) -> CommandResult:
+        if not argv:
+            raise UsageError("empty command")
+        check_env_names(env)
+        framing = Framing()
+        arguments = {
+            "argv": list(argv),
+            "cwd": self.resolve(cwd if cwd is not None else "."),
+            "env": dict(env or {}),
+            "timeout": timeout,
+            "timeout_marker": framing.timeout,
+        }
+        return self._run_framed(helper_argv(self.python, "exec", arguments), framing, timeout, argv[0])
+
+    def _run_argv(self, argv: Sequence[str], timeout: float) -> CommandResult:
+        return self._run_framed(argv, Framing(), timeout, "gpuferry helper")
