@@ -170,36 +170,16 @@ def upscale_on_target(
     overwrite: bool = False,
     on_event: EventSink = ignore,
 ) -> UpscaleResult:
-    """Upscale a video on a backend (local worker, ssh, jupyter, cgpu) as a resumable job.
+    """Upscale a video on one backend (local worker, ssh, jupyter, cgpu) as a resumable job: a
+    fallback chain of one place, strict.
 
     An unfinished job with the same input, settings and target is resumed, not started again.
     """
-    remote = remote or RemoteOptions()
-    source_path = Path(source)
-    output_path = Path(output) if output is not None else default_output(source_path, scale)
-    store = JobStore()
-    try:
-        get_model(model)
-        check_output(source_path.resolve(), output_path.resolve(), overwrite)
-        stored_target = {**target.to_json(), "remote": _stored_remote(remote)}
-        job, resumed = plan_job(
-            store,
-            source_path,
-            output_path,
-            engine={"engine": engine, "model": model, "scale": scale, "device": device, "tile": tile},
-            encode=asdict(encode),
-            segment_seconds=remote.segment_seconds,
-            target=stored_target,
-        )
-        on_event(make_event("job", job=job.id, resumed=resumed, target=target.kind,
-                            segments=len(store.segments(job.id))))
-        return _run_job(store, job, on_event, overwrite)
-    except GpuferryError as exc:
-        _name_the_input(exc, source_path)
-        on_event(make_event("failed", input=str(source_path), error=exc.to_json()))
-        raise
-    finally:
-        store.close()
+    return upscale_with_fallback(
+        source, output, chain=[Stage(target.kind, target)], remote=remote, scale=scale, model=model,
+        engine=engine, device=device, tile=tile, encode=encode, overwrite=overwrite, strict=True,
+        on_event=on_event,
+    )
 
 
 def _name_the_input(error: GpuferryError, source: Path) -> None:

@@ -128,3 +128,23 @@ def test_hung_worker_is_detected_and_replaced(job_clip, tmp_path, place, remote_
     assert 0 < JobStore().get(job_id).lost_frames <= SEGMENT_FRAMES
     assert sorted(computed_segments(place, job_id)) == [0, 1, 2]
     assert process_gone(stopped["pid"]), "the hung worker was killed, not left behind"
+
+
+def test_repeated_setup_is_a_no_op_and_clean_removes_kept_folders(job_clip, tmp_path, remote_options):
+    from gpuferry.api import clean_jobs
+    from gpuferry.jobs.targets import TargetSpec
+
+    root = tmp_path / "far side"
+    root.mkdir()
+    place = type("Place", (), {"target": TargetSpec("local", {"workdir": str(root)}), "root": root})()
+    _, first = run_job(job_clip, tmp_path / "one.mp4", place, remote_options)
+    (code,) = (root / "gpuferry" / "lib").iterdir()
+    stamp = code.stat().st_mtime_ns
+    _, second = run_job(job_clip, tmp_path / "two.mp4", place, remote_options)
+    assert [p.name for p in (root / "gpuferry" / "lib").iterdir()] == [code.name]
+    assert code.stat().st_mtime_ns == stamp, "the worker code already there is not sent again"
+    jobs = [job_of(first), job_of(second)]
+    assert all((root / "gpuferry" / "jobs" / job).is_dir() for job in jobs)  # kept: keep_remote
+    assert sorted(clean_jobs()) == sorted(jobs)
+    assert list((root / "gpuferry" / "jobs").iterdir()) == []
+    assert all(JobStore().get(job).remote_dir is None for job in jobs)

@@ -44,6 +44,15 @@ def test_identical_content_is_not_sent_again(rig: Rig, make_file: MakeFile) -> N
     upload(backend, source, "copy.bin", options=OPTIONS)
     again = upload(backend, source, "copy.bin", options=OPTIONS)
     assert again.skipped_identical and again.bytes_sent == 0 and again.chunks_skipped == 3
+    assert sorted(os.listdir(rig.remote_dir)) == ["copy.bin"], "a skipped upload leaves nothing behind"
+    changed = rig.local_dir / "changed.bin"  # same size, one byte different: sent, not skipped
+    data = bytearray(source.read_bytes())
+    data[TEST_CHUNK] ^= 0xFF
+    changed.write_bytes(bytes(data))
+    replaced = upload(backend, changed, "copy.bin", options=OPTIONS)
+    assert not replaced.skipped_identical and sha256(rig.remote_dir / "copy.bin") == sha256(changed)
+    assert sorted(os.listdir(rig.remote_dir)) == ["copy.bin"]
+    upload(backend, source, "copy.bin", options=OPTIONS)  # back to the original for the downloads below
     back = rig.local_dir / "back.bin"
     download(backend, "copy.bin", back, options=OPTIONS)
     twice = download(backend, "copy.bin", back, options=OPTIONS)

@@ -60,6 +60,9 @@ def op_survey(args):
         result["dest_size"] = os.path.getsize(dest)
         if result["dest_size"] == args["size"] and args.get("hash_dest"):
             result["dest_sha256"] = hash_file(dest)
+            # the client compares first: an identical file needs no partial file, manifest or chunk
+            # folder, and an upload that is skipped must leave nothing behind
+            return result
     header, verified = read_manifest(manifest)
     if header == args["header"] and os.path.isfile(part):
         result["verified"] = {str(index): digest for index, digest in verified.items()}

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+from typing import Any
 from pathlib import Path
 
 from ..backends.base import Backend
@@ -44,23 +45,27 @@ def upload(
     names = PartNames.for_dest(backend.resolve(remote_path))
     header = {"kind": "gpuferry-upload", "version": 1, "size": info.st_size,
               "mtime_ns": info.st_mtime_ns, "chunk_size": options.chunk_size}
-    survey = session.far_call(
-        "survey",
-        {"dest": names.dest, "part": names.part, "manifest": names.manifest, "chunk_dir": names.chunk_dir,
-         "size": info.st_size, "hash_dest": options.skip_identical, "header": header},
-        touched_bytes=info.st_size, path=names.dest,
-    )
-    if survey["dest_sha256"] is not None:
+    def survey(hash_dest: bool) -> dict[str, Any]:
+        return session.far_call(
+            "survey",
+            {"dest": names.dest, "part": names.part, "manifest": names.manifest, "chunk_dir": names.chunk_dir,
+             "size": info.st_size, "hash_dest": hash_dest, "header": header},
+            touched_bytes=info.st_size, path=names.dest,
+        )
+
+    found = survey(options.skip_identical)
+    if found["dest_sha256"] is not None:
         local_sha = sha256_of_file(local_path)
-        if local_sha == survey["dest_sha256"]:
+        if local_sha == found["dest_sha256"]:
             session.tally.skipped(plan.count)
             session.report.skipped_identical = True
             session.meter.advance(plan.count - 1, info.st_size, moved=False)
             return session.finish(local_sha)
-    verified = {int(index): digest for index, digest in survey["verified"].items()}
+        found = survey(False)  # same size, other bytes: now prepare the partial file
+    verified = {int(index): digest for index, digest in found["verified"].items()}
     sender = ChunkSender(session, names)
     try:
-        verified.update(sender.adopt_staged(local_path, plan, survey.get("staged", []), verified))
+        verified.update(sender.adopt_staged(local_path, plan, found.get("staged", []), verified))
         chunk_sha, whole_sha = sender.send_missing(local_path, plan, verified)
         repair_until_whole(session, sender, local_path, plan, chunk_sha, whole_sha)
     except BaseException as error:
