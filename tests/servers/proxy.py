@@ -37,7 +37,8 @@ class FaultProxy:
     """Forwards 127.0.0.1:<port> to an upstream port from a background event loop thread.
 
     ``rate`` limits each direction (bytes/s); ``cut()`` drops every connection now, ``cut_after(n)``
-    once n more bytes have passed (either direction); ``stall()`` stops forwarding until ``resume()``.
+    once n more bytes have passed (either direction), and with ``stay_down`` refuses new connections
+    until ``reset()`` (an outage rather than a blip); ``stall()`` stops forwarding until ``resume()``.
     """
 
     def __init__(self, upstream_port: int, rate: float | None = None) -> None:
@@ -46,6 +47,8 @@ class FaultProxy:
         self.port = 0
         self.forwarded = 0
         self._cut_at: int | None = None
+        self._stay_down = False
+        self._down = False
         self._loop = asyncio.new_event_loop()
         self._thread = threading.Thread(target=self._loop.run_forever, name="gpuferry-test-proxy", daemon=True)
         self._writers: set[asyncio.StreamWriter] = set()
@@ -74,8 +77,8 @@ class FaultProxy:
     def cut(self) -> None:
         self._call(self._cut())
 
-    def cut_after(self, nbytes: int) -> None:
-        self._call(self._arm_cut(nbytes))
+    def cut_after(self, nbytes: int, stay_down: bool = False) -> None:
+        self._call(self._arm_cut(nbytes, stay_down))
 
     def stall(self) -> None:
         self._call(self._set_flowing(False))
@@ -108,6 +111,7 @@ class FaultProxy:
 
     async def _reset(self) -> None:
         self._cut_at = None
+        self._stay_down = self._down = False
         await self._set_rate(self.rate)
         await self._set_flowing(True)
 
@@ -118,8 +122,9 @@ class FaultProxy:
         else:
             self._flowing.clear()
 
-    async def _arm_cut(self, nbytes: int) -> None:
+    async def _arm_cut(self, nbytes: int, stay_down: bool) -> None:
         self._cut_at = self.forwarded + nbytes
+        self._stay_down = stay_down
 
     async def _cut(self) -> None:
         self._cut_at = None
@@ -136,6 +141,9 @@ class FaultProxy:
             self._flowing.set()
 
     async def _accept(self, client_reader: asyncio.StreamReader, client_writer: asyncio.StreamWriter) -> None:
+        if self._down:
+            client_writer.transport.abort()
+            return
         try:
             upstream_reader, upstream_writer = await asyncio.open_connection("127.0.0.1", self.upstream_port)
         except OSError:
@@ -166,6 +174,7 @@ class FaultProxy:
                     if keep:
                         writer.write(data[:keep])
                     self.forwarded += keep
+                    self._down = self._stay_down
                     await self._cut()
                     break
                 self.forwarded += len(data)

@@ -135,12 +135,12 @@ class Rig:
             setattr(backend, name, guarded)
         return backend
 
-    def cut_link_soon(self, nbytes: int) -> None:
-        """Drop the connection after about ``nbytes`` more bytes on the link."""
+    def cut_link_soon(self, nbytes: int, stay_down: bool = False) -> None:
+        """Drop the connection after about ``nbytes`` more bytes on the link (``stay_down``: until heal)."""
         if self.kind == "local":
             self.local_fault = "cut"
         if self.proxy is not None:
-            self.proxy.cut_after(nbytes)
+            self.proxy.cut_after(nbytes, stay_down)
         elif self.cgpu is not None:
             self.cgpu.set_faults(disconnect_after_bytes=nbytes, once=True)
 

@@ -169,6 +169,11 @@ class Backend(ABC):
     def free_disk(self, path: str) -> int:
         """Free bytes on the file system holding ``path``."""
 
+    def installed_script(self, name: str, source: bytes) -> str | None:
+        """A far-side path of a file holding ``source``, for backends where typing it with every command
+        costs (a terminal's input buffer, a CLI's argument); None means pass the source inline."""
+        return None
+
     def close(self) -> None:
         """Release connections; detached processes keep running."""
 

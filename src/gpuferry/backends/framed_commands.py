@@ -8,7 +8,6 @@ from typing import Mapping, Sequence
 
 from ..errors import UsageError
 from .base import CommandResult
-from .helper_call import helper_argv
 from .helper_ops import HelperOperations
 from .markers import Framing
 from .shell_line import check_env_names
@@ -39,7 +38,7 @@ class FramedCommands(HelperOperations):
             "timeout": timeout,
             "timeout_marker": framing.timeout,
         }
-        return self._run_framed(helper_argv(self.python, "exec", arguments), framing, timeout, argv[0])
+        return self._run_framed(self._helper_argv("exec", arguments), framing, timeout, argv[0])
 
     def _run_argv(self, argv: Sequence[str], timeout: float) -> CommandResult:
         return self._run_framed(argv, Framing(), timeout, "gpuferry helper")

@@ -41,6 +41,18 @@ def helper_argv(python: str, operation: str, arguments: dict[str, Any]) -> list[
     return [python, "-c", BOOTSTRAP, encoded_helper_source(), operation, encode_arguments(arguments)]
 
 
+def script_helper_argv(python: str, script: str, operation: str, encoded_arguments: str) -> list[str]:
+    """The argv that runs ``operation`` of a helper installed at ``script`` on the far side.
+
+    ``encoded_arguments`` is :func:`encode_arguments`'s text, or ``@path`` of a far-side file holding it.
+    """
+    return [python, script, operation, encoded_arguments]
+
+
+def helper_source() -> bytes:
+    return HELPER_PATH.read_bytes()
+
+
 def local_helper_argv(python: str, operation: str, arguments: dict[str, Any]) -> list[str]:
     """The argv that runs the helper from this package's file (for the local backend)."""
     return [python, str(HELPER_PATH), operation, encode_arguments(arguments)]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import hashlib
 import shlex
 import uuid
 from dataclasses import dataclass
@@ -12,10 +13,23 @@ from urllib.parse import quote
 from ..errors import CommandTimeoutError, ConnectionLostError, RemoteFileError
 from .base import CommandResult
 from .framed_commands import FramedCommands
+from .helper_call import encode_arguments, helper_source, parse_reply, script_helper_argv
 from .jupyter_http import JupyterHttp
-from .jupyter_terminal import TerminalSession
+from .jupyter_terminal import LineNotSent, TerminalSession
 from .markers import Framing, parse_framed
 from .secrets import Secret, as_secret
+
+
+#: Folder (relative to the server root) holding the far-side programs, content-addressed.
+SCRIPTS_API_DIR = "gpuferry/bin"
+#: Encoded helper arguments longer than this travel as a staged file instead of being typed. Every
+#: line typed into a terminal must fit the pty's input buffer (4 KiB): jupyter_server writes terminal
+#: input from a thread that holds the pty's lock while the write blocks, and if the shell then dies
+#: (a closed terminal) the server's event loop waits for that lock forever (terminado 0.18).
+TYPED_ARGUMENTS_LIMIT = 1024
+#: Finds the server's root before the helper can be installed there (a short line, like every other).
+ROOT_PROBE = ("import json,os;print(json.dumps({'ok':True,'result':"
+              "{'jupyter_root':os.environ.get('JUPYTER_SERVER_ROOT'),'cwd':os.getcwd()}}))")
 
 
 @dataclass
@@ -48,10 +62,14 @@ class JupyterBackend(FramedCommands):
         self.python = settings.python
         self._http = JupyterHttp(settings.url, settings.token, settings.request_timeout, settings.verify_tls)
         self._terminal: TerminalSession | None = None
+        self._scripts: dict[str, str] = {}
+        self._helper_script: str | None = None
         if settings.root_dir is None or settings.workdir is None:
-            info = self._helper("info", {})
+            reply = self._run_argv([self.python, "-c", ROOT_PROBE], self.operation_timeout)
+            info = parse_reply(reply.output, "find the server root", None, self.kind)
             settings.root_dir = settings.root_dir or info.get("jupyter_root") or info["cwd"]
             settings.workdir = settings.workdir or settings.root_dir
+        self._helper_script = self.installed_script("remote_helper", helper_source())
 
     def __repr__(self) -> str:
         return f"JupyterBackend(url={self.settings.url!r})"
@@ -77,9 +95,62 @@ class JupyterBackend(FramedCommands):
 
     # --- commands -------------------------------------------------------------------------------
 
+    def installed_script(self, name: str, source: bytes) -> str:
+        """Put ``source`` in the server's scripts folder once; its absolute path.
+
+        The file is named by its content's hash and appears only whole, by rename: the contents API
+        rewrites an existing file in place, which a helper starting at that moment would read half-written.
+        """
+        api_path = f"{SCRIPTS_API_DIR}/{name}-{hashlib.sha256(source).hexdigest()[:16]}.py"
+        if api_path not in self._scripts:
+            if self._api_size(api_path) != len(source):
+                self._install_whole(api_path, source)
+            self._scripts[api_path] = f"{(self.settings.root_dir or '').rstrip('/')}/{api_path}"
+        return self._scripts[api_path]
+
+    def _api_size(self, api_path: str) -> int | None:
+        try:
+            model = self._http.request("GET", f"api/contents/{quote(api_path)}", what="look for a script",
+                                       remote_path=api_path, params={"content": "0"}).json()
+        except RemoteFileError:
+            return None  # not there (404)
+        size = model.get("size")
+        return size if isinstance(size, int) else None
+
+    def _install_whole(self, api_path: str, source: bytes) -> None:
+        parent = ""
+        for part in SCRIPTS_API_DIR.split("/"):
+            parent = f"{parent}/{part}" if parent else part
+            self._http.request("PUT", f"api/contents/{quote(parent)}", what="create the scripts folder",
+                               remote_path=parent, json={"type": "directory"})
+        staged = f"{api_path}.{uuid.uuid4().hex}.part"
+        self._put_chunk(staged, source, None, len(source))
+        try:
+            self._http.request("PATCH", f"api/contents/{quote(staged)}", what="install a script",
+                               remote_path=api_path, json={"path": api_path})
+        except RemoteFileError:
+            # another client installed the same content first (the name holds the hash): keep theirs
+            self._http.request("DELETE", f"api/contents/{quote(staged)}", what="remove a staged script",
+                               remote_path=staged)
+            if self._api_size(api_path) != len(source):
+                raise
+
+    def _helper_argv(self, operation: str, arguments: dict[str, Any]) -> list[str]:
+        """A short line that runs the installed helper (long arguments go as a staged file)."""
+        if self._helper_script is None:
+            return super()._helper_argv(operation, arguments)
+        encoded = encode_arguments(arguments)
+        if len(encoded) > TYPED_ARGUMENTS_LIMIT:
+            encoded = "@" + self._upload_stage(encoded.encode("ascii"))
+        return script_helper_argv(self.python, self._helper_script, operation, encoded)
+
     def _run_framed(self, argv: Sequence[str], framing: Framing, timeout: float, program: str) -> CommandResult:
         line = framing.wrap(shlex.join(argv))
-        raw = self._session().run(line, framing, timeout + self.settings.request_timeout, program)
+        try:
+            raw = self._session().run(line, framing, timeout + self.settings.request_timeout, program)
+        except LineNotSent:
+            # the link dropped while the terminal sat idle: nothing ran, so a fresh terminal may run it
+            raw = self._session().run(line, framing, timeout + self.settings.request_timeout, program)
         framed = parse_framed(raw, framing)
         if framed.timed_out:
             raise CommandTimeoutError(f"`{program}` ran past {timeout:g} s in a Jupyter terminal", step=self.kind)

@@ -46,6 +46,10 @@ def decode_message(message: str | bytes) -> tuple[str, str]:
     return "", ""
 
 
+class LineNotSent(ConnectionLostError):
+    """The terminal's socket was already gone: nothing was typed, so running the line elsewhere is safe."""
+
+
 class TerminalSession:
     """One terminal on the server. Broken sessions (timeout, lost socket) are closed, never reused."""
 
@@ -106,6 +110,11 @@ class TerminalSession:
         tail = ""
         try:
             self._socket.send(json.dumps(["stdin", line + "\r"]))
+        except (ConnectionClosed, OSError):
+            self.broken = True
+            raise LineNotSent("the terminal's connection had dropped before the command was typed",
+                              step="jupyter") from None
+        try:
             while True:
                 remaining = deadline - time.monotonic()
                 if remaining <= 0:

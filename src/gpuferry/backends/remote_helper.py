@@ -1,7 +1,8 @@
 """Far-side helper: one small stdlib-only program that performs a file or process operation by name.
 
-Sent to the far side as ``python3 -c BOOTSTRAP <source> <op> <args>`` (see helper_call.py) or run as
-a script locally. Arguments arrive as base64-encoded JSON, so no path ever meets a shell unquoted.
+Sent to the far side as ``python3 -c BOOTSTRAP <source> <op> <args>`` (see helper_call.py), or run as
+a script installed there or locally. Arguments arrive as base64-encoded JSON (or ``@file`` holding it,
+for arguments too long to type), so no path ever meets a shell unquoted.
 Replies are one JSON line ``{"ok": true, "result": ...}`` or ``{"ok": false, "error": ..., ...}``;
 the ``exec`` operation instead streams the command's merged output and exits with its exit code.
 Python 3.8+, no third-party imports: it runs on whatever python3 the far side has.
@@ -283,9 +284,18 @@ OPERATIONS = {
 }
 
 
+def read_arguments(raw):
+    """The operation's arguments: base64 JSON, or ``@path`` of a file holding it (removed once read)."""
+    if raw.startswith("@"):
+        with open(raw[1:], "rb") as handle:
+            raw = handle.read().decode("ascii")
+        os.unlink(handle.name)
+    return json.loads(base64.b64decode(raw).decode("utf-8"))
+
+
 def main():
     operation = sys.argv[-2]
-    args = json.loads(base64.b64decode(sys.argv[-1]).decode("utf-8"))
+    args = read_arguments(sys.argv[-1])
     try:
         result = OPERATIONS[operation](args)
     except OSError as exc:

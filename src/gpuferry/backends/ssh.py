@@ -212,11 +212,8 @@ class SshBackend(HelperOperations):
         return self._loop.call(self._run_line(shell_line(argv, replace_shell=True), timeout, argv[0]))
 
     async def _run_line(self, line: str, timeout: float, program: str) -> CommandResult:
-        connection = await self._live()
+        process = await self._start_process(line, program)
         try:
-            process = await connection.create_process(
-                line, stdin=asyncssh.DEVNULL, stderr=asyncssh.STDOUT, encoding=None
-            )
             try:
                 completed = await asyncio.wait_for(process.wait(), timeout)
             except asyncio.TimeoutError:
@@ -231,27 +228,62 @@ class SshBackend(HelperOperations):
                 f"connection to {self.where} lost while running `{program}`: {error}", step=self.kind
             ) from None
         exit_code = completed.exit_status
+        if exit_code is None and not completed.exit_signal:
+            raise ConnectionLostError(
+                f"connection to {self.where} lost while running `{program}` (outcome unknown)", step=self.kind
+            )
         if exit_code is None or exit_code < 0:
             signal_name = completed.exit_signal[0] if completed.exit_signal else ""
             exit_code = 128 + SIGNAL_NUMBERS.get(signal_name, 127)
         output = completed.stdout or b""
         return CommandResult(exit_code, output.decode("utf-8", "replace"))
 
+    def _drop(self, connection: asyncssh.SSHClientConnection) -> None:
+        """Forget a connection found broken, so the next call opens a fresh one."""
+        if self._connection is connection:
+            self._connection, self._sftp = None, None
+        connection.abort()
+
+    async def _start_process(self, line: str, program: str) -> asyncssh.SSHClientProcess:
+        """The started process; a connection that dropped while idle is replaced once (nothing ran yet)."""
+        for attempt in range(2):
+            connection = await self._live()
+            try:
+                return await connection.create_process(line, stdin=asyncssh.DEVNULL, stderr=asyncssh.STDOUT,
+                                                       encoding=None)
+            except LOST as error:
+                if attempt == 0:  # the channel never opened, so nothing ran: try once on a fresh connection
+                    self._drop(connection)
+                    continue
+                raise ConnectionLostError(
+                    f"connection to {self.where} lost while starting `{program}`: {error}", step=self.kind
+                ) from None
+        raise AssertionError("unreachable")
+
     # --- files (sftp) ---------------------------------------------------------------------------
 
-    async def _sftp_call(self, operation: str, path: str, work: Any) -> Any:
-        await self._live()
-        if self._sftp is None:
-            raise ConnectionLostError(f"the ssh backend for {self.where} is closed", step=self.kind)
-        try:
-            return await work(self._sftp)
-        except asyncssh.SFTPError as error:
-            raise RemoteFileError(f"{operation} failed on {self.where}: {error.reason}", path=path, step=self.kind) from None
-        except LOST as error:
-            raise ConnectionLostError(f"connection to {self.where} lost during {operation}: {error}", step=self.kind) from None
+    async def _sftp_call(self, operation: str, path: str, work: Any, idempotent: bool) -> Any:
+        for attempt in range(2):
+            connection = await self._live()
+            if self._sftp is None:
+                raise ConnectionLostError(f"the ssh backend for {self.where} is closed", step=self.kind)
+            try:
+                return await work(self._sftp)
+            except asyncssh.SFTPError as error:
+                raise RemoteFileError(f"{operation} failed on {self.where}: {error.reason}", path=path,
+                                      step=self.kind) from None
+            except LOST as error:
+                # the link was found dead: an operation that gives the same result when repeated is
+                # redone once on a fresh connection; any other one's outcome is unknown to the caller
+                if attempt == 0 and idempotent:
+                    self._drop(connection)
+                    continue
+                raise ConnectionLostError(f"connection to {self.where} lost during {operation}: {error}",
+                                          step=self.kind) from None
+        raise AssertionError("unreachable")
 
-    def _with_sftp(self, operation: str, path: str, work: Any) -> Any:
-        return self._loop.call(self._sftp_call(operation, path, work))
+    def _with_sftp(self, operation: str, path: str, work: Any, idempotent: bool = False) -> Any:
+        return self._loop.call(self._sftp_call(operation, path, work, idempotent))
 
     def read_bytes(self, path: str, offset: int = 0, length: int | None = None) -> bytes:
         absolute = self.resolve(path)
@@ -262,7 +294,7 @@ class SshBackend(HelperOperations):
                 want = available if length is None else min(length, available)
                 return await handle.read(want, offset) if want > 0 else b""
 
-        return self._with_sftp("read", absolute, work)
+        return self._with_sftp("read", absolute, work, idempotent=True)
 
     def write_bytes(self, path: str, data: bytes, offset: int = 0) -> None:
         absolute = self.resolve(path)
@@ -282,7 +314,7 @@ class SshBackend(HelperOperations):
                 await handle.truncate(offset)
                 await handle.write(data, offset)
 
-        self._with_sftp("write", absolute, work)
+        self._with_sftp("write", absolute, work, idempotent=True)  # the same bytes at the same offset
 
     def stat(self, path: str) -> FileStat | None:
         absolute = self.resolve(path)
@@ -295,7 +327,7 @@ class SshBackend(HelperOperations):
             is_dir = attrs.type == asyncssh.FILEXFER_TYPE_DIRECTORY
             return FileStat(attrs.size or 0, float(attrs.mtime or 0), is_dir)
 
-        return self._with_sftp("stat", absolute, work)
+        return self._with_sftp("stat", absolute, work, idempotent=True)
 
     def listdir(self, path: str) -> list[str]:
         absolute = self.resolve(path)
@@ -304,7 +336,7 @@ class SshBackend(HelperOperations):
             names = await sftp.listdir(absolute)
             return sorted(name for name in names if name not in (".", ".."))
 
-        return self._with_sftp("listdir", absolute, work)
+        return self._with_sftp("listdir", absolute, work, idempotent=True)
 
     def remove(self, path: str, recursive: bool = False) -> None:
         absolute = self.resolve(path)

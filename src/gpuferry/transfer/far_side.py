@@ -34,13 +34,20 @@ class FarSide:
     def __init__(self, backend: Backend) -> None:
         self.backend = backend
         self.python = far_python(backend)
+        self._program: list[str] | None = None
+
+    def program(self) -> list[str]:
+        """The argv that starts the agent: its installed file where the backend keeps one, else inline."""
+        if self._program is None:
+            installed = self.backend.installed_script("far_side_agent", agent_source().encode("utf-8"))
+            self._program = [self.python, installed] if installed else [self.python, "-c", agent_source()]
+        return self._program
 
     def read_range(self, path: str, offset: int, length: int, timeout: float) -> bytes:
         """A file range through the command channel, as base64 lines (for backends whose reads are helper calls)."""
         start = "GPUFERRY-DATA-" + uuid.uuid4().hex
-        result = self.backend.run([self.python, "-c", agent_source(), "read",
-                                   json.dumps({"path": path, "offset": offset, "length": length, "start": start})],
-                                  timeout=timeout)
+        arguments = {"path": path, "offset": offset, "length": length, "start": start}
+        result = self.backend.run([*self.program(), "read", json.dumps(arguments)], timeout=timeout)
         output = result.output
         begin = output.rfind(start + "\n")
         if begin < 0:
@@ -52,7 +59,7 @@ class FarSide:
         return base64.b64decode(body[:end] if end >= 0 else body)
 
     def call(self, operation: str, arguments: dict[str, Any], timeout: float, path: str | None = None) -> Any:
-        argv = [self.python, "-c", agent_source(), operation, json.dumps(arguments)]
+        argv = [*self.program(), operation, json.dumps(arguments)]
         result = self.backend.run(argv, timeout=timeout)
         return self._reply(operation, result, path)
 
