@@ -5,9 +5,11 @@ from __future__ import annotations
 import base64
 import hashlib
 import shlex
+import threading
 import uuid
+from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Any, Sequence
+from typing import Any, Iterator, Sequence
 from urllib.parse import quote
 
 from ..errors import CommandTimeoutError, ConnectionLostError, RemoteFileError
@@ -28,6 +30,8 @@ SCRIPTS_API_DIR = "gpuferry/bin"
 #: (a closed terminal) the server's event loop waits for that lock forever (terminado 0.18).
 TYPED_ARGUMENTS_LIMIT = 1024
 #: Finds the server's root before the helper can be installed there (a short line, like every other).
+#: Idle terminals whose sockets died together (one dropped link) are each tried before a fresh one opens.
+MAX_UNSENT_RETRIES = 4
 ROOT_PROBE = ("import json,os;print(json.dumps({'ok':True,'result':"
               "{'jupyter_root':os.environ.get('JUPYTER_SERVER_ROOT'),'cwd':os.getcwd()}}))")
 
@@ -48,7 +52,7 @@ class JupyterSettings:
 
 
 class JupyterBackend(FramedCommands):
-    """Commands through fresh terminals (one per command), uploads through chunked contents PUTs."""
+    """Commands through a pool of terminals (one per concurrent command), uploads through contents PUTs."""
 
     kind = "jupyter"
 
@@ -61,7 +65,10 @@ class JupyterBackend(FramedCommands):
         self.settings = settings
         self.python = settings.python
         self._http = JupyterHttp(settings.url, settings.token, settings.request_timeout, settings.verify_tls)
-        self._terminal: TerminalSession | None = None
+        #: open terminals not running a command; one more opens whenever every open one is busy
+        self._idle_terminals: list[TerminalSession] = []
+        self._busy_terminals: set[TerminalSession] = set()
+        self._terminals_lock = threading.Lock()
         self._scripts: dict[str, str] = {}
         self._helper_script: str | None = None
         if settings.root_dir is None or settings.workdir is None:
@@ -79,19 +86,32 @@ class JupyterBackend(FramedCommands):
         return self.settings.workdir or self.settings.root_dir or "."
 
     def close(self) -> None:
-        if self._terminal is not None:
-            self._terminal.close()
-            self._terminal = None
+        with self._terminals_lock:
+            terminals = self._idle_terminals + list(self._busy_terminals)
+            self._idle_terminals, self._busy_terminals = [], set()
+        for terminal in terminals:
+            terminal.close()
         self._http.close()
 
-    def _session(self) -> TerminalSession:
-        """The open terminal, replaced when a previous command broke it."""
-        if self._terminal is not None and self._terminal.broken:
-            self._terminal.close()
-            self._terminal = None
-        if self._terminal is None:
-            self._terminal = TerminalSession(self._http, self.settings.request_timeout)
-        return self._terminal
+    @contextmanager
+    def _terminal(self) -> Iterator[TerminalSession]:
+        """A terminal for one command. Commands from several threads (parallel chunks, background commits)
+        run side by side in terminals of their own; a broken terminal is closed, never reused."""
+        with self._terminals_lock:
+            terminal = self._idle_terminals.pop() if self._idle_terminals else None
+        if terminal is None:
+            terminal = TerminalSession(self._http, self.settings.request_timeout)
+        with self._terminals_lock:
+            self._busy_terminals.add(terminal)
+        try:
+            yield terminal
+        finally:
+            with self._terminals_lock:
+                self._busy_terminals.discard(terminal)
+                if not terminal.broken:
+                    self._idle_terminals.append(terminal)
+            if terminal.broken:
+                terminal.close()
 
     # --- commands -------------------------------------------------------------------------------
 
@@ -146,11 +166,15 @@ class JupyterBackend(FramedCommands):
 
     def _run_framed(self, argv: Sequence[str], framing: Framing, timeout: float, program: str) -> CommandResult:
         line = framing.wrap(shlex.join(argv))
-        try:
-            raw = self._session().run(line, framing, timeout + self.settings.request_timeout, program)
-        except LineNotSent:
-            # the link dropped while the terminal sat idle: nothing ran, so a fresh terminal may run it
-            raw = self._session().run(line, framing, timeout + self.settings.request_timeout, program)
+        for attempt in range(MAX_UNSENT_RETRIES + 1):
+            try:
+                with self._terminal() as terminal:
+                    raw = terminal.run(line, framing, timeout + self.settings.request_timeout, program)
+                break
+            except LineNotSent:
+                # the link dropped while that terminal sat idle: nothing ran, so another one may run it
+                if attempt == MAX_UNSENT_RETRIES:
+                    raise
         framed = parse_framed(raw, framing)
         if framed.timed_out:
             raise CommandTimeoutError(f"`{program}` ran past {timeout:g} s in a Jupyter terminal", step=self.kind)
