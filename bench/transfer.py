@@ -103,8 +103,10 @@ def main() -> None:
         with open(source, "wb") as handle:
             for _ in range(args.size_mb):
                 handle.write(os.urandom(MB))
-        remote = work / "remote"
-        remote.mkdir()
+        # inside the stand-in runtime's /content, where job folders live, so cgpu copy can write chunks there
+        runtime = work / "cgpu" / "runtime"
+        remote = runtime / "content" / "gpuferry" / "bench"
+        remote.mkdir(parents=True)
         results: dict[str, dict[str, float]] = {}
         resent_chunks: dict[str, int] = {}
         with running_sshd(work / "sshd") as sshd, running_jupyter(work / "jupyter") as jupyter, \
@@ -113,8 +115,6 @@ def main() -> None:
             key_type, key = sshd.host_public_key.read_text().split()[:2]
             known = work / "known_hosts"
             known.write_text(f"[127.0.0.1]:{ssh_proxy.port} {key_type} {key}\n")
-            runtime = work / "cgpu" / "runtime"
-            (runtime / "content").mkdir(parents=True)
             config = work / "cgpu" / "config"
             config.mkdir()
             (config / "config.json").write_text('{"fake_account": "Bench <bench@example.com>"}')

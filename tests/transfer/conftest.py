@@ -92,6 +92,9 @@ class Rig:
             self.proxy = request.getfixturevalue("jupyter_proxy_session")
         elif kind == "cgpu":
             self.cgpu = FakeCgpuRuntime(root / "cgpu")
+            # inside the runtime's /content, as a job folder is: where cgpu copy can write chunks directly
+            self.remote_dir = self.cgpu.content / "work"
+            self.remote_dir.mkdir()
         if self.proxy is not None:
             self.proxy.reset()
 

@@ -9,6 +9,7 @@ base64 chunks printed by the helper, and uploads are staged by ``cgpu copy`` the
 from __future__ import annotations
 
 import os
+import re
 import shlex
 import signal
 import subprocess
@@ -27,6 +28,10 @@ from .base import CommandResult
 from .cgpu_messages import classify_failure
 from .framed_commands import FramedCommands
 from .markers import Framing, parse_framed
+
+
+#: A path segment ``cgpu copy`` is trusted to keep as it is.
+PLAIN_NAME = re.compile(r"[A-Za-z0-9._-]+")
 
 
 @dataclass
@@ -122,19 +127,40 @@ class CgpuBackend(FramedCommands):
 
     def write_bytes(self, path: str, data: bytes, offset: int = 0) -> None:
         absolute = self.resolve(path)
+        direct = self._copy_destination(absolute) if offset == 0 else None
+        if direct is not None:
+            # one cgpu call instead of two: copy replaces the whole file, which is what offset 0 asks for
+            self._copy(data, direct, absolute)
+            return
         stage_name = f".gpuferry-stage-{uuid.uuid4().hex}"
-        with tempfile.TemporaryDirectory(prefix="gpuferry-cgpu-") as local_dir:
-            local = os.path.join(local_dir, stage_name)
-            with open(local, "wb") as handle:
-                handle.write(data)
-            exit_code, output = self._cgpu(["copy", local, stage_name], self.operation_timeout)
-        if "Uploaded:" not in output:
-            known = classify_failure(output, step=self.kind)
-            raise known or RemoteFileError(f"cgpu copy failed (exit {exit_code}): {output.strip()[-300:]}",
-                                           path=absolute, step=self.kind)
+        self._copy(data, stage_name, absolute)
         stage = f"{self.settings.remote_root.rstrip('/')}/{stage_name}"
         try:
             self._splice_stage(stage, absolute, offset)
         except RemoteFileError:
             self.remove(stage)
             raise
+
+    def _copy_destination(self, absolute: str) -> str | None:
+        """``absolute`` as a ``cgpu copy`` destination (relative to ``remote_root``), when copy can write
+        it as it is: inside ``remote_root`` and made of plain names only (the CLI rewrites ``..``
+        segments, and what it does with other characters is not ours to rely on)."""
+        root = self.settings.remote_root.rstrip("/")
+        if not absolute.startswith(root + "/"):
+            return None
+        relative = absolute[len(root) + 1:]
+        if all(PLAIN_NAME.fullmatch(part) and part not in (".", "..") for part in relative.split("/")):
+            return relative
+        return None
+
+    def _copy(self, data: bytes, destination: str, shown_path: str) -> None:
+        """Upload ``data`` with one ``cgpu copy`` to ``destination`` (relative to ``remote_root``)."""
+        with tempfile.TemporaryDirectory(prefix="gpuferry-cgpu-") as local_dir:
+            local = os.path.join(local_dir, "gpuferry-upload")
+            with open(local, "wb") as handle:
+                handle.write(data)
+            exit_code, output = self._cgpu(["copy", local, destination], self.operation_timeout)
+        if "Uploaded:" not in output:
+            known = classify_failure(output, step=self.kind)
+            raise known or RemoteFileError(f"cgpu copy failed (exit {exit_code}): {output.strip()[-300:]}",
+                                           path=shown_path, step=self.kind)

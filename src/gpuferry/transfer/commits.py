@@ -14,13 +14,18 @@ class Committer:
     """Queues chunks whose bytes are staged and has the far side check and commit them, a batch per call.
 
     With ``background`` one thread commits whatever queued up since its last call, so far-side hashing
-    and copying never hold up the link; without it each chunk is committed as it is added.
+    and copying never hold up the link. With ``batch_bytes`` (for links where every call costs, like
+    cgpu's) chunks are committed a batch per call once that many bytes queued, the rest by ``finish``:
+    a chunk staged but not yet committed is not lost to a drop, since a resume adopts staged chunks
+    whose bytes check out. With neither, each chunk is committed as it is added.
     Chunks that fail the far side's check land in ``failed`` (index -> reason), to be sent again.
     """
 
-    def __init__(self, session: TransferSession, names: PartNames, background: bool) -> None:
+    def __init__(self, session: TransferSession, names: PartNames, background: bool,
+                 batch_bytes: int | None = None) -> None:
         self.session = session
         self.names = names
+        self.batch_bytes = None if background else batch_bytes
         self.failed: dict[int, str] = {}
         self.error: BaseException | None = None
         self._pending: list[dict[str, Any]] = []
@@ -35,11 +40,22 @@ class Committer:
         return {"part": self.names.part, "manifest": self.names.manifest, "chunks": batch}
 
     @property
-    def background(self) -> bool:
-        return self._thread is not None
+    def counts_on_staging(self) -> bool:
+        """Whether a chunk's progress counts once it is staged (a failed commit takes it back later)."""
+        return self._thread is not None or self.batch_bytes is not None
 
     def add(self, entry: dict[str, Any]) -> None:
         """Queue a staged chunk (its progress already counted), or commit it now and then count it."""
+        if self.batch_bytes is not None:
+            self._pending.append(entry)
+            if sum(int(queued["length"]) for queued in self._pending) >= self.batch_bytes:
+                batch, self._pending = self._pending, []
+                try:
+                    self.commit(batch)
+                except BaseException:
+                    self._pending[:0] = batch  # still to commit (by finish, or a salvage)
+                    raise
+            return
         if self._thread is None:
             self.commit([entry], counted=False)
             if entry["index"] not in self.failed:

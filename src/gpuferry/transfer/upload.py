@@ -81,6 +81,9 @@ def upload(
 #: backends whose far-side commits run beside the next chunk's move over a link (cgpu calls run one at a time:
 #: every call rewrites the stored session)
 BACKGROUND_COMMIT_KINDS = ("ssh", "jupyter")
+#: backends whose calls cost most (cgpu: a process, a login, a runtime look-up): chunks are committed a
+#: batch of this many bytes per call, and the last batch by the call that finishes the upload
+BATCHED_COMMIT_BYTES = {"cgpu": 256 * 1024 * 1024}
 
 
 class ChunkSender:
@@ -90,7 +93,8 @@ class ChunkSender:
         self.session = session
         self.names = names
         self.backend = session.backend
-        self.committer = Committer(session, names, self.backend.kind in BACKGROUND_COMMIT_KINDS)
+        kind = self.backend.kind
+        self.committer = Committer(session, names, kind in BACKGROUND_COMMIT_KINDS, BATCHED_COMMIT_BYTES.get(kind))
 
     def entry(self, chunk: Chunk, sha256: str) -> dict[str, object]:
         return {"stage": f"{self.names.chunk_dir}/{chunk.index:08d}", "index": chunk.index, "offset": chunk.offset,
@@ -113,7 +117,7 @@ class ChunkSender:
     def send(self, chunk: Chunk, data: bytes, sha256: str) -> None:
         if self.committer.error is not None:
             raise self.committer.error
-        self.committer.add(self.move(chunk, data, sha256, counted=self.committer.background))
+        self.committer.add(self.move(chunk, data, sha256, counted=self.committer.counts_on_staging))
 
     def adopt_staged(self, local_path: Path, plan: ChunkPlan, staged: list[int],
                      verified: dict[int, str]) -> dict[int, str]:
