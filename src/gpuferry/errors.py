@@ -43,15 +43,19 @@ class GpuferryError(Exception):
     size: int | None = None
     step: str | None = None
     hints: list[str] = field(default_factory=list)
+    #: ``path`` is on the far side: its size is never looked up on this machine's disk
+    remote: bool = False
 
     exit_code: ClassVar[int] = 1
     kind: ClassVar[str] = "error"
     #: whether trying the same thing again later may succeed (rclone's "temporary" class)
     transient: ClassVar[bool] = False
     default_hints: ClassVar[tuple[str, ...]] = ()
+    #: every path this class names is on the far side
+    paths_are_remote: ClassVar[bool] = False
 
     def __post_init__(self) -> None:
-        if self.path is not None and self.size is None:
+        if self.path is not None and self.size is None and not (self.remote or self.paths_are_remote):
             self.size = file_size_or_none(self.path)
         if not self.hints:
             self.hints = list(self.default_hints)
@@ -279,6 +283,7 @@ class RemoteFileError(GpuferryError):
 
     exit_code = 18
     kind = "remote_file"
+    paths_are_remote = True
     default_hints = ("Check the remote path and its permissions on the target.",)
 
 

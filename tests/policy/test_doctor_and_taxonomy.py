@@ -56,3 +56,17 @@ def test_every_exit_code_is_documented_in_the_readme():
                     documented[kind.strip()] = int(match.group(1))
     for kind, code in exit_code_table().items():
         assert documented.get(kind) == code, f"{kind} (exit {code}) is not documented in README.md"
+
+
+def test_a_far_side_path_never_borrows_the_size_of_a_local_file(tmp_path):
+    from gpuferry.errors import RemoteFileError, TransferIntegrityError
+
+    local = tmp_path / "clip.mp4"
+    local.write_bytes(b"x" * 4321)
+    # the same path named as a far-side file: this machine's copy says nothing about the remote one
+    assert RemoteFileError("missing", path=str(local), step="ssh").size is None
+    assert "4.3 KB" not in str(RemoteFileError("missing", path=str(local), step="ssh"))
+    remote = TransferIntegrityError("damaged", path=str(local), size=10_000_000, step="ssh", remote=True)
+    assert remote.size == 10_000_000 and "10.0 MB" in str(remote)
+    # a local path still gets its size looked up
+    assert TransferIntegrityError("damaged", path=str(local), step="download").size == 4321

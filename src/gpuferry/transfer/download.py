@@ -128,7 +128,7 @@ class ChunkFetcher:
             if len(data) != chunk.length or digest != self.expected(chunk.index):
                 raise TransferIntegrityError(
                     f"chunk {chunk.index} arrived damaged ({len(data)} of {chunk.length} bytes)",
-                    path=self.source, step=backend.kind,
+                    path=self.source, step=backend.kind, remote=True,
                 )
             os.pwrite(self.descriptor, data, chunk.offset)
             self.manifest.record(chunk.index, digest)
@@ -197,5 +197,5 @@ def repair_until_whole(session: TransferSession, fetcher: ChunkFetcher, descript
             fetcher.fetch(plan.chunk(index))
     raise TransferIntegrityError(
         f"the downloaded file's sha256 does not match the far side's after {REPAIR_ROUNDS} repair rounds",
-        path=fetcher.source, step=session.backend.kind,
+        path=fetcher.source, size=plan.size, step=session.backend.kind, remote=True,
     )

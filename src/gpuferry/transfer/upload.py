@@ -212,5 +212,5 @@ def repair_until_whole(session: TransferSession, sender: ChunkSender, local_path
         failed = {index: "damaged at the destination" for index in damaged}
     raise TransferIntegrityError(
         f"the uploaded file's sha256 does not match the source after {REPAIR_ROUNDS} repair rounds",
-        path=names.dest, step=session.backend.kind,
+        path=names.dest, size=plan.size, step=session.backend.kind, remote=True,
     )
