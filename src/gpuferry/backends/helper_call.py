@@ -27,9 +27,13 @@ def encode_wrapped(payload: bytes) -> str:
     return "\n".join(textwrap.wrap(base64.b64encode(payload).decode("ascii"), WRAP_WIDTH))
 
 
+def helper_source() -> bytes:
+    return HELPER_PATH.read_bytes()
+
+
 @lru_cache(maxsize=1)
 def encoded_helper_source() -> str:
-    return encode_wrapped(zlib.compress(HELPER_PATH.read_bytes(), 9))
+    return encode_wrapped(zlib.compress(helper_source(), 9))
 
 
 def encode_arguments(arguments: dict[str, Any]) -> str:
@@ -47,10 +51,6 @@ def script_helper_argv(python: str, script: str, operation: str, encoded_argumen
     ``encoded_arguments`` is :func:`encode_arguments`'s text, or ``@path`` of a far-side file holding it.
     """
     return [python, script, operation, encoded_arguments]
-
-
-def helper_source() -> bytes:
-    return HELPER_PATH.read_bytes()
 
 
 def local_helper_argv(python: str, operation: str, arguments: dict[str, Any]) -> list[str]:

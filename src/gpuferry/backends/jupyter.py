@@ -70,12 +70,12 @@ class JupyterBackend(FramedCommands):
         self._busy_terminals: set[TerminalSession] = set()
         self._terminals_lock = threading.Lock()
         self._scripts: dict[str, str] = {}
-        self._helper_script: str | None = None
         if settings.root_dir is None or settings.workdir is None:
             reply = self._run_argv([self.python, "-c", ROOT_PROBE], self.operation_timeout)
             info = parse_reply(reply.output, "find the server root", None, self.kind)
             settings.root_dir = settings.root_dir or info.get("jupyter_root") or info["cwd"]
             settings.workdir = settings.workdir or settings.root_dir
+        #: every helper call runs this installed copy: typing the helper inline would overflow the pty
         self._helper_script = self.installed_script("remote_helper", helper_source())
 
     def __repr__(self) -> str:
@@ -157,8 +157,6 @@ class JupyterBackend(FramedCommands):
 
     def _helper_argv(self, operation: str, arguments: dict[str, Any]) -> list[str]:
         """A short line that runs the installed helper (long arguments go as a staged file)."""
-        if self._helper_script is None:
-            return super()._helper_argv(operation, arguments)
         encoded = encode_arguments(arguments)
         if len(encoded) > TYPED_ARGUMENTS_LIMIT:
             encoded = "@" + self._upload_stage(encoded.encode("ascii"))
@@ -184,7 +182,6 @@ class JupyterBackend(FramedCommands):
                 step=self.kind,
             )
         return CommandResult(framed.exit_code, framed.output)
-
 
     # --- uploads --------------------------------------------------------------------------------
 

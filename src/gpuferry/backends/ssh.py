@@ -58,6 +58,14 @@ SIGNAL_NUMBERS = {"HUP": 1, "INT": 2, "QUIT": 3, "KILL": 9, "SEGV": 11, "PIPE": 
 LOST = (asyncssh.ConnectionLost, asyncssh.DisconnectError, ConnectionError, asyncssh.ChannelOpenError)
 
 
+def link_gone(connection: asyncssh.SSHClientConnection, error: BaseException) -> bool:
+    """Whether ``error`` means the connection itself is gone, not a channel refused on a live one (a
+    server's session limit, say), which must not cost the other calls sharing the connection."""
+    if isinstance(error, asyncssh.ChannelOpenError):
+        return error.code == asyncssh.OPEN_CONNECT_FAILED or connection.is_closed()
+    return True
+
+
 class SshBackend(HelperOperations):
     """One ssh connection (with an sftp session) held open until ``close``; opened again after a drop."""
 
@@ -252,8 +260,8 @@ class SshBackend(HelperOperations):
                 return await connection.create_process(line, stdin=asyncssh.DEVNULL, stderr=asyncssh.STDOUT,
                                                        encoding=None)
             except LOST as error:
-                if attempt == 0:  # the channel never opened, so nothing ran: try once on a fresh connection
-                    self._drop(connection)
+                if attempt == 0 and link_gone(connection, error):
+                    self._drop(connection)  # the channel never opened, so nothing ran: once more, afresh
                     continue
                 raise ConnectionLostError(
                     f"connection to {self.where} lost while starting `{program}`: {error}", step=self.kind
@@ -275,7 +283,7 @@ class SshBackend(HelperOperations):
             except LOST as error:
                 # the link was found dead: an operation that gives the same result when repeated is
                 # redone once on a fresh connection; any other one's outcome is unknown to the caller
-                if attempt == 0 and idempotent:
+                if attempt == 0 and idempotent and link_gone(connection, error):
                     self._drop(connection)
                     continue
                 raise ConnectionLostError(f"connection to {self.where} lost during {operation}: {error}",
