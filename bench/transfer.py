@@ -9,7 +9,6 @@ Usage: python bench/transfer.py [--size-mb 64] [--rate-mb 32]
 from __future__ import annotations
 
 import argparse
-import math
 import os
 import shutil
 import sys
@@ -37,14 +36,22 @@ MB = 1_000_000
 class Link:
     """How to open a backend of one kind and how to drop its link."""
 
-    def __init__(self, kind, opener, drop, heal):  # type: ignore[no-untyped-def]
-        self.kind, self.open, self.drop, self.heal = kind, opener, drop, heal
+    def __init__(self, kind, remote_dir, opener, drop, heal, proxy=None):  # type: ignore[no-untyped-def]
+        self.kind, self.remote_dir, self.open, self.drop, self.heal = kind, remote_dir, opener, drop, heal
+        #: the fault proxy in front of the server, whose byte counts are what crossed the link
+        self.proxy = proxy
+
+    def wire_up(self) -> int:
+        return self.proxy.forwarded_by["up"] if self.proxy is not None else 0
 
 
-def measure(link: Link, source: Path, remote_dir: Path, work: Path, rate: float) -> dict[str, float]:
+def measure(link: Link, source: Path, work: Path, rate: float) -> dict[str, float]:
+    remote_dir = link.remote_dir
     backend = link.open()
     try:
+        wire_before = link.wire_up()
         sent = upload(backend, source, "bench.bin")
+        link.clean_upload_wire = link.wire_up() - wire_before
         back = work / f"back-{link.kind}.bin"
         received = download(backend, "bench.bin", back)
         assert received.sha256 == sent.sha256
@@ -56,8 +63,16 @@ def measure(link: Link, source: Path, remote_dir: Path, work: Path, rate: float)
             "up_mbs": sent.bytes_sent / sent.seconds / MB, "down_mbs": received.bytes_sent / received.seconds / MB}
 
 
-def resent_after_drop(link: Link, source: Path, remote_dir: Path) -> tuple[int, int, int]:
-    """Upload, drop the link at 90%, resume with a fresh backend: (bytes re-sent, chunks re-sent, chunk size)."""
+def resent_after_drop(link: Link, source: Path) -> tuple[int, float, int]:
+    """Upload, drop the link at 90%, resume with a fresh backend: (bytes re-sent, chunks re-sent, chunk size).
+
+    Behind the proxy (ssh, jupyter) the re-sent bytes are measured on the wire: what the interrupted and
+    the resumed upload put on the link together, less what a clean upload of the same file did, in
+    payload bytes (base64 counted back). For cgpu, whose copies land whole or not at all, they are the
+    transfer reports' count, where a cut copy counts in full.
+    """
+    remote_dir = link.remote_dir
+    wire_before = link.wire_up()
     size = source.stat().st_size
     fired: list[int] = []
     options = TransferOptions(backoff_initial=0.1).for_backend(link.kind)
@@ -87,8 +102,12 @@ def resent_after_drop(link: Link, source: Path, remote_dir: Path) -> tuple[int, 
         backend.close()
         link.heal()
     (remote_dir / "drop.bin").unlink()
-    resent = moved - size
-    return resent, math.ceil(resent / chunk), chunk
+    if link.proxy is not None:
+        encoding = 4 / 3 if link.kind == "jupyter" else 1.0
+        resent = max(0, round((link.wire_up() - wire_before - link.clean_upload_wire) / encoding))
+    else:
+        resent = moved - size
+    return resent, resent / chunk, chunk
 
 
 def main() -> None:
@@ -103,15 +122,19 @@ def main() -> None:
         with open(source, "wb") as handle:
             for _ in range(args.size_mb):
                 handle.write(os.urandom(MB))
-        # inside the stand-in runtime's /content, where job folders live, so cgpu copy can write chunks there
+        # each far-side folder where that backend's job folders live: for cgpu inside the runtime's
+        # /content (cgpu copy writes chunks there), for jupyter inside the server's root (its contents API
+        # and /files/ reach there)
         runtime = work / "cgpu" / "runtime"
         remote = runtime / "content" / "gpuferry" / "bench"
         remote.mkdir(parents=True)
         results: dict[str, dict[str, float]] = {}
-        resent_chunks: dict[str, int] = {}
+        resent_chunks: dict[str, float] = {}
         with running_sshd(work / "sshd") as sshd, running_jupyter(work / "jupyter") as jupyter, \
                 running_proxy(sshd.port, rate) as ssh_proxy, \
                 running_proxy(int(jupyter.url.rsplit(":", 1)[1]), rate) as jupyter_proxy:
+            jupyter_remote = jupyter.root_dir / "gpuferry" / "bench"
+            jupyter_remote.mkdir(parents=True)
             key_type, key = sshd.host_public_key.read_text().split()[:2]
             known = work / "known_hosts"
             known.write_text(f"[127.0.0.1]:{ssh_proxy.port} {key_type} {key}\n")
@@ -127,14 +150,15 @@ def main() -> None:
                 faults.write_text('{"rate": %f, "disconnect_after_bytes": %d, "once": true}' % (rate, nbytes))
 
             links = [
-                Link("ssh", lambda: SshBackend(host="127.0.0.1", port=ssh_proxy.port, username=sshd.username,
+                Link("ssh", remote, lambda: SshBackend(host="127.0.0.1", port=ssh_proxy.port, username=sshd.username,
                                                client_keys=[str(sshd.client_key)], known_hosts=str(known),
                                                config_files=[str(sshd.empty_ssh_config)], workdir=str(remote)),
-                     ssh_proxy.cut_after, ssh_proxy.reset),
-                Link("jupyter", lambda: JupyterBackend(url=f"http://127.0.0.1:{jupyter_proxy.port}",
-                                                       token=jupyter.token(), workdir=str(remote)),
-                     jupyter_proxy.cut_after, jupyter_proxy.reset),
-                Link("cgpu", lambda: CgpuBackend(executable=str(FAKE_CGPU), config_dir=str(config),
+                     ssh_proxy.cut_after, ssh_proxy.reset, ssh_proxy),
+                Link("jupyter", jupyter_remote, lambda: JupyterBackend(url=f"http://127.0.0.1:{jupyter_proxy.port}",
+                                                                       token=jupyter.token(),
+                                                                       workdir=str(jupyter_remote)),
+                     jupyter_proxy.cut_after, jupyter_proxy.reset, jupyter_proxy),
+                Link("cgpu", remote, lambda: CgpuBackend(executable=str(FAKE_CGPU), config_dir=str(config),
                                                  remote_root=str(runtime / "content"), workdir=str(remote),
                                                  process_env={"CGPU_FAKE_RUNTIME": str(runtime)}),
                      cgpu_drop, cgpu_rate),
@@ -142,20 +166,20 @@ def main() -> None:
             cgpu_rate()
             print(f"file {args.size_mb} MB, link {args.rate_mb:g} MB/s per direction (raw bytes on the wire)")
             for link in links:
-                results[link.kind] = measure(link, source, remote, work, rate)
+                results[link.kind] = measure(link, source, work, rate)
                 row = results[link.kind]
-                resent, chunks, chunk = resent_after_drop(link, source, remote)
+                resent, chunks, chunk = resent_after_drop(link, source)
                 resent_chunks[link.kind] = chunks
                 print(f"{link.kind:8s} upload {row['up_mbs']:6.1f} MB/s eff {row['up']:.2f}   "
                       f"download {row['down_mbs']:6.1f} MB/s eff {row['down']:.2f}   "
-                      f"drop at 90%: re-sent {resent} bytes = {chunks} chunk(s) of {chunk // (1 << 20)} MiB",
+                      f"drop at 90%: re-sent {resent} bytes = {chunks:.2f} chunk of {chunk // (1 << 20)} MiB",
                       flush=True)
     finally:
         shutil.rmtree(work, ignore_errors=True)
     eff = {kind: min(row["up"], row["down"]) for kind, row in results.items()}
     print("efficiency per backend = the lower of upload and download")
     print(f"RESULT ssh_eff={eff['ssh']:.2f} jupyter_eff={eff['jupyter']:.2f} cgpu_eff={eff['cgpu']:.2f} "
-          f"resent_chunks_max={max(resent_chunks.values())}")
+          f"resent_chunks_max={max(resent_chunks.values()):.2f}")
 
 
 if __name__ == "__main__":

@@ -46,6 +46,8 @@ class FaultProxy:
         self.rate = rate
         self.port = 0
         self.forwarded = 0
+        #: bytes forwarded per direction ("up": client to server), for measuring what crossed the link
+        self.forwarded_by = {"up": 0, "down": 0}
         self._cut_at: int | None = None
         self._stay_down = False
         self._down = False
@@ -174,10 +176,12 @@ class FaultProxy:
                     if keep:
                         writer.write(data[:keep])
                     self.forwarded += keep
+                    self.forwarded_by[direction] += keep
                     self._down = self._stay_down
                     await self._cut()
                     break
                 self.forwarded += len(data)
+                self.forwarded_by[direction] += len(data)
                 writer.write(data)
                 await writer.drain()
         except (ConnectionError, OSError):

@@ -11,7 +11,6 @@ import pytest
 from gpuferry.errors import GpuferryError, StallError
 from gpuferry.transfer import TransferOptions, TransferProgress, TransferReport, download, upload
 from gpuferry.transfer.chunks import PART_SUFFIX
-from gpuferry.transfer.download import LINE_BASED_KINDS
 from gpuferry.transfer.far_side import FarSide
 
 from .conftest import TEST_CHUNK, MakeFile, Rig
@@ -122,22 +121,21 @@ def test_chunk_damaged_in_transit_is_sent_again(rig: Rig, make_file: MakeFile, m
             data = data[:100] + bytes([data[100] ^ 1]) + data[101:]
         write(path, data, offset)
 
-    def damaging_read(path: str, offset: int = 0, length: int | None = None) -> bytes:
-        data = read(path, offset, length)
-        if offset == 2 * TEST_CHUNK and len(damaged) == 1:
+    def damage_on_read(data: bytes | None, offset: int) -> bytes | None:
+        if data is not None and offset == 2 * TEST_CHUNK and len(damaged) == 1:
             damaged.append(2)
             return data[:-1]  # a short chunk
         return data
 
+    # every way a chunk can come back: a binary channel, the backend's own read, the agent's base64 lines
+    read_direct, read_range = backend.read_direct, FarSide.read_range
     backend.write_bytes = damaging_write  # type: ignore[method-assign]
-    if rig.kind in LINE_BASED_KINDS:  # these download through the far-side agent's base64 lines
-        read_range = FarSide.read_range
-        monkeypatch.setattr(FarSide, "read_range",
-                            lambda self, path, offset, length, timeout: damaging_read(path, offset, length))
-        read = lambda path, offset=0, length=None: read_range(far, path, offset, length, 60)  # noqa: E731
-        far = FarSide(backend)
-    else:
-        backend.read_bytes = damaging_read  # type: ignore[method-assign]
+    backend.read_direct = lambda path, offset, length: damage_on_read(  # type: ignore[method-assign]
+        read_direct(path, offset, length), offset)
+    backend.read_bytes = lambda path, offset=0, length=None: damage_on_read(  # type: ignore[method-assign]
+        read(path, offset, length), offset)
+    monkeypatch.setattr(FarSide, "read_range", lambda self, path, offset, length, timeout: damage_on_read(
+        read_range(self, path, offset, length, timeout), offset))
     sent = upload(backend, source, "copy.bin", options=STEADY)
     assert sha256(rig.remote_dir / "copy.bin") == sha256(source)
     assert (sent.resent_chunks, sent.chunks_sent, sent.bytes_sent) == (1, 5, 5 * TEST_CHUNK)

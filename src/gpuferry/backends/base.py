@@ -126,6 +126,11 @@ class Backend(ABC):
     def read_bytes(self, path: str, offset: int = 0, length: int | None = None) -> bytes:
         """Up to ``length`` bytes from ``offset`` (to the end when None); short at end of file."""
 
+    def read_direct(self, path: str, offset: int, length: int) -> bytes | None:
+        """Like ``read_bytes`` but only over a binary channel (raw bytes on the wire); None when this
+        backend has none for ``path``, so callers pick their own way through the command channel."""
+        return None
+
     @abstractmethod
     def write_bytes(self, path: str, data: bytes, offset: int = 0) -> None:
         """Resume-style write: afterwards the file holds its first ``offset`` bytes, then ``data``.

@@ -40,6 +40,33 @@ class JupyterHttp:
             return response
         raise self.error_for(response, what, remote_path)
 
+    def ranged_get(self, path: str, offset: int, length: int | None, *, what: str) -> bytes | None:
+        """Bytes ``offset`` .. ``offset + length`` of a GET, raw on the wire; None when the server does not
+        answer the range (a handler without Range support would send the whole file: it is never read),
+        b"" at or past the end of the file."""
+        end = "" if length is None else str(offset + length - 1)
+        try:
+            with self._client.stream("GET", path, headers={"Range": f"bytes={offset}-{end}"}) as response:
+                if response.status_code == 416:
+                    return b""
+                if not self._answers_range(response, offset, length):
+                    return None
+                return response.read()
+        except httpx.TransportError as error:
+            message = redact(f"{type(error).__name__}: {error}", [self._token])
+            raise ConnectionLostError(f"{what}: cannot reach {self.base_url}: {message}", step="jupyter") from None
+
+    @staticmethod
+    def _answers_range(response: httpx.Response, offset: int, length: int | None) -> bool:
+        """206 for the range asked; or 200 for a whole file that fits it (a range covering the whole
+        file is answered that way), known from its Content-Length before any byte is read."""
+        if response.status_code == 206:
+            return response.headers.get("Content-Range", "").startswith(f"bytes {offset}-")
+        if response.status_code == 200 and offset == 0:
+            size = response.headers.get("Content-Length", "")
+            return size.isdigit() and (length is None or int(size) <= length)
+        return False
+
     def error_for(self, response: httpx.Response, what: str, remote_path: str | None) -> GpuferryError:
         status = response.status_code
         try:

@@ -13,11 +13,12 @@ from .session import TransferSession
 class Committer:
     """Queues chunks whose bytes are staged and has the far side check and commit them, a batch per call.
 
-    With ``background`` one thread commits whatever queued up since its last call, so far-side hashing
-    and copying never hold up the link. With ``batch_bytes`` (for links where every call costs, like
-    cgpu's) chunks are committed a batch per call once that many bytes queued, the rest by ``finish``:
-    a chunk staged but not yet committed is not lost to a drop, since a resume adopts staged chunks
-    whose bytes check out. With neither, each chunk is committed as it is added.
+    With ``background`` one thread commits what queued up since its last call, so far-side hashing and
+    copying never hold up the link. ``batch_bytes`` makes each call wait for that many queued bytes (the
+    rest go with ``finish``), for links where every call costs: cgpu's (a process, a login) or a Jupyter
+    terminal's (a Python start that competes with the server for the CPU). A chunk staged but not yet
+    committed is not lost to a drop, since a resume adopts staged chunks whose bytes check out. With
+    neither, each chunk is committed as it is added.
     Chunks that fail the far side's check land in ``failed`` (index -> reason), to be sent again.
     """
 
@@ -25,10 +26,12 @@ class Committer:
                  batch_bytes: int | None = None) -> None:
         self.session = session
         self.names = names
-        self.batch_bytes = None if background else batch_bytes
+        self.batch_bytes = batch_bytes
         self.failed: dict[int, str] = {}
         self.error: BaseException | None = None
         self._pending: list[dict[str, Any]] = []
+        #: chunks left for ``finish`` (see ``add``)
+        self._held: list[dict[str, Any]] = []
         self._stopping = False
         self._cond = threading.Condition()
         self._thread: threading.Thread | None = None
@@ -44,11 +47,22 @@ class Committer:
         """Whether a chunk's progress counts once it is staged (a failed commit takes it back later)."""
         return self._thread is not None or self.batch_bytes is not None
 
-    def add(self, entry: dict[str, Any]) -> None:
-        """Queue a staged chunk (its progress already counted), or commit it now and then count it."""
-        if self.batch_bytes is not None:
+    def _batch_ready(self) -> bool:
+        return bool(self._pending) and sum(int(queued["length"]) for queued in self._pending) >= (self.batch_bytes or 0)
+
+    def add(self, entry: dict[str, Any], last: bool = False) -> None:
+        """Queue a staged chunk (its progress already counted), or commit it now and then count it.
+
+        The ``last`` chunk of an upload is left to ``finish`` where progress counts on staging: one far
+        call fewer, at the end, where nothing else runs beside it.
+        """
+        if last and self.counts_on_staging:
+            with self._cond:
+                self._held.append(entry)
+            return
+        if self._thread is None and self.batch_bytes is not None:
             self._pending.append(entry)
-            if sum(int(queued["length"]) for queued in self._pending) >= self.batch_bytes:
+            if self._batch_ready():
                 batch, self._pending = self._pending, []
                 try:
                     self.commit(batch)
@@ -68,7 +82,7 @@ class Committer:
     def _loop(self) -> None:
         while True:
             with self._cond:
-                while not self._pending and not self._stopping:
+                while not self._batch_ready() and not self._stopping:
                     self._cond.wait()
                 if self._stopping:
                     return
@@ -105,7 +119,7 @@ class Committer:
         if self.error is not None:
             raise self.error
         with self._cond:
-            left, self._pending = self._pending, []
+            left, self._pending, self._held = self._pending + self._held, [], []
         return left
 
     def abandon(self) -> None:
@@ -121,7 +135,7 @@ class Committer:
         if self._thread is not None:
             self._thread.join()
         with self._cond:
-            left, self._pending = self._pending, []
+            left, self._pending, self._held = self._pending + self._held, [], []
         try:
             if left:
                 touched = sum(entry["length"] for entry in left)

@@ -108,6 +108,9 @@ class ChunkFetcher:
 
     def read(self, chunk: Chunk) -> bytes:
         backend = self.session.backend
+        direct = backend.read_direct(self.source, chunk.offset, chunk.length)
+        if direct is not None:
+            return direct
         if backend.kind in LINE_BASED_KINDS:
             return self.session.far.read_range(self.source, chunk.offset, chunk.length,
                                                self.session.options.far_timeout(chunk.length))

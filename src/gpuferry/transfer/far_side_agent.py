@@ -70,8 +70,11 @@ def op_survey(args):
         with open(part, "wb"):
             pass
         write_text_atomically(manifest, json.dumps(args["header"], sort_keys=True) + "\n")
+        shutil.rmtree(chunk_dir, ignore_errors=True)  # staged for another source: never to be continued
     os.makedirs(chunk_dir, exist_ok=True)
-    result["staged"] = sorted(int(name) for name in os.listdir(chunk_dir) if name.isdigit())
+    # chunk index -> bytes staged (a cut write leaves fewer than the chunk holds)
+    result["staged"] = {name.lstrip("0") or "0": os.path.getsize(os.path.join(chunk_dir, name))
+                        for name in os.listdir(chunk_dir) if name.isdigit()}
     return result
 
 

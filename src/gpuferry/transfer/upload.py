@@ -65,7 +65,8 @@ def upload(
     verified = {int(index): digest for index, digest in found["verified"].items()}
     sender = ChunkSender(session, names)
     try:
-        verified.update(sender.adopt_staged(local_path, plan, found.get("staged", []), verified))
+        staged = {int(index): int(size) for index, size in (found.get("staged") or {}).items()}
+        verified.update(sender.adopt_staged(local_path, plan, staged, verified))
         chunk_sha, whole_sha = sender.send_missing(local_path, plan, verified)
         repair_until_whole(session, sender, local_path, plan, chunk_sha, whole_sha)
     except BaseException as error:
@@ -78,12 +79,17 @@ def upload(
     return session.finish(whole_sha)
 
 
+#: backends whose stage writes land as ordered pieces (jupyter: 1 MiB contents PUTs, each size-checked),
+#: so a cut leaves a prefix of the chunk that the next try continues from instead of sending it again
+#: (an sftp write is pipelined out of order, so a cut there can leave holes: ssh starts the chunk afresh)
+PIECEWISE_KINDS = ("jupyter",)
 #: backends whose far-side commits run beside the next chunk's move over a link (cgpu calls run one at a time:
 #: every call rewrites the stored session)
 BACKGROUND_COMMIT_KINDS = ("ssh", "jupyter")
-#: backends whose calls cost most (cgpu: a process, a login, a runtime look-up): chunks are committed a
-#: batch of this many bytes per call, and the last batch by the call that finishes the upload
-BATCHED_COMMIT_BYTES = {"cgpu": 256 * 1024 * 1024}
+#: backends whose calls cost (cgpu: a process, a login, a runtime look-up; jupyter: a Python start beside
+#: a server that is busy decoding): chunks are committed a batch of this many bytes per call, and the
+#: last batch by the call that finishes the upload
+BATCHED_COMMIT_BYTES = {"cgpu": 256 * 1024 * 1024, "jupyter": 64 * 1024 * 1024}
 
 
 class ChunkSender:
@@ -95,34 +101,61 @@ class ChunkSender:
         self.backend = session.backend
         kind = self.backend.kind
         self.committer = Committer(session, names, kind in BACKGROUND_COMMIT_KINDS, BATCHED_COMMIT_BYTES.get(kind))
+        #: chunk index -> bytes an interrupted upload left staged, to continue from
+        self.partly_staged: dict[int, int] = {}
 
     def entry(self, chunk: Chunk, sha256: str) -> dict[str, object]:
         return {"stage": f"{self.names.chunk_dir}/{chunk.index:08d}", "index": chunk.index, "offset": chunk.offset,
                 "length": chunk.length, "sha256": sha256}
 
-    def move(self, chunk: Chunk, data: bytes, sha256: str, counted: bool = True) -> dict[str, object]:
+    def move(self, chunk: Chunk, data: bytes, sha256: str, counted: bool = True,
+             resume_from: int = 0) -> dict[str, object]:
         """Stage the chunk's bytes on the far side (retried on transient errors); its commit entry.
 
         ``counted``: progress counts the staged bytes now (a failed commit takes them back later).
+        ``resume_from``: bytes of the chunk an earlier cut left staged (continued on piecewise backends);
+        a retry after a cut continues the same way from what the far side holds then. Bytes kept this way
+        are checked with the rest when the chunk is committed, so a wrong prefix costs a re-send, no more.
         """
         entry = self.entry(chunk, sha256)
+        stage = str(entry["stage"])
         session = self.session
-        session.retrying(lambda: session.timed_move(
-            chunk.index, chunk.length, lambda: self.backend.write_bytes(str(entry["stage"]), data, 0),
-            f"upload chunk {chunk.index}"))
+        piecewise = self.backend.kind in PIECEWISE_KINDS
+        tries = 0
+
+        def attempt() -> None:
+            nonlocal tries
+            start = (resume_from if tries == 0 else self.staged_length(stage, len(data))) if piecewise else 0
+            tries += 1
+            session.timed_move(chunk.index, chunk.length - start,
+                               lambda: self.backend.write_bytes(stage, data[start:], start),
+                               f"upload chunk {chunk.index}")
+
+        session.retrying(attempt)
         if counted:
             session.meter.advance(chunk.index, chunk.length)
         return entry
 
-    def send(self, chunk: Chunk, data: bytes, sha256: str) -> None:
+    def staged_length(self, stage: str, length: int) -> int:
+        """How many bytes of a chunk of ``length`` the far side holds staged now (0: start afresh)."""
+        found = self.backend.stat(stage)
+        return found.size if found is not None and not found.is_dir and found.size <= length else 0
+
+    def send(self, chunk: Chunk, data: bytes, sha256: str, last: bool = False) -> None:
         if self.committer.error is not None:
             raise self.committer.error
-        self.committer.add(self.move(chunk, data, sha256, counted=self.committer.counts_on_staging))
+        self.committer.add(self.move(chunk, data, sha256, counted=self.committer.counts_on_staging,
+                                     resume_from=self.partly_staged.pop(chunk.index, 0)), last=last)
 
-    def adopt_staged(self, local_path: Path, plan: ChunkPlan, staged: list[int],
+    def adopt_staged(self, local_path: Path, plan: ChunkPlan, staged: dict[int, int],
                      verified: dict[int, str]) -> dict[int, str]:
-        """Commit chunks an interrupted upload staged but never committed, when their bytes are right."""
-        candidates = [index for index in staged if index < plan.count and index not in verified]
+        """Commit chunks an interrupted upload staged whole but never committed, when their bytes are right;
+        remember the ones it staged in part, to be continued (piecewise backends)."""
+        unverified = {index: size for index, size in staged.items() if index < plan.count and index not in verified}
+        candidates = [index for index, size in unverified.items() if size == plan.chunk(index).length]
+        if self.backend.kind in PIECEWISE_KINDS:
+            self.partly_staged = {index: size for index, size in unverified.items()
+                                  if 0 < size < plan.chunk(index).length}
         if not candidates:
             return {}
         batch = []
@@ -154,7 +187,9 @@ class ChunkSender:
                         self.session.tally.skipped()
                         self.session.meter.advance(chunk.index, chunk.length, moved=False)
                         continue
-                    if not workers.submit(lambda chunk=chunk, data=data, digest=digest: self.send(chunk, data, digest)):
+                    last = chunk.index == plan.count - 1
+                    if not workers.submit(lambda chunk=chunk, data=data, digest=digest, last=last:
+                                          self.send(chunk, data, digest, last)):
                         break
                     del data
         except BaseException:
