@@ -79,8 +79,8 @@ def resent_after_drop(link: Link, source: Path) -> tuple[int, float, int]:
     chunk = options.chunk_size or 1
 
     def hook(progress: TransferProgress) -> None:
-        # cgpu: each copy is its own connection, so drop the one after 85% done (it reaches ~90%)
-        if link.kind == "cgpu" and not fired and progress.done_bytes >= 0.85 * size:
+        # cgpu: each copy is its own connection, so drop the next one once it is the copy that crosses 90%
+        if link.kind == "cgpu" and not fired and progress.done_bytes + chunk >= 0.9 * size:
             fired.append(progress.done_bytes)
             link.drop(chunk // 2)
 

@@ -2,7 +2,12 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
+from concurrent.futures import ThreadPoolExecutor
+
 import pytest
+from servers.fixtures import FAKE_CGPU
 
 from gpuferry.errors import (
     CommandTimeoutError,
@@ -116,3 +121,21 @@ def test_output_mentioning_quota_is_not_an_error(fresh_cgpu_runtime) -> None:
     backend = fresh_cgpu_runtime.backend()
     text = "Insufficient quota to assign server\nCommand finished without reporting an exit code"
     assert backend.run(["printf", "%s", text], timeout=30).output == text
+
+
+
+def test_concurrent_calls_never_log_in_at_the_same_time(fresh_cgpu_runtime) -> None:  # type: ignore[no-untyped-def]
+    """cgpu rewrites its session file in place at every call and deletes it when a read finds it broken,
+    so two logins at once can leave the user logged out. The backend lets calls overlap only once logged in."""
+    runtime = fresh_cgpu_runtime
+    runtime.set_faults(login_seconds=0.3)
+    raw = [subprocess.Popen([str(FAKE_CGPU), "-c", str(runtime.config), "run", "true"],
+                            env={**os.environ, **runtime.process_env()},
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT) for _ in range(2)]
+    outputs = [process.communicate(timeout=30)[0].decode() for process in raw]
+    assert any("Stored session invalid" in output for output in outputs), outputs  # the race is real
+
+    backend = runtime.backend()
+    with ThreadPoolExecutor(max_workers=3) as pool:
+        results = list(pool.map(lambda _: backend.run(["echo", "ok"], timeout=30), range(3)))
+    assert [result.output.strip() for result in results] == ["ok"] * 3

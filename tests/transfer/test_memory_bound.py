@@ -1,11 +1,14 @@
-"""Memory stays bounded: a large sparse file goes up and back through the local backend in a child process."""
+"""Memory stays bounded: a large sparse file goes up and back through each backend in a child process."""
 
 from __future__ import annotations
 
 import json
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
+
+import pytest
 
 #: 1 GiB keeps the suite quick; memory use does not grow with size (chunks are read and freed one by one)
 LARGE = 1024 * 1024 * 1024
@@ -41,3 +44,61 @@ def test_peak_memory_stays_bounded_for_a_large_file(tmp_path: Path) -> None:
     assert result["sent"] == result["received"] and result["bytes"] == LARGE
     assert result["peak_rss"] < LIMIT_BYTES, result
     assert (tmp_path / "back.bin").stat().st_size == LARGE
+
+
+#: through the real servers and the stand-in cgpu: larger than the bound, so only streaming stays under it
+REMOTE_LARGE = 256 * 1024 * 1024
+
+REMOTE_CHILD = r"""
+import json, os, sys
+from pathlib import Path
+from gpuferry.backends.cgpu import CgpuBackend
+from gpuferry.backends.jupyter import JupyterBackend
+from gpuferry.backends.ssh import SshBackend
+from gpuferry.transfer import download, upload
+
+root, size, kind, settings = Path(sys.argv[1]), int(sys.argv[2]), sys.argv[3], json.loads(sys.argv[4])
+source = root / "sparse.bin"
+with open(source, "wb") as handle:
+    handle.truncate(size)
+backend = {"ssh": SshBackend, "jupyter": JupyterBackend, "cgpu": CgpuBackend}[kind](**settings)
+sent = upload(backend, source, "copy.bin")  # each backend's own chunk size and parallel chunks
+received = download(backend, "copy.bin", root / "back.bin")
+backend.close()
+peak = next(int(line.split()[1]) * 1024 for line in open("/proc/self/status") if line.startswith("VmHWM:"))
+print(json.dumps({"sent": sent.sha256, "received": received.sha256, "bytes": sent.bytes_sent, "peak_rss": peak}))
+"""
+
+
+@pytest.mark.parametrize("kind", ["ssh", "jupyter", "cgpu"])
+def test_peak_memory_stays_bounded_through_every_remote_backend(kind: str, request: pytest.FixtureRequest,
+                                                               tmp_path: Path) -> None:
+    local = tmp_path / "local"
+    local.mkdir()
+    if kind == "ssh":
+        remote = tmp_path / "remote"
+        remote.mkdir()
+        settings = {**request.getfixturevalue("sshd_server").backend_options(), "workdir": str(remote)}
+    elif kind == "jupyter":
+        server = request.getfixturevalue("jupyter_server")
+        remote = Path(tempfile.mkdtemp(prefix="memory-", dir=server.root_dir))
+        request.addfinalizer(lambda: subprocess.run(["rm", "-rf", str(remote)], check=False))
+        settings = {"url": server.url, "token": server.token(), "workdir": str(remote)}
+    else:
+        from .conftest import FAKE_CGPU, FakeCgpuRuntime
+
+        runtime = FakeCgpuRuntime(tmp_path / "cgpu")
+        remote = runtime.content / "work"
+        remote.mkdir()
+        settings = {"executable": str(FAKE_CGPU), "config_dir": str(runtime.config),
+                    "remote_root": str(runtime.content), "workdir": str(remote),
+                    "process_env": {"CGPU_FAKE_RUNTIME": str(runtime.runtime)}}
+    finished = subprocess.run([sys.executable, "-c", REMOTE_CHILD, str(local), str(REMOTE_LARGE), kind,
+                               json.dumps({key: str(value) if isinstance(value, Path) else value
+                                           for key, value in settings.items()})],
+                              capture_output=True, text=True, timeout=600)
+    assert finished.returncode == 0, finished.stderr[-3000:]
+    result = json.loads(finished.stdout.strip().splitlines()[-1])
+    assert result["sent"] == result["received"] and result["bytes"] == REMOTE_LARGE
+    assert result["peak_rss"] < LIMIT_BYTES, result
+    assert (remote / "copy.bin").stat().st_size == REMOTE_LARGE

@@ -10,10 +10,13 @@ from __future__ import annotations
 
 import os
 import re
+import select
 import shlex
 import signal
 import subprocess
 import tempfile
+import threading
+import time
 import uuid
 from dataclasses import dataclass, field
 from typing import Any, Sequence
@@ -28,6 +31,21 @@ from .base import CommandResult
 from .cgpu_messages import classify_failure
 from .framed_commands import FramedCommands
 from .markers import Framing, parse_framed
+
+
+#: What cgpu prints once it has refreshed its token and rewritten its session file.
+LOGGED_IN = b"Authenticated as"
+READ_BLOCK = 1 << 20
+_LOGIN_LOCKS: dict[str | None, threading.Lock] = {}
+_LOGIN_LOCKS_GUARD = threading.Lock()
+
+
+def login_lock(config_dir: str | None) -> threading.Lock:
+    """One cgpu login at a time per config folder. Every call refreshes the token and rewrites the session
+    file, and cgpu deletes that file whenever a refresh fails (a half-written file read by a second call
+    would be one): calls may overlap once logged in, never while logging in."""
+    with _LOGIN_LOCKS_GUARD:
+        return _LOGIN_LOCKS.setdefault(config_dir, threading.Lock())
 
 
 #: A path segment ``cgpu copy`` is trusted to keep as it is.
@@ -79,28 +97,57 @@ class CgpuBackend(FramedCommands):
             self._new_runtime_pending = False
         argv += arguments
         env = {**os.environ, **self.settings.process_env}
+        deadline = time.monotonic() + timeout
+        login = login_lock(self.settings.config_dir)
+        if not login.acquire(timeout=timeout):
+            raise CommandTimeoutError(f"cgpu {arguments[0]} waited {timeout:g} s for another call's login",
+                                      step=self.kind)
+        logging_in = True
         try:
-            process = subprocess.Popen(
-                argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                env=env, start_new_session=True,
-            )
-        except FileNotFoundError:
-            raise NotInstalledError(f"cgpu not found ({self.settings.executable!r})", step=self.kind) from None
-        except PermissionError:
-            raise NotInstalledError(f"cgpu is not executable ({self.settings.executable!r})", step=self.kind) from None
-        try:
-            output, _ = process.communicate(timeout=timeout)
-        except subprocess.TimeoutExpired:
             try:
-                os.killpg(process.pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
-            process.communicate()
-            raise CommandTimeoutError(
-                f"cgpu {arguments[0]} ran past {timeout:g} s (the remote command may still be running)",
-                step=self.kind,
-            ) from None
+                process = subprocess.Popen(
+                    argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                    env=env, start_new_session=True,
+                )
+            except FileNotFoundError:
+                raise NotInstalledError(f"cgpu not found ({self.settings.executable!r})", step=self.kind) from None
+            except PermissionError:
+                raise NotInstalledError(f"cgpu is not executable ({self.settings.executable!r})",
+                                        step=self.kind) from None
+            assert process.stdout is not None
+            output = bytearray()
+            with process.stdout:
+                while True:
+                    remaining = deadline - time.monotonic()
+                    if remaining <= 0:
+                        self._stop(process)
+                        raise CommandTimeoutError(
+                            f"cgpu {arguments[0]} ran past {timeout:g} s (the remote command may still be running)",
+                            step=self.kind,
+                        )
+                    ready, _, _ = select.select([process.stdout], [], [], min(remaining, 1.0))
+                    if not ready:
+                        continue
+                    data = os.read(process.stdout.fileno(), READ_BLOCK)
+                    if not data:
+                        break
+                    output += data
+                    if logging_in and LOGGED_IN in output:
+                        login.release()  # logged in: the next call may start its own login
+                        logging_in = False
+            process.wait()
+        finally:
+            if logging_in:
+                login.release()
         return process.returncode, output.decode("utf-8", "replace")
+
+    @staticmethod
+    def _stop(process: subprocess.Popen[bytes]) -> None:
+        try:
+            os.killpg(process.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+        process.wait()
 
     def _run_framed(self, argv: Sequence[str], framing: Framing, timeout: float, program: str) -> CommandResult:
         line = framing.wrap(shlex.join(argv))

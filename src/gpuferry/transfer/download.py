@@ -37,7 +37,7 @@ def download(
     side's whole-file sha256, and only then is ``<local_path>.gpuferry-part`` renamed into place.
     """
     local_path = Path(local_path)
-    options = options.for_backend(backend.kind)
+    options = options.for_backend(backend.kind, "download")
     assert options.chunk_size is not None and options.parallel is not None
     source = backend.resolve(remote_path)
     probe = TransferSession(backend, options, 0, 0, None)

@@ -127,8 +127,8 @@ class ChunkSender:
             nonlocal tries
             start = (resume_from if tries == 0 else self.staged_length(stage, len(data))) if piecewise else 0
             tries += 1
-            session.timed_move(chunk.index, chunk.length - start,
-                               lambda: self.backend.write_bytes(stage, data[start:], start),
+            rest = data[start:] if start else data  # no copy of the whole chunk for a first try
+            session.timed_move(chunk.index, chunk.length - start, lambda: self.backend.write_bytes(stage, rest, start),
                                f"upload chunk {chunk.index}")
 
         session.retrying(attempt)
