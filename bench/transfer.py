@@ -1,9 +1,10 @@
 """Transfer benchmark: payload throughput against a link of known rate per backend, and re-sends after a drop at 90%.
 
 ssh and jupyter run against real servers behind the test fault proxy (token-bucket rate per direction);
-cgpu runs the stand-in CLI with its own rate fault. Efficiency = payload bytes/s / link bytes/s, so the
-base64-bound backends (jupyter contents API, cgpu downloads) top out at 0.75.
-Usage: python bench/transfer.py [--size-mb 64] [--rate-mb 32]
+cgpu runs the stand-in CLI with its own rate fault (one link shared by its concurrent calls).
+Efficiency = payload bytes/s / link bytes/s, so the base64-bound directions (jupyter uploads through
+the contents API, cgpu both ways) top out at 0.75; jupyter downloads are raw (ranged GETs of /files/).
+Usage: python bench/transfer.py [--size-mb 256] [--rate-mb 32]
 """
 
 from __future__ import annotations
@@ -112,7 +113,9 @@ def resent_after_drop(link: Link, source: Path) -> tuple[int, float, int]:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--size-mb", type=int, default=64)
+    # 256 MB by default: a video worth moving is hundreds of MB to a few GB, and each transfer's fixed
+    # far-side steps (survey, final commit, whole-file hash: 0.3-0.5 s) would weigh 3-4x more at 64 MB
+    parser.add_argument("--size-mb", type=int, default=256)
     parser.add_argument("--rate-mb", type=float, default=32.0)
     args = parser.parse_args()
     rate = args.rate_mb * MB
