@@ -61,13 +61,17 @@ class Committer:
                 self._held.append(entry)
             return
         if self._thread is None and self.batch_bytes is not None:
-            self._pending.append(entry)
-            if self._batch_ready():
-                batch, self._pending = self._pending, []
+            with self._cond:  # parallel chunks add from several threads
+                self._pending.append(entry)
+                batch: list[dict[str, Any]] = []
+                if self._batch_ready():
+                    batch, self._pending = self._pending, []
+            if batch:
                 try:
                     self.commit(batch)
                 except BaseException:
-                    self._pending[:0] = batch  # still to commit (by finish, or a salvage)
+                    with self._cond:
+                        self._pending[:0] = batch  # still to commit (by finish, or a salvage)
                     raise
             return
         if self._thread is None:

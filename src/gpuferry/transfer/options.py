@@ -24,6 +24,7 @@ BACKEND_DEFAULTS: dict[str, dict[str, tuple[int, int]]] = {
     "local": {"upload": (32 * MIB, 1), "download": (32 * MIB, 1)},
 }
 
+
 @dataclass(frozen=True)
 class TransferOptions:
     """How a transfer runs. ``None`` means "the default for this backend kind"."""

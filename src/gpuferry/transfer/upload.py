@@ -83,8 +83,8 @@ def upload(
 #: so a cut leaves a prefix of the chunk that the next try continues from instead of sending it again
 #: (an sftp write is pipelined out of order, so a cut there can leave holes: ssh starts the chunk afresh)
 PIECEWISE_KINDS = ("jupyter",)
-#: backends whose far-side commits run beside the next chunk's move over a link (cgpu calls run one at a time:
-#: every call rewrites the stored session)
+#: backends whose far-side commits run on a thread beside the next chunk's move (cgpu commits in large
+#: batches from the uploading thread instead: each of its calls costs a process and a login)
 BACKGROUND_COMMIT_KINDS = ("ssh", "jupyter")
 #: backends whose calls cost (cgpu: a process, a login, a runtime look-up; jupyter: a Python start beside
 #: a server that is busy decoding): chunks are committed a batch of this many bytes per call, and the
