@@ -36,13 +36,18 @@ print(json.dumps({"sent": sent.sha256, "received": received.sha256, "bytes": sen
 """
 
 
-def test_peak_memory_stays_bounded_for_a_large_file(tmp_path: Path) -> None:
-    finished = subprocess.run([sys.executable, "-c", CHILD, str(tmp_path), str(LARGE)],
-                              capture_output=True, text=True, timeout=240)
+def assert_round_trip_within_bound(program: str, arguments: list[str], size: int, timeout: float) -> None:
+    """Run a child that moves ``size`` bytes up and back; both hashes match and its peak stays under the bound."""
+    finished = subprocess.run([sys.executable, "-c", program, *arguments], capture_output=True, text=True,
+                              timeout=timeout)
     assert finished.returncode == 0, finished.stderr[-3000:]
     result = json.loads(finished.stdout.strip().splitlines()[-1])
-    assert result["sent"] == result["received"] and result["bytes"] == LARGE
+    assert result["sent"] == result["received"] and result["bytes"] == size
     assert result["peak_rss"] < LIMIT_BYTES, result
+
+
+def test_peak_memory_stays_bounded_for_a_large_file(tmp_path: Path) -> None:
+    assert_round_trip_within_bound(CHILD, [str(tmp_path), str(LARGE)], LARGE, timeout=240)
     assert (tmp_path / "back.bin").stat().st_size == LARGE
 
 
@@ -93,12 +98,7 @@ def test_peak_memory_stays_bounded_through_every_remote_backend(kind: str, reque
         settings = {"executable": str(FAKE_CGPU), "config_dir": str(runtime.config),
                     "remote_root": str(runtime.content), "workdir": str(remote),
                     "process_env": {"CGPU_FAKE_RUNTIME": str(runtime.runtime)}}
-    finished = subprocess.run([sys.executable, "-c", REMOTE_CHILD, str(local), str(REMOTE_LARGE), kind,
-                               json.dumps({key: str(value) if isinstance(value, Path) else value
-                                           for key, value in settings.items()})],
-                              capture_output=True, text=True, timeout=600)
-    assert finished.returncode == 0, finished.stderr[-3000:]
-    result = json.loads(finished.stdout.strip().splitlines()[-1])
-    assert result["sent"] == result["received"] and result["bytes"] == REMOTE_LARGE
-    assert result["peak_rss"] < LIMIT_BYTES, result
+    encoded = json.dumps({key: str(value) if isinstance(value, Path) else value for key, value in settings.items()})
+    assert_round_trip_within_bound(REMOTE_CHILD, [str(local), str(REMOTE_LARGE), kind, encoded], REMOTE_LARGE,
+                                   timeout=600)
     assert (remote / "copy.bin").stat().st_size == REMOTE_LARGE
