@@ -57,6 +57,26 @@ def test_typed_lines_fit_the_terminal_input_buffer(jupyter_server, tmp_path: Pat
     assert max(len(line) for line in typed_lines) < PTY_INPUT_BUFFER
 
 
+def test_programs_run_bare_only_when_their_line_is_short(jupyter_server, tmp_path: Path,
+                                                         typed_lines: list[str]) -> None:
+    """``run_program`` skips the helper (a Python start and an output relay) for short lines only."""
+    backend = open_jupyter(jupyter_server, tmp_path)
+    count = "import sys; print(len(sys.argv[1]))"
+    try:
+        typed_lines.clear()
+        short = backend.run_program(["python3", "-c", count, "z" * 100], timeout=60)
+        bare_lines = list(typed_lines)
+        typed_lines.clear()
+        long = backend.run_program(["python3", "-c", count, "z" * 20_000], timeout=60)
+    finally:
+        backend.close()
+    assert (short.exit_code, short.output.strip()) == (0, "100")
+    assert (long.exit_code, long.output.strip()) == (0, "20000")
+    assert len(bare_lines) == 1 and "z" * 100 in bare_lines[0]  # typed as it is, no helper around it
+    assert "z" * 100 not in typed_lines[-1]  # the long one went through the helper, arguments staged
+    assert max(len(line) for line in typed_lines) < PTY_INPUT_BUFFER
+
+
 def test_long_arguments_leave_no_staged_file(jupyter_server, tmp_path: Path) -> None:
     staged_before = set(jupyter_server.root_dir.glob("gpuferry-stage-*"))
     backend = open_jupyter(jupyter_server, tmp_path)

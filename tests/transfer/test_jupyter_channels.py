@@ -30,19 +30,18 @@ TERMINAL_BYTE_STEPS = {"splice", "read"}
 def steps_run(backend: JupyterBackend) -> list[str]:
     """The helper operations and agent operations ``backend`` runs from now on."""
     steps: list[str] = []
-    helper, run = backend._helper, backend.run
+    helper, run_program = backend._helper, backend.run_program
 
     def helper_step(operation: str, *args: object, **kwargs: object) -> object:
         steps.append(operation)
         return helper(operation, *args, **kwargs)  # type: ignore[arg-type]
 
-    def command(argv: list[str], *args: object, **kwargs: object) -> object:
-        if len(argv) >= 3 and argv[1].endswith(".py"):  # [python, installed agent, operation, arguments]
-            steps.append(argv[2])
-        return run(argv, *args, **kwargs)  # type: ignore[arg-type]
+    def agent_step(argv: list[str], timeout: float) -> object:
+        steps.append(argv[2])  # [python, installed agent, operation, arguments]
+        return run_program(argv, timeout)
 
     backend._helper = helper_step  # type: ignore[method-assign]
-    backend.run = command  # type: ignore[method-assign]
+    backend.run_program = agent_step  # type: ignore[method-assign]
     return steps
 
 
@@ -98,7 +97,7 @@ WIRE = 4 / 3
 @pytest.mark.parametrize("stay_down", [False, True], ids=["blip, retried in the same upload", "outage, resumed"])
 def test_a_cut_costs_the_piece_in_flight_not_the_chunk(jupyter_server, jupyter_proxy_session, in_root: Path,  # type: ignore[no-untyped-def]
                                                       tmp_path: Path, stay_down: bool) -> None:
-    """A chunk goes up as size-checked 1 MiB PUTs (here 16 KiB): after a cut the upload continues from what
+    """A chunk goes up as size-checked 512 KiB PUTs (here 16 KiB): after a cut the upload continues from what
     the server holds. Measured on the wire at the proxy, against a clean upload of the same file."""
 
     proxy = jupyter_proxy_session

@@ -78,6 +78,14 @@ class Backend(ABC):
         drops before the exit code is known.
         """
 
+    def run_program(self, argv: Sequence[str], timeout: float) -> CommandResult:
+        """``run`` for a short far-side program of our own (absolute paths only, no env, no cwd).
+
+        Backends that wrap every command in a helper (to set cwd and env and to enforce the time limit
+        on the far side) may run it bare: its time limit is then enforced from this side only.
+        """
+        return self.run(argv, timeout=timeout)
+
     def run_checked(
         self,
         argv: Sequence[str],

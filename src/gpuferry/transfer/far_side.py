@@ -47,7 +47,7 @@ class FarSide:
         """A file range through the command channel, as base64 lines (for backends whose reads are helper calls)."""
         start = "GPUFERRY-DATA-" + uuid.uuid4().hex
         arguments = {"path": path, "offset": offset, "length": length, "start": start}
-        result = self.backend.run([*self.program(), "read", json.dumps(arguments)], timeout=timeout)
+        result = self.backend.run_program([*self.program(), "read", json.dumps(arguments)], timeout)
         output = result.output
         begin = output.rfind(start + "\n")
         if begin < 0:
@@ -60,7 +60,7 @@ class FarSide:
 
     def call(self, operation: str, arguments: dict[str, Any], timeout: float, path: str | None = None) -> Any:
         argv = [*self.program(), operation, json.dumps(arguments)]
-        result = self.backend.run(argv, timeout=timeout)
+        result = self.backend.run_program(argv, timeout)
         return self._reply(operation, result, path)
 
     def _reply(self, operation: str, result: CommandResult, path: str | None) -> Any:

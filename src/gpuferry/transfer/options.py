@@ -11,11 +11,11 @@ BACKEND_DEFAULTS: dict[str, dict[str, tuple[int, int]]] = {
     # sftp pipelines requests inside one write, so one chunk at a time fills the link (and a drop cuts
     # at most one chunk); far-side commits run beside the next move
     "ssh": {"upload": (32 * MIB, 1), "download": (32 * MIB, 1)},
-    # uploads: 1 MiB contents PUTs, two chunks at a time so one is on the wire while the server decodes
-    # the other's last PUT; downloads: ranged GETs of /files/. The chunk is only the unit of checking
-    # (the PUT is the unit on the wire): 4 MiB keeps the client near 130-150 MB at peak, 8 MiB took it
-    # past 200 MB (two chunks in flight, one read ahead, and the allocator keeping freed buffers)
-    "jupyter": {"upload": (4 * MIB, 2), "download": (4 * MIB, 2)},
+    # uploads: 512 KiB contents PUTs, three chunks at a time so PUTs are on the wire while the server
+    # decodes another; downloads: ranged GETs of /files/. The chunk is only the unit of checking (the PUT
+    # is the unit on the wire): 4 MiB keeps the client near 130-150 MB at peak, 8 MiB took it past
+    # 200 MB (two chunks in flight, one read ahead, and the allocator keeping freed buffers)
+    "jupyter": {"upload": (4 * MIB, 3), "download": (4 * MIB, 2)},
     # every cgpu call costs a process, a login and a runtime look-up. Uploads: one copy at a time (a cut
     # costs the copy in flight), large chunks; downloads: two reads at a time, so one call's start-up and
     # base64 decoding run while the other's bytes are on the link, in chunks small enough that two of

@@ -79,7 +79,7 @@ def upload(
     return session.finish(whole_sha)
 
 
-#: backends whose stage writes land as ordered pieces (jupyter: 1 MiB contents PUTs, each size-checked),
+#: backends whose stage writes land as ordered pieces (jupyter: 512 KiB contents PUTs, each size-checked),
 #: so a cut leaves a prefix of the chunk that the next try continues from instead of sending it again
 #: (an sftp write is pipelined out of order, so a cut there can leave holes: ssh starts the chunk afresh)
 PIECEWISE_KINDS = ("jupyter",)
@@ -89,7 +89,8 @@ BACKGROUND_COMMIT_KINDS = ("ssh", "jupyter")
 #: backends whose calls cost (cgpu: a process, a login, a runtime look-up; jupyter: a Python start beside
 #: a server that is busy decoding): chunks are committed a batch of this many bytes per call, and the
 #: last batch by the call that finishes the upload
-BATCHED_COMMIT_BYTES = {"cgpu": 256 * 1024 * 1024, "jupyter": 64 * 1024 * 1024}
+#: (jupyter's batch is small enough that what is left for the finishing call stays a short typed line)
+BATCHED_COMMIT_BYTES = {"cgpu": 256 * 1024 * 1024, "jupyter": 16 * 1024 * 1024}
 
 
 class ChunkSender:
