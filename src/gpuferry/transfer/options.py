@@ -9,8 +9,10 @@ MIB = 1024 * 1024
 #: Chunk size and parallel chunks that suit each backend kind and direction (see TransferOptions.for_backend).
 BACKEND_DEFAULTS: dict[str, dict[str, tuple[int, int]]] = {
     # sftp pipelines requests inside one write, so one chunk at a time fills the link (and a drop cuts
-    # at most one chunk); far-side commits run beside the next move
-    "ssh": {"upload": (32 * MIB, 1), "download": (32 * MIB, 1)},
+    # at most one chunk); far-side commits run beside the next move. Downloads: two chunks at a time, so
+    # one chunk's hash and write here run while the other's bytes arrive (one at a time left the link
+    # idle for those: 0.85-0.89 of it against 0.94 at 256 MB)
+    "ssh": {"upload": (32 * MIB, 1), "download": (16 * MIB, 2)},
     # uploads: 512 KiB contents PUTs, three chunks at a time so PUTs are on the wire while the server
     # decodes another; downloads: ranged GETs of /files/. The chunk is only the unit of checking (the PUT
     # is the unit on the wire): 4 MiB keeps the client near 130-150 MB at peak, 8 MiB took it past
