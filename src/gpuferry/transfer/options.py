@@ -16,7 +16,7 @@ BACKEND_DEFAULTS: dict[str, dict[str, tuple[int, int]]] = {
     # uploads: 512 KiB contents PUTs, three chunks at a time so PUTs are on the wire while the server
     # decodes another; downloads: ranged GETs of /files/. The chunk is only the unit of checking (the PUT
     # is the unit on the wire): 4 MiB keeps the client near 130-150 MB at peak, 8 MiB took it past
-    # 200 MB (two chunks in flight, one read ahead, and the allocator keeping freed buffers)
+    # 200 MB (chunks in flight, one read ahead, and the allocator keeping freed buffers)
     "jupyter": {"upload": (4 * MIB, 3), "download": (4 * MIB, 2)},
     # every cgpu call costs a process, a login and a runtime look-up. Uploads: one copy at a time (a cut
     # costs the copy in flight), large chunks; downloads: two reads at a time, so one call's start-up and
