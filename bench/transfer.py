@@ -41,6 +41,8 @@ class Link:
         self.kind, self.remote_dir, self.open, self.drop, self.heal = kind, remote_dir, opener, drop, heal
         #: the fault proxy in front of the server, whose byte counts are what crossed the link
         self.proxy = proxy
+        #: bytes a clean upload put on the link (measured by ``measure``), to tell re-sent bytes from the rest
+        self.clean_upload_wire = 0
 
     def wire_up(self) -> int:
         return self.proxy.forwarded_by["up"] if self.proxy is not None else 0

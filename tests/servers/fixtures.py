@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import shutil
+import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -25,6 +27,15 @@ def sshd_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SshServer]
 def jupyter_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[JupyterServer]:
     with running_jupyter(tmp_path_factory.mktemp("jupyter")) as server:
         yield server
+
+
+@pytest.fixture
+def jupyter_folder(jupyter_server: JupyterServer) -> Iterator[Path]:
+    """A fresh folder inside the shared server's root (where job folders go, and where the contents API
+    and /files/ reach), removed when the test ends."""
+    folder = Path(tempfile.mkdtemp(prefix="test-", dir=jupyter_server.root_dir))
+    yield folder
+    shutil.rmtree(folder, ignore_errors=True)
 
 
 class FakeCgpuRuntime:

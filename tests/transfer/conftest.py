@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import json
-import shutil
-import tempfile
 import threading
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -84,8 +82,6 @@ class Rig:
         self.local_dir = root / "local"
         self.local_dir.mkdir()
         self.opened: list[Backend] = []
-        #: folders outside tmp_path to remove when the test ends
-        self.cleanup: list[Path] = []
         self.proxy: FaultProxy | None = None
         self.cgpu: FakeCgpuRuntime | None = None
         self.local_fault: str | None = None
@@ -94,10 +90,7 @@ class Rig:
             self.proxy = request.getfixturevalue("ssh_proxy_session")
         elif kind == "jupyter":
             self.proxy = request.getfixturevalue("jupyter_proxy_session")
-            # inside the server's root, as a job folder is: where the contents API and /files/ reach
-            server: JupyterServer = request.getfixturevalue("jupyter_server")
-            self.remote_dir = Path(tempfile.mkdtemp(prefix="rig-", dir=server.root_dir))
-            self.cleanup.append(self.remote_dir)
+            self.remote_dir = request.getfixturevalue("jupyter_folder")
         elif kind == "cgpu":
             self.cgpu = FakeCgpuRuntime(root / "cgpu")
             # inside the runtime's /content, as a job folder is: where cgpu copy can write chunks directly
@@ -175,8 +168,6 @@ class Rig:
         self.heal()
         for backend in self.opened:
             backend.close()
-        for folder in self.cleanup:
-            shutil.rmtree(folder, ignore_errors=True)
 
 
 @pytest.fixture(params=BACKEND_KINDS)

@@ -9,9 +9,6 @@ from __future__ import annotations
 
 import hashlib
 import random
-import shutil
-import tempfile
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -56,29 +53,28 @@ def round_trip(backend: JupyterBackend, local: Path, remote_dir: Path) -> None:
     assert sorted(path.name for path in remote_dir.iterdir()) == ["clip.bin"]
 
 
-@pytest.fixture
-def in_root(jupyter_server) -> Iterator[Path]:  # type: ignore[no-untyped-def]
-    folder = Path(tempfile.mkdtemp(prefix="channels-", dir=jupyter_server.root_dir))
-    yield folder
-    shutil.rmtree(folder, ignore_errors=True)
-
-
 def open_jupyter(jupyter_server, workdir: Path) -> JupyterBackend:  # type: ignore[no-untyped-def]
     return JupyterBackend(url=jupyter_server.url, token=jupyter_server.token(), workdir=str(workdir))
 
 
-def test_inside_the_root_no_byte_crosses_the_terminal(jupyter_server, in_root: Path, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
-    with open_jupyter(jupyter_server, in_root) as backend:
+def test_inside_the_root_no_byte_crosses_the_terminal(jupyter_server, jupyter_folder: Path, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    with open_jupyter(jupyter_server, jupyter_folder) as backend:
         steps = steps_run(backend)
-        round_trip(backend, tmp_path, in_root)
+        round_trip(backend, tmp_path, jupyter_folder)
+        # a file within one chunk: its range is the whole file, which the server answers with 200
+        small = tmp_path / "small.bin"
+        small.write_bytes(b"one chunk, answered whole")
+        upload(backend, small, "small.bin", options=OPTIONS)
+        download(backend, "small.bin", tmp_path / "small-back.bin", options=OPTIONS)
+    assert (tmp_path / "small-back.bin").read_bytes() == small.read_bytes()
     assert TERMINAL_BYTE_STEPS.isdisjoint(steps), steps
     assert "commit" in steps or "finish" in steps  # the far side still checked every chunk
 
 
 @pytest.mark.parametrize("where", ["outside the root", "hidden folder"])
-def test_paths_the_server_will_not_serve_go_through_the_terminal(jupyter_server, in_root: Path, tmp_path: Path,  # type: ignore[no-untyped-def]
+def test_paths_the_server_will_not_serve_go_through_the_terminal(jupyter_server, jupyter_folder: Path, tmp_path: Path,  # type: ignore[no-untyped-def]
                                                                  where: str) -> None:
-    remote_dir = tmp_path / "remote" if where == "outside the root" else in_root / ".hidden"
+    remote_dir = tmp_path / "remote" if where == "outside the root" else jupyter_folder / ".hidden"
     remote_dir.mkdir()
     local = tmp_path / "local"
     local.mkdir()
@@ -95,7 +91,7 @@ WIRE = 4 / 3
 
 
 @pytest.mark.parametrize("stay_down", [False, True], ids=["blip, retried in the same upload", "outage, resumed"])
-def test_a_cut_costs_the_piece_in_flight_not_the_chunk(jupyter_server, jupyter_proxy_session, in_root: Path,  # type: ignore[no-untyped-def]
+def test_a_cut_costs_the_piece_in_flight_not_the_chunk(jupyter_server, jupyter_proxy_session, jupyter_folder: Path,  # type: ignore[no-untyped-def]
                                                       tmp_path: Path, stay_down: bool) -> None:
     """A chunk goes up as size-checked 512 KiB PUTs (here 16 KiB): after a cut the upload continues from what
     the server holds. Measured on the wire at the proxy, against a clean upload of the same file."""
@@ -110,7 +106,7 @@ def test_a_cut_costs_the_piece_in_flight_not_the_chunk(jupyter_server, jupyter_p
 
     def opened() -> JupyterBackend:
         return JupyterBackend(url=f"http://127.0.0.1:{proxy.port}", token=jupyter_server.token(),
-                              workdir=str(in_root), upload_chunk_size=PIECE, request_timeout=30.0)
+                              workdir=str(jupyter_folder), upload_chunk_size=PIECE, request_timeout=30.0)
 
     def wire_up(work) -> int:  # type: ignore[no-untyped-def]
         before = proxy.forwarded_by["up"]
@@ -142,7 +138,7 @@ def test_a_cut_costs_the_piece_in_flight_not_the_chunk(jupyter_server, jupyter_p
 
     cut = wire_up(cut_upload)
     assert fired
-    assert (in_root / "cut.bin").read_bytes() == source.read_bytes()
+    assert (jupyter_folder / "cut.bin").read_bytes() == source.read_bytes()
     # restarting chunk 1 would cost its 7 pieces again; continuing costs the piece in flight plus the
     # requests that find out where to continue (and, for the outage, a new terminal and survey)
     assert cut - clean < 3 * PIECE * WIRE, (cut, clean)

@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
-import tempfile
 from pathlib import Path
 
 import pytest
@@ -86,8 +85,7 @@ def test_peak_memory_stays_bounded_through_every_remote_backend(kind: str, reque
         settings = {**request.getfixturevalue("sshd_server").backend_options(), "workdir": str(remote)}
     elif kind == "jupyter":
         server = request.getfixturevalue("jupyter_server")
-        remote = Path(tempfile.mkdtemp(prefix="memory-", dir=server.root_dir))
-        request.addfinalizer(lambda: subprocess.run(["rm", "-rf", str(remote)], check=False))
+        remote = request.getfixturevalue("jupyter_folder")
         settings = {"url": server.url, "token": server.token(), "workdir": str(remote)}
     else:
         from .conftest import FAKE_CGPU, FakeCgpuRuntime
