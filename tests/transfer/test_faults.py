@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import json
 import time
 from pathlib import Path
 
@@ -11,6 +12,7 @@ import pytest
 from gpuferry.errors import GpuferryError, StallError
 from gpuferry.transfer import TransferOptions, TransferProgress, TransferReport, download, upload
 from gpuferry.transfer.chunks import PART_SUFFIX
+from gpuferry.transfer.commits import Committer
 from gpuferry.transfer.far_side import FarSide
 
 from .conftest import TEST_CHUNK, MakeFile, Rig
@@ -88,10 +90,34 @@ def flip_byte(path: Path, offset: int) -> None:
         handle.write(bytes([value[0] ^ 0xFF]))
 
 
+def damage_uploaded_chunk(remote_dir: Path, name: str, index: int) -> None:
+    """Flip a byte of chunk ``index`` where the interrupted upload left it: in the partial file once the far
+    side committed it (its manifest says so), else in its staged file, which a resume would adopt."""
+    part = remote_dir / (name + PART_SUFFIX)
+    lines = part.with_name(part.name + ".json").read_text().splitlines()[1:]  # after the header
+    if index in [json.loads(line)["chunk"] for line in lines if line.strip()]:
+        flip_byte(part, index * TEST_CHUNK + 10)
+    else:  # commits go in batches (jupyter, cgpu) and the salvage after the cut may not have got through
+        flip_byte(part.with_name(part.name + ".chunks") / f"{index:08d}", 10)
+
+
 def test_damaged_partial_upload_is_caught_and_resent(rig: Rig, make_file: MakeFile) -> None:
     source = make_file("source.bin", CHUNKS * TEST_CHUNK - 100)
     interrupted(lambda backend, hook: upload(backend, source, "copy.bin", options=NO_RETRY, on_progress=hook), rig)
-    flip_byte(rig.remote_dir / ("copy.bin" + PART_SUFFIX), TEST_CHUNK + 10)  # inside verified chunk 1
+    damage_uploaded_chunk(rig.remote_dir, "copy.bin", 1)
+    resumed = upload(rig.open(), source, "copy.bin", options=STEADY)
+    assert sha256(rig.remote_dir / "copy.bin") == sha256(source)
+    assert resumed.resent_chunks == 1
+
+
+def test_damaged_staged_chunk_is_caught_and_resent(rig: Rig, make_file: MakeFile,
+                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    """The link stays down past the cut, so nothing queued gets committed: where commits go in batches
+    (jupyter, cgpu) the chunks wait staged for the resume, which must check them before adopting them."""
+    monkeypatch.setattr(Committer, "salvage", Committer.abandon)
+    source = make_file("source.bin", CHUNKS * TEST_CHUNK - 100)
+    interrupted(lambda backend, hook: upload(backend, source, "copy.bin", options=NO_RETRY, on_progress=hook), rig)
+    damage_uploaded_chunk(rig.remote_dir, "copy.bin", 1)
     resumed = upload(rig.open(), source, "copy.bin", options=STEADY)
     assert sha256(rig.remote_dir / "copy.bin") == sha256(source)
     assert resumed.resent_chunks == 1

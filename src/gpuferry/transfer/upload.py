@@ -167,6 +167,9 @@ class ChunkSender:
                                                                         chunk.offset)).hexdigest()))
         reply = self.session.far_call("commit", self.committer.arguments(batch), 2 * plan.chunk_size * len(batch),
                                       path=self.names.part)
+        for index in candidates:
+            if str(index) in reply["failed"]:
+                self.session.tally.sent_before(index)  # it crossed the link once: sending it now is a re-send
         return {int(entry["index"]): str(entry["sha256"]) for entry in batch
                 if str(entry["index"]) not in reply["failed"]}
 
