@@ -12,6 +12,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, Field, ValidationError, field_validator
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
+from gpuferry.backends.secrets import redact_url, redact_urls, url_secrets
 from gpuferry.errors import UsageError
 
 #: where each setting is read from the environment (the original names are kept as they were)
@@ -147,7 +148,8 @@ def _plain(value: Any) -> Any:
 
 
 def _masked(settings: dict[str, Any]) -> dict[str, Any]:
-    return {key: ("****" if key in ("token", "password", "passphrase") else value) for key, value in settings.items()}
+    return {key: ("****" if key in ("token", "password", "passphrase")
+                  else redact_urls(value) if isinstance(value, str) else value) for key, value in settings.items()}
 
 
 def _read_file(path: Path) -> dict[str, Any]:
@@ -166,6 +168,12 @@ def _read_file(path: Path) -> dict[str, Any]:
         if "token" in table:
             raise UsageError(
                 f"target {name!r} has a token in the file; use token_file = PATH or GPUFERRY_JUPYTER_TOKEN",
+                path=str(path), step="config",
+            )
+        if url_secrets(str(table.get("url") or "")):
+            raise UsageError(
+                f"target {name!r} has a token in its url ({redact_url(str(table['url']))}); give the server's "
+                "address alone and use token_file = PATH or GPUFERRY_JUPYTER_TOKEN",
                 path=str(path), step="config",
             )
         targets[name] = {"kind": kind, "settings": table, "enabled": enabled}

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import subprocess
 from pathlib import Path
 
 import pytest
 from servers.waiting import wait_until
 
 from gpuferry.backends.base import Backend
+from gpuferry.backends.process_id import ProcessId, parse_pid_file
 from gpuferry.errors import RemoteCommandError
 
 pytestmark = pytest.mark.timeout(90)
@@ -18,7 +20,8 @@ WAIT_FOR_GO = 'while [ ! -e go ]; do sleep 0.05; done; echo "finished $GPF_NAME"
 def test_spawn_survives_close_and_reports_exit_code(open_backend, remote_dir: Path) -> None:
     first = open_backend()
     pid = first.spawn(["sh", "-c", WAIT_FOR_GO], "job.log", "job.exit", "job.pid", env={"GPF_NAME": "job"})
-    assert (remote_dir / "job.pid").read_text().strip() == str(pid)
+    assert parse_pid_file((remote_dir / "job.pid").read_text()) == pid
+    assert parse_pid_file((remote_dir / "job.pid").read_text()).started == pid.started
     first.close()
 
     second = open_backend()
@@ -48,3 +51,23 @@ def test_spawn_of_missing_program_fails_clearly(backend: Backend) -> None:
 
 def test_is_alive_of_unknown_pid(backend: Backend) -> None:
     assert backend.is_alive(2**22 + 12345) is False
+
+
+def test_a_pid_now_held_by_another_process_is_neither_alive_nor_signalled(backend: Backend,
+                                                                         remote_dir: Path) -> None:
+    # a pid file that outlived its worker (reboot, recycled runtime) while the number went to a stranger
+    stranger = subprocess.Popen(["sleep", "60"], start_new_session=True)
+    try:
+        ours = backend.spawn(["sh", "-c", "sleep 60 & wait"], "s.log", "s.exit", "s.pid", cwd=str(remote_dir))
+        assert ours.started
+        impostor = ProcessId(stranger.pid, ours.started)
+        assert backend.is_alive(impostor) is False
+        backend.kill(impostor, 9)
+        assert stranger.poll() is None, "the stranger was left alone"
+        reread = parse_pid_file((remote_dir / "s.pid").read_text())
+        assert reread is not None and backend.is_alive(reread)
+        backend.kill(reread, 9)
+        wait_until(lambda: not backend.is_alive(reread))
+    finally:
+        stranger.kill()
+        stranger.wait()

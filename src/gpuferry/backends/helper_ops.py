@@ -9,6 +9,7 @@ from typing import Any, Mapping, Sequence
 from ..errors import RemoteCommandError, RemoteFileError
 from .base import Backend, CommandResult, FileStat, GpuInfo
 from .helper_call import helper_argv, parse_reply
+from .process_id import ProcessId, from_spawn_reply, started_of
 from .shell_line import check_env_names
 
 #: Seconds a helper operation (stat, hash of a large file, a chunk read) may take.
@@ -45,7 +46,7 @@ class HelperOperations(Backend):
         pid_path: str,
         cwd: str | None = None,
         env: Mapping[str, str] | None = None,
-    ) -> int:
+    ) -> ProcessId:
         check_env_names(env)
         arguments = {
             "argv": list(argv),
@@ -56,15 +57,15 @@ class HelperOperations(Backend):
             "env": dict(env or {}),
         }
         try:
-            return int(self._helper("spawn", arguments, path=None))
+            return from_spawn_reply(self._helper("spawn", arguments, path=None))
         except RemoteFileError as error:
             raise RemoteCommandError(f"could not start {argv[0]!r}: {error.cause}", step=self.kind) from error
 
     def is_alive(self, pid: int) -> bool:
-        return bool(self._helper("alive", {"pid": int(pid)}))
+        return bool(self._helper("alive", {"pid": int(pid), "started": started_of(pid)}))
 
     def kill(self, pid: int, signal_number: int = 15) -> None:
-        self._helper("kill", {"pid": int(pid), "signal": int(signal_number)})
+        self._helper("kill", {"pid": int(pid), "signal": int(signal_number), "started": started_of(pid)})
 
     # --- machine --------------------------------------------------------------------------------
 

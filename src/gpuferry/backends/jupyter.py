@@ -13,14 +13,14 @@ from datetime import datetime
 from typing import Any, Iterator, Sequence
 from urllib.parse import quote
 
-from ..errors import CommandTimeoutError, ConnectionLostError, RemoteFileError
+from ..errors import CommandTimeoutError, ConnectionLostError, RemoteFileError, UsageError
 from .base import CommandResult, FileStat
 from .framed_commands import FramedCommands
 from .helper_call import encode_arguments, helper_source, parse_reply, script_helper_argv
 from .jupyter_http import JupyterHttp
 from .jupyter_terminal import LineNotSent, TerminalSession
 from .markers import Framing, parse_framed
-from .secrets import Secret, as_secret
+from .secrets import Secret, as_secret, redact_url, split_url_secret, url_secrets
 
 
 #: Folder (relative to the server root) holding the far-side programs, content-addressed.
@@ -55,6 +55,23 @@ class JupyterSettings:
     verify_tls: bool = True
 
 
+def _token_out_of_url(url: str, token: "Secret | str | None") -> tuple[str, Secret]:
+    """The server's URL with no credential in it, and the token: one a URL carried (``/lab?token=T``,
+    ``http://T@host``, as Jupyter prints it) is moved out, so it never reaches a message or a log."""
+    secret = as_secret(token) if token is not None else None
+    if not url_secrets(url):
+        return url, secret if secret is not None else Secret("")
+    clean, embedded = split_url_secret(url)
+    if embedded is None:
+        raise UsageError(f"the Jupyter URL holds a credential gpuferry cannot use: {redact_url(url)}",
+                         step="jupyter", hints=[f"Give the server's address alone: {clean}",
+                                                "and its token through GPUFERRY_JUPYTER_TOKEN or token_file=PATH."])
+    if secret and secret.reveal() != embedded:
+        raise UsageError(f"the Jupyter URL {redact_url(url)} holds a token that differs from the one given",
+                         step="jupyter", hints=[f"Give the server's address alone: {clean}"])
+    return clean, Secret(embedded)
+
+
 class JupyterBackend(FramedCommands):
     """Commands through a pool of terminals (one per concurrent command), uploads through contents PUTs."""
 
@@ -66,8 +83,7 @@ class JupyterBackend(FramedCommands):
         if settings is None:
             options["token"] = as_secret(options.get("token"))
             settings = JupyterSettings(**options)
-        if not isinstance(settings.token, Secret):
-            settings.token = Secret(settings.token)
+        settings.url, settings.token = _token_out_of_url(settings.url, settings.token)
         self.settings = settings
         self.python = settings.python
         self._http = JupyterHttp(settings.url, settings.token, settings.request_timeout, settings.verify_tls)

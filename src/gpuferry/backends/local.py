@@ -16,6 +16,8 @@ import psutil
 from ..errors import CommandTimeoutError, RemoteCommandError, RemoteFileError, UsageError
 from .base import Backend, CommandResult, FileStat, GpuInfo
 from .helper_call import local_helper_argv, parse_reply
+from .process_id import ProcessId, from_spawn_reply, started_of
+from .remote_helper import is_same_process
 from .shell_line import check_env_names
 
 HASH_BLOCK = 1 << 20
@@ -90,7 +92,7 @@ class LocalBackend(Backend):
         pid_path: str,
         cwd: str | None = None,
         env: Mapping[str, str] | None = None,
-    ) -> int:
+    ) -> ProcessId:
         if not argv:
             raise UsageError("empty command")
         check_env_names(env)
@@ -104,18 +106,20 @@ class LocalBackend(Backend):
         }
         result = self.run(local_helper_argv(sys.executable, "spawn", arguments), timeout=60)
         try:
-            return int(parse_reply(result.output, "spawn", None, self.kind))
+            return from_spawn_reply(parse_reply(result.output, "spawn", None, self.kind))
         except RemoteFileError as error:
             raise RemoteCommandError(f"could not start {argv[0]!r}: {error.cause}", step=self.kind) from error
 
     def is_alive(self, pid: int) -> bool:
         try:
-            return psutil.Process(pid).status() not in (psutil.STATUS_ZOMBIE, psutil.STATUS_DEAD)
+            running = psutil.Process(pid).status() not in (psutil.STATUS_ZOMBIE, psutil.STATUS_DEAD)
         except psutil.NoSuchProcess:
             return False
+        return running and is_same_process(int(pid), started_of(pid))
 
     def kill(self, pid: int, signal_number: int = 15) -> None:
-        self._kill_group(pid, signal_number)
+        if is_same_process(int(pid), started_of(pid)):  # a recycled pid is someone else's process
+            self._kill_group(pid, signal_number)
 
     # --- files ----------------------------------------------------------------------------------
 

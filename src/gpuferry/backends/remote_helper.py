@@ -168,6 +168,42 @@ def write_atomically(path, text):
 LEADER_IGNORES = (signal.SIGHUP, signal.SIGTERM, signal.SIGINT)
 
 
+def process_identity(pid):
+    """What tells process ``pid`` apart from a later one with the same number, or None when gone.
+
+    Linux: the boot id and the start time in clock ticks (/proc/PID/stat field 22); elsewhere the
+    start time ``ps`` prints. "unknown" where neither can be read (then only the pid is checked).
+    """
+    if os.path.isdir("/proc/self"):
+        try:
+            with open("/proc/%d/stat" % pid) as handle:
+                started = handle.read().rsplit(")", 1)[1].split()[19]
+        except FileNotFoundError:
+            return None  # /proc works: the process is gone
+        except (OSError, IndexError):
+            started = None
+        if started is not None:
+            try:
+                with open("/proc/sys/kernel/random/boot_id") as handle:
+                    boot = handle.read().strip()
+            except OSError:
+                boot = "-"
+            return "linux:%s:%s" % (boot, started)
+    try:
+        output = subprocess.run(
+            ["ps", "-o", "lstart=", "-p", str(int(pid))], stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
+            timeout=30,
+        ).stdout.decode("ascii", "replace").split()
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+    return "ps:" + "_".join(output) if output else None
+
+
+def is_same_process(pid, started):
+    """Whether ``pid`` is still the process whose identity was ``started`` (True when none is given)."""
+    return started is None or process_identity(pid) == started
+
+
 def restore_signals():
     for number in LEADER_IGNORES:
         signal.signal(number, signal.SIG_DFL)
@@ -190,7 +226,7 @@ def op_spawn(args):
         message = json.loads(b"".join(chunks).decode() or '{"ok": false, "error": "SpawnFailed", "message": "no report"}')
         if not message["ok"]:
             raise OSError(errno.ECHILD, message.get("message", "spawn failed"))
-        return message["pid"]
+        return {"pid": message["pid"], "started": message["started"]}
     # The leader: detach from the caller's terminal, session and stdio, then supervise the command.
     try:
         os.close(read_end)
@@ -214,8 +250,11 @@ def op_spawn(args):
             failure = {"ok": False, "message": "%s: %s" % (exc.strerror or type(exc).__name__, exc.filename)}
             os.write(write_end, json.dumps(failure).encode())
             os._exit(1)
-        write_atomically(args["pid_file"], "%d\n" % os.getpid())
-        os.write(write_end, json.dumps({"ok": True, "pid": os.getpid()}).encode())
+        # the pid file names this leader and its identity: a pid file outliving its process (a reboot, a
+        # recycled runtime) must never get a stranger that later had the same pid killed
+        started = process_identity(os.getpid())
+        write_atomically(args["pid_file"], "%d %s\n" % (os.getpid(), started))
+        os.write(write_end, json.dumps({"ok": True, "pid": os.getpid(), "started": started}).encode())
         os.close(write_end)
         returncode = exit_status(child.wait())
         write_atomically(args["exit_code_file"], "%d\n" % returncode)
@@ -225,6 +264,8 @@ def op_spawn(args):
 
 def op_alive(args):
     pid = args["pid"]
+    if not is_same_process(pid, args.get("started")):
+        return False
     try:
         with open("/proc/%d/stat" % pid) as handle:
             state = handle.read().rsplit(")", 1)[1].split()[0]
@@ -243,6 +284,8 @@ def op_alive(args):
 
 
 def op_kill(args):
+    if not is_same_process(args["pid"], args.get("started")):
+        return False  # that pid now belongs to another process: leave it alone
     for target in (-args["pid"], args["pid"]):
         try:
             os.kill(target, args.get("signal", signal.SIGTERM))

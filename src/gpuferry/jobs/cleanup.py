@@ -5,6 +5,7 @@ from __future__ import annotations
 import shutil
 import signal
 
+from gpuferry.backends.process_id import parse_pid_file
 from gpuferry.errors import GpuferryError
 from gpuferry.events import EventSink, ignore, make_event
 from gpuferry.jobs.lock import JobLock
@@ -24,8 +25,8 @@ def remove_job_leftovers(
                 if stop_worker:
                     pid_path = f"{job.remote_dir}/{PID_FILE}"
                     if backend.stat(pid_path) and not backend.stat(f"{job.remote_dir}/{EXIT_FILE}"):
-                        pid = int(backend.read_bytes(pid_path).decode().strip() or 0)
-                        if pid and backend.is_alive(pid):
+                        pid = parse_pid_file(backend.read_bytes(pid_path).decode("ascii", "replace"))
+                        if pid is not None and backend.is_alive(pid):
                             backend.kill(pid, signal.SIGKILL)
                             on_event(make_event("worker_stopped", job=job.id, pid=pid))
                 backend.remove(job.remote_dir, recursive=True)
@@ -37,6 +38,9 @@ def remove_job_leftovers(
     try:
         with JobLock(local_dir / "lock", job.id):
             shutil.rmtree(local_dir / "segments", ignore_errors=True)
+            for record in store.segments(job.id):  # the store follows the files: none is verified now
+                if record.state == "verified":
+                    store.mark_pending(job.id, record.segment.index)
     except GpuferryError:
         return False  # a client still holds the job; its own cleanup will run
     return True

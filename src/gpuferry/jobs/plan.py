@@ -31,6 +31,7 @@ def plan_job(
 
         raise BadInputError("remote jobs take videos; upscale images locally", path=str(source), step="plan")
     check_size(info.video.width, info.video.height, path=str(source))
+    seen = source.stat()  # before hashing: a change while the hash is read shows as a newer mtime later
     digest = file_sha256(source)
     settings = {
         "engine": {key: value for key, value in engine.items() if value is not None},
@@ -50,5 +51,6 @@ def plan_job(
         settings=settings,
         target=target,
         segments=segments,
+        input_mtime_ns=seen.st_mtime_ns,
     )
     return record, False

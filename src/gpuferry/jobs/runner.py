@@ -23,6 +23,7 @@ from typing import Any
 import tenacity
 
 from gpuferry.backends.base import Backend
+from gpuferry.backends.process_id import parse_pid_file
 from gpuferry.errors import (
     CancelledError,
     CommandTimeoutError,
@@ -33,6 +34,8 @@ from gpuferry.errors import (
     error_class_for_kind,
 )
 from gpuferry.events import EventSink, ignore, make_event
+from gpuferry.jobs.input_identity import check_input_unchanged
+from gpuferry.jobs.local_segments import forget_missing_segments
 from gpuferry.jobs.lock import JobLock
 from gpuferry.jobs.policy import WorkerEndedError, backoff, is_retried, rule_for
 from gpuferry.jobs.remote_setup import (
@@ -143,8 +146,12 @@ class RemoteJobRunner:
         with JobLock(self.local_dir / "lock", self.job.id):
             self.store.set_state(self.job.id, RUNNING)
             try:
+                check_input_unchanged(self.store, self.job.id, step="resume")
                 try:
+                    forget_missing_segments(self.store, self.job.id, self.segments_dir)
                     self._compute_all_segments()
+                    if forget_missing_segments(self.store, self.job.id, self.segments_dir):
+                        self._compute_all_segments()  # a file went while the others were computed
                 except (CommandTimeoutError, StallError):
                     # the user's cap for one attempt, or a hung worker with no retry left: stop it, so
                     # it neither spends the GPU nor lingers half-dead on the far side
@@ -295,11 +302,8 @@ class RemoteJobRunner:
         pid_path = paths.in_job(PID_FILE)
         if backend.stat(pid_path) is None or backend.stat(paths.in_job(EXIT_FILE)) is not None:
             return None
-        try:
-            pid = int(backend.read_bytes(pid_path).decode().strip())
-        except ValueError:
-            return None
-        return pid if backend.is_alive(pid) else None
+        pid = parse_pid_file(backend.read_bytes(pid_path).decode("ascii", "replace"))
+        return pid if pid is not None and backend.is_alive(pid) else None
 
     def _setup(self, backend: Backend, paths: RemotePaths) -> None:
         options = self.options.transfer
@@ -431,6 +435,7 @@ class RemoteJobRunner:
 
     def _assemble(self, overwrite: bool) -> FileResult:
         source, output = Path(self.job.input), Path(self.job.output)
+        check_input_unchanged(self.store, self.job.id, step="join")
         info = probe(source)
         assert info.video is not None
         check_output(source, output, overwrite)

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from gpuferry.backends.secrets import redact_urls
 from gpuferry.errors import JobNotFoundError
 from gpuferry.media.segments import Segment
 
@@ -30,7 +31,8 @@ CREATE TABLE IF NOT EXISTS jobs (
     target TEXT NOT NULL,
     remote_dir TEXT,
     lost_frames INTEGER NOT NULL DEFAULT 0,
-    error TEXT
+    error TEXT,
+    input_mtime_ns INTEGER
 );
 CREATE TABLE IF NOT EXISTS segments (
     job_id TEXT NOT NULL REFERENCES jobs(id) ON DELETE CASCADE,
@@ -52,17 +54,39 @@ CREATE TABLE IF NOT EXISTS events (
 CREATE INDEX IF NOT EXISTS events_by_job ON events (job_id, time);
 """
 
+#: columns added after the first release, with their types: an older store gets them on open
+ADDED_COLUMNS = {"jobs": {"input_mtime_ns": "INTEGER"}}
+
+#: the store holds input paths, remote folders and segments of the user's videos: owner only
+PRIVATE_DIR, PRIVATE_FILE = 0o700, 0o600
+
 # job states
 PLANNED, RUNNING, DONE, FAILED, CANCELLED = "planned", "running", "done", "failed", "cancelled"
 UNFINISHED = (PLANNED, RUNNING, FAILED)
 
 
 def gpuferry_home() -> Path:
-    """GPUFERRY_HOME, default ~/.local/share/gpuferry."""
+    """GPUFERRY_HOME, default ~/.local/share/gpuferry; private to its owner (mode 0700)."""
     configured = os.environ.get("GPUFERRY_HOME")
     home = Path(configured) if configured else Path.home() / ".local" / "share" / "gpuferry"
-    home.mkdir(parents=True, exist_ok=True)
-    return home
+    return private_dir(home)
+
+
+def private_dir(path: Path) -> Path:
+    """``path`` as a folder only its owner can enter (created, or narrowed when it is wider)."""
+    path.mkdir(mode=PRIVATE_DIR, parents=True, exist_ok=True)
+    if path.stat().st_mode & 0o077:
+        path.chmod(PRIVATE_DIR)
+    return path
+
+
+def _private_file(path: Path) -> None:
+    """Narrow an existing file to its owner (a store created by an older version was 0644)."""
+    try:
+        if path.stat().st_mode & 0o077:
+            path.chmod(PRIVATE_FILE)
+    except FileNotFoundError:
+        pass
 
 
 @dataclass
@@ -82,6 +106,8 @@ class JobRecord:
     remote_dir: str | None
     lost_frames: int
     error: str | None
+    #: the input's mtime when its hash was last seen to match (None: a job from an older version)
+    input_mtime_ns: int | None = None
 
     def to_json(self) -> dict[str, Any]:
         return dict(self.__dict__)
@@ -103,11 +129,29 @@ class JobStore:
     def __init__(self, home: Path | None = None) -> None:
         self.home = home or gpuferry_home()
         self.path = self.home / "jobs.sqlite3"
+        if not self.path.exists():
+            # created private: sqlite itself would make it (and its -wal, -shm) 0644 under a usual umask
+            os.close(os.open(self.path, os.O_RDWR | os.O_CREAT, PRIVATE_FILE))
         self._db = sqlite3.connect(self.path, timeout=30, isolation_level=None)
         self._db.row_factory = sqlite3.Row
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.execute("PRAGMA foreign_keys=ON")
         self._db.executescript(SCHEMA)
+        self._add_missing_columns()
+        for suffix in ("", "-wal", "-shm"):
+            _private_file(self.path.with_name(self.path.name + suffix))
+
+    def _add_missing_columns(self) -> None:
+        """Additive migration: a store written by an older version gets the newer columns."""
+        for table, columns in ADDED_COLUMNS.items():
+            present = {row["name"] for row in self._db.execute(f"PRAGMA table_info({table})")}
+            for name, kind in columns.items():
+                if name not in present:
+                    try:
+                        self._db.execute(f"ALTER TABLE {table} ADD COLUMN {name} {kind}")
+                    except sqlite3.OperationalError as exc:  # another process added it just now
+                        if "duplicate column" not in str(exc):
+                            raise
 
     def close(self) -> None:
         self._db.close()
@@ -124,9 +168,8 @@ class JobStore:
 
     def job_dir(self, job_id: str) -> Path:
         """The local folder of a job: its lock and its downloaded segments."""
-        path = self.home / "jobs" / job_id
-        path.mkdir(parents=True, exist_ok=True)
-        return path
+        private_dir(self.home / "jobs")
+        return private_dir(self.home / "jobs" / job_id)
 
     # --- jobs -----------------------------------------------------------------------------------
 
@@ -140,15 +183,16 @@ class JobStore:
         settings: dict[str, Any],
         target: dict[str, Any],
         segments: list[Segment],
+        input_mtime_ns: int | None = None,
     ) -> JobRecord:
         job_id = uuid.uuid4().hex[:12]
         now = time.time()
         with self._transaction() as db:
             db.execute(
                 "INSERT INTO jobs (id, created, updated, state, input, input_sha256, input_size, output,"
-                " settings, target) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                " settings, target, input_mtime_ns) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                 (job_id, now, now, PLANNED, input, input_sha256, input_size, output,
-                 json.dumps(settings, sort_keys=True), json.dumps(target, sort_keys=True)),
+                 json.dumps(settings, sort_keys=True), json.dumps(target, sort_keys=True), input_mtime_ns),
             )
             db.executemany(
                 "INSERT INTO segments (job_id, idx, first_frame, frames, first_pts) VALUES (?, ?, ?, ?, ?)",
@@ -181,13 +225,18 @@ class JobStore:
         with self._transaction() as db:
             db.execute(
                 "UPDATE jobs SET state = ?, error = ?, updated = ? WHERE id = ?",
-                (state, error, time.time(), job_id),
+                (state, None if error is None else redact_urls(error), time.time(), job_id),
             )
         self.event(job_id, "state", state=state, error=error)
 
     def set_remote_dir(self, job_id: str, remote_dir: str | None) -> None:
         with self._transaction() as db:
             db.execute("UPDATE jobs SET remote_dir = ?, updated = ? WHERE id = ?", (remote_dir, time.time(), job_id))
+
+    def set_input_mtime(self, job_id: str, mtime_ns: int) -> None:
+        """The input's mtime changed but its hash still matches: remember the new one (quick check)."""
+        with self._transaction() as db:
+            db.execute("UPDATE jobs SET input_mtime_ns = ? WHERE id = ?", (mtime_ns, job_id))
 
     def add_lost_frames(self, job_id: str, frames: int, why: str) -> None:
         """Frames computed by a worker that died before finishing their segment (to be redone)."""
@@ -231,7 +280,7 @@ class JobStore:
     def event(self, job_id: str, name: str, **data: Any) -> None:
         self._db.execute(
             "INSERT INTO events (job_id, time, kind, data) VALUES (?, ?, ?, ?)",
-            (job_id, time.time(), name, json.dumps(data, default=str)),
+            (job_id, time.time(), name, redact_urls(json.dumps(data, default=str))),
         )
 
     def events(self, job_id: str) -> list[dict[str, Any]]:

@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from gpuferry.backends.base import Backend
+from gpuferry.backends.secrets import redact_url, split_url_secret, url_secrets
 from gpuferry.backends.targets import BACKEND_KINDS, open_backend
 from gpuferry.errors import NotAuthenticatedError, UsageError
 
@@ -39,6 +40,7 @@ class TargetSpec:
                 "shown in process lists); use GPUFERRY_JUPYTER_TOKEN or token_file=PATH",
                 step="target",
             )
+        refuse_url_with_secret(str(self.settings.get("url") or ""), "target")
 
     @classmethod
     def from_pairs(cls, kind: str, pairs: list[str] | tuple[str, ...]) -> TargetSpec:
@@ -85,6 +87,21 @@ class TargetSpec:
             workdir = Path(settings.setdefault("workdir", str(_default_local_root())))
             workdir.mkdir(parents=True, exist_ok=True)
         return open_backend(self.kind, **settings)
+
+
+def refuse_url_with_secret(url: str, step: str) -> None:
+    """A stored or typed URL must not carry a token (``?token=``, ``user:password@``): it would show in
+    process lists, the job store, ``gpuferry jobs`` and every message naming the server."""
+    if url_secrets(url):
+        clean, _ = split_url_secret(url)
+        raise UsageError(
+            f"the url {redact_url(url)} holds a token; it would be stored and shown in process lists",
+            step=step,
+            hints=[f"Give the server's address alone: url={clean}",
+                   "Put the token in GPUFERRY_JUPYTER_TOKEN or in a file named by token_file=PATH (mode 600).",
+                   "If it was typed on a command line, it is in your shell history: restart the server "
+                   "for a new token."],
+        )
 
 
 def _default_local_root() -> Path:
