@@ -16,7 +16,7 @@ from gpuferry.errors import BadInputError, EncodeError
 from gpuferry.events import EventSink, ignore, make_event
 from gpuferry.media.decode import SourceFrame, iter_video_frames
 from gpuferry.media.encode import EncodeOptions, VideoWriter, map_write_error
-from gpuferry.media.probe import MediaInfo, probe
+from gpuferry.media.probe import MediaInfo, check_memory_budget, probe
 from gpuferry.pipeline.outputs import check_output, partial_output, publish
 from gpuferry.pipeline.stream import FrameProgress, run_stream
 
@@ -67,6 +67,7 @@ def upscale_file(
 ) -> FileResult:
     """Upscale ``source`` to ``output`` with ``engine``; nothing is left behind if it fails."""
     info = info or probe(source)
+    check_memory_budget(info, engine.scale)
     check_output(source, output, overwrite)
     started = time.monotonic()
     width, height = info.size[0] * engine.scale, info.size[1] * engine.scale
@@ -174,7 +175,12 @@ def verify_video(partial: Path, info: MediaInfo, width: int, height: int) -> Non
 
 def _upscale_image(source: Path, partial: Path, engine: Engine) -> list[str]:
     """Images go through the same engine; an alpha channel is resized alongside with Lanczos."""
-    with Image.open(source) as opened:
+    try:
+        opened = Image.open(source)
+    except (Image.DecompressionBombError, OSError) as exc:  # changed since it was probed
+        raise BadInputError(f"picture refused by the image decoder ({exc})", path=str(source),
+                            step="decode") from None
+    with opened:
         image = ImageOps.exif_transpose(opened)
         has_alpha = image.mode in ("RGBA", "LA") or (image.mode == "P" and "transparency" in image.info)
         rgba = image.convert("RGBA") if has_alpha else None
