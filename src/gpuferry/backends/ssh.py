@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import os
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Mapping, Sequence
@@ -66,6 +68,58 @@ def link_gone(connection: asyncssh.SSHClientConnection, error: BaseException) ->
     return True
 
 
+#: the known_hosts files OpenSSH reads when its config names none
+DEFAULT_KNOWN_HOSTS = ("~/.ssh/known_hosts", "~/.ssh/known_hosts2", "/etc/ssh/ssh_known_hosts",
+                       "/etc/ssh/ssh_known_hosts2")
+DEFAULT_CONFIG_FILES = ("~/.ssh/config", "/etc/ssh/ssh_config")
+_KNOWN_HOSTS_OPTION = re.compile(r"^\s*(UserKnownHostsFile|GlobalKnownHostsFile)\s*[=\s]\s*(.+?)\s*$", re.IGNORECASE)
+
+
+def _configured_known_hosts(config_files: list[str] | None) -> list[tuple[str, Path]]:
+    """Every (option, file) an ssh config names, in any Host block (a superset is the safe side)."""
+    found = []
+    for config in config_files if config_files is not None else DEFAULT_CONFIG_FILES:
+        try:
+            lines = Path(config).expanduser().read_text(errors="replace").splitlines()
+        except OSError:
+            continue
+        for line in lines:
+            match = _KNOWN_HOSTS_OPTION.match(line)
+            if match:
+                found += [(match.group(1).lower(), Path(item.strip('"')).expanduser())
+                          for item in match.group(2).split() if item.lower() != "none"]
+    return found
+
+
+def known_hosts_files(known_hosts: str | None, config_files: list[str] | None) -> list[Path]:
+    """Every existing known_hosts file a key for the host may be in: the one given, those the ssh config
+    names and OpenSSH's defaults."""
+    candidates = ([Path(known_hosts).expanduser()] if known_hosts else []) + \
+        [path for _, path in _configured_known_hosts(config_files)] + \
+        [Path(item).expanduser() for item in DEFAULT_KNOWN_HOSTS]
+    unique = list(dict.fromkeys(candidates))
+    return [path for path in unique if path.is_file()]
+
+
+def pinned_known_hosts_file(known_hosts: str | None, config_files: list[str] | None) -> Path:
+    """Where a first-seen key is recorded: the file given, else the config's UserKnownHostsFile, else
+    ~/.ssh/known_hosts."""
+    if known_hosts:
+        return Path(known_hosts).expanduser()
+    user_files = [path for option, path in _configured_known_hosts(config_files) if option == "userknownhostsfile"]
+    return user_files[0] if user_files else Path(DEFAULT_KNOWN_HOSTS[0]).expanduser()
+
+
+class _FirstUseClient(asyncssh.SSHClient):
+    """Asks the backend about a host key no known_hosts entry trusts (asyncssh's own check came first)."""
+
+    def __init__(self, backend: "SshBackend") -> None:
+        self._backend = backend
+
+    def validate_host_public_key(self, host: str, addr: str, port: int, key: asyncssh.SSHKey) -> bool:
+        return self._backend._trust_first_seen_key(host, addr, port, key)
+
+
 class SshBackend(HelperOperations):
     """One ssh connection (with an sftp session) held open until ``close``; opened again after a drop."""
 
@@ -79,6 +133,8 @@ class SshBackend(HelperOperations):
         self._sftp: asyncssh.SFTPClient | None = None
         self._closed = False
         self._reconnecting: asyncio.Lock | None = None
+        #: why a first-seen host key was not trusted (for the error message)
+        self._refusal: str | None = None
         try:
             self._loop.call(self._connect())
         except BaseException:
@@ -116,20 +172,17 @@ class SshBackend(HelperOperations):
         return options
 
     async def _connect(self) -> None:
+        self._refusal = None
         try:
-            try:
-                self._connection = await asyncssh.connect(self.settings.host, **self._connect_options())
-            except asyncssh.HostKeyNotVerifiable:
-                if not self.settings.accept_new_host_key:
-                    raise
-                await self._trust_first_seen_key()
-                self._connection = await asyncssh.connect(self.settings.host, **self._connect_options())
+            self._connection = await asyncssh.connect(
+                self.settings.host, client_factory=lambda: _FirstUseClient(self), **self._connect_options()
+            )
             self._sftp = await self._connection.start_sftp_client()
             if self.settings.workdir is None:
                 self.settings.workdir = await self._sftp.realpath(".")
         except asyncssh.HostKeyNotVerifiable as error:
             raise HostKeyNotTrustedError(
-                f"host key of {self.where} is not trusted: {error.reason}", step=self.kind
+                f"host key of {self.where} is not trusted: {self._refusal or error.reason}", step=self.kind
             ) from None
         except asyncssh.PermissionDenied:
             raise NotAuthenticatedError(
@@ -143,26 +196,32 @@ class SshBackend(HelperOperations):
                 f"cannot connect to {self.where}: {type(error).__name__}: {error}", step=self.kind
             ) from None
 
-    def _known_hosts_path(self) -> Path:
-        return Path(self.settings.known_hosts or Path.home() / ".ssh" / "known_hosts")
-
-    async def _trust_first_seen_key(self) -> None:
-        """Trust-on-first-use: record the key only when known_hosts has none for this host."""
-        path = self._known_hosts_path()
-        port = self.settings.port or 22
-        host_pattern = self.settings.host if port == 22 else f"[{self.settings.host}]:{port}"
-        if path.exists():
-            known = asyncssh.read_known_hosts(str(path))
-            trusted_keys = known.match(self.settings.host, "", port)[0]
-            if trusted_keys:
-                raise asyncssh.HostKeyNotVerifiable("host key differs from the one in known_hosts")
-        key = await asyncssh.get_server_host_key(self.settings.host, port)
-        if key is None:
-            raise asyncssh.HostKeyNotVerifiable("server sent no host key")
-        path.parent.mkdir(parents=True, exist_ok=True)
-        line = f"{host_pattern} {key.export_public_key('openssh').decode().strip()}\n"
-        with open(path, "a", encoding="utf-8") as handle:
-            handle.write(line)
+    def _trust_first_seen_key(self, host: str, addr: str, port: int, key: asyncssh.SSHKey) -> bool:
+        """Trust-on-first-use, asked by asyncssh for a key no known_hosts entry trusts: pin ``key`` (the
+        one this handshake showed) only when no entry exists for the host under any name the ssh client
+        would look it up by (as given, its HostName or HostKeyAlias, its address) in any file it reads."""
+        if not self.settings.accept_new_host_key:
+            return False
+        names = sorted({name for name in (self.settings.host, host, addr) if name})
+        for path in known_hosts_files(self.settings.known_hosts, self.settings.config_files):
+            try:
+                known = asyncssh.read_known_hosts(str(path))
+            except (OSError, ValueError, asyncssh.Error):
+                self._refusal = f"{path} cannot be read, so a key it may hold for this host is unknown"
+                return False
+            for name in names:
+                keys, ca_keys, revoked = known.match(name, addr, port if port != 22 else None)[:3]
+                if keys or ca_keys or revoked:
+                    self._refusal = (f"{path} holds another key for {name} (port {port}); a changed host key is "
+                                     "never trusted on first use")
+                    return False
+        path = pinned_known_hosts_file(self.settings.known_hosts, self.settings.config_files)
+        pattern = self.settings.host if port == 22 else f"[{self.settings.host}]:{port}"
+        path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+        descriptor = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
+        with os.fdopen(descriptor, "a", encoding="utf-8") as handle:
+            handle.write(f"{pattern} {key.export_public_key('openssh').decode().strip()}\n")
+        return True
 
     async def _live(self) -> asyncssh.SSHClientConnection:
         """The connection, opened again when the previous one dropped (never after ``close``)."""
