@@ -41,7 +41,7 @@ def test_resume_refuses_an_input_replaced_after_a_verified_segment(job_clip, tmp
             raise ClientDied
 
     with pytest.raises(ClientDied):
-        upscale_on_target(clip, output, target=_local_target(tmp_path), remote=remote_options, engine="ncnn",
+        upscale_on_target(clip, output, target=_local_target(tmp_path), remote=remote_options, engine="resample",
                           on_event=die_after_first_segment)
     (job,) = JobStore().list()
     try:
@@ -64,7 +64,7 @@ def test_an_input_replaced_while_the_job_runs_is_refused_before_joining(job_clip
             _replace_with_another_clip(clip)
 
     with pytest.raises(BadInputError) as caught:
-        upscale_on_target(clip, output, target=_local_target(tmp_path), remote=remote_options, engine="ncnn",
+        upscale_on_target(clip, output, target=_local_target(tmp_path), remote=remote_options, engine="resample",
                           on_event=replace_when_the_last_segment_is_here)
     assert caught.value.step == "join"
     assert not output.exists()

@@ -28,7 +28,7 @@ def _fail_after_first_segment(clip: Path, output: Path, tmp_path: Path, options)
 
     with pytest.raises(ClientDied):
         upscale_on_target(clip, output, target=TargetSpec("local", {"workdir": str(root)}), remote=options,
-                          engine="ncnn", on_event=die)
+                          engine="resample", on_event=die)
     (job,) = JobStore().list()
     assert job.state == "failed"
     assert [r.state for r in JobStore().segments(job.id)][0] == "verified"

@@ -168,6 +168,11 @@ class Backend(ABC):
     def mkdir(self, path: str, mode: int = 0o755, parents: bool = False) -> None:
         """Create a directory; an existing directory is fine. ``parents`` creates missing parents."""
 
+    def make_private_dirs(self, paths: Sequence[str]) -> None:
+        """Create each folder (mode 700), or check an existing one: a real folder owned by this user that
+        nobody else may write (a wider mode is narrowed to 700). RemoteFileError for anything else."""
+        raise NotImplementedError(f"{type(self).__name__} cannot check folder owners")
+
     @abstractmethod
     def rename(self, src: str, dst: str) -> None:
         """Atomically rename ``src`` to ``dst``, replacing ``dst`` if it exists."""

@@ -99,6 +99,10 @@ class HelperOperations(Backend):
         absolute = self.resolve(path)
         self._helper("mkdir", {"path": absolute, "mode": mode, "parents": parents}, path=absolute)
 
+    def make_private_dirs(self, paths: Sequence[str]) -> None:
+        absolute = [self.resolve(path) for path in paths]
+        self._helper("private_dirs", {"paths": absolute}, path=absolute[-1] if absolute else None)
+
     def rename(self, src: str, dst: str) -> None:
         source = self.resolve(src)
         self._helper("rename", {"src": source, "dst": self.resolve(dst)}, path=source)

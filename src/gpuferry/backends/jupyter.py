@@ -147,7 +147,8 @@ class JupyterBackend(FramedCommands):
         """
         api_path = f"{SCRIPTS_API_DIR}/{name}-{hashlib.sha256(source).hexdigest()[:16]}.py"
         if api_path not in self._scripts:
-            if self._api_size(api_path) != len(source):
+            if not self._api_holds(api_path, source):
+                self._remove_api_file(api_path)  # an altered or half-written copy is replaced, never run
                 self._install_whole(api_path, source)
             self._scripts[api_path] = f"{(self.settings.root_dir or '').rstrip('/')}/{api_path}"
         return self._scripts[api_path]
@@ -176,8 +177,29 @@ class JupyterBackend(FramedCommands):
             # another client installed the same content first (the name holds the hash): keep theirs
             self._http.request("DELETE", f"api/contents/{quote(staged)}", what="remove a staged script",
                                remote_path=staged)
-            if self._api_size(api_path) != len(source):
+            if not self._api_holds(api_path, source):
                 raise
+
+    def _remove_api_file(self, api_path: str) -> None:
+        try:
+            self._http.request("DELETE", f"api/contents/{quote(api_path)}", what="remove an altered script",
+                               remote_path=api_path)
+        except RemoteFileError:
+            pass  # not there
+
+    def _api_holds(self, api_path: str, source: bytes) -> bool:
+        """Whether the server's file holds exactly ``source`` (its bytes compared, not its size: a tampered
+        file of the same size would otherwise run with every operation)."""
+        try:
+            model = self._http.request("GET", f"api/contents/{quote(api_path)}", what="check a script",
+                                       remote_path=api_path, params={"content": "1", "format": "base64",
+                                                                     "type": "file"}).json()
+        except RemoteFileError:
+            return False  # not there (404)
+        content = model.get("content")
+        if not isinstance(content, str) or model.get("size") != len(source):
+            return False
+        return hashlib.sha256(base64.b64decode(content)).digest() == hashlib.sha256(source).digest()
 
     def _helper_argv(self, operation: str, arguments: dict[str, Any]) -> list[str]:
         """A short line that runs the installed helper (long arguments go as a staged file)."""

@@ -17,7 +17,7 @@ from ..errors import CommandTimeoutError, RemoteCommandError, RemoteFileError, U
 from .base import Backend, CommandResult, FileStat, GpuInfo
 from .helper_call import local_helper_argv, parse_reply
 from .process_id import ProcessId, from_spawn_reply, started_of
-from .remote_helper import is_same_process
+from .remote_helper import is_same_process, op_private_dirs
 from .shell_line import check_env_names
 
 HASH_BLOCK = 1 << 20
@@ -210,6 +210,13 @@ class LocalBackend(Backend):
                 os.mkdir(absolute, mode)
         except OSError as error:
             raise self._file_error(error, "mkdir", absolute) from error
+
+    def make_private_dirs(self, paths: Sequence[str]) -> None:
+        absolute = [self.resolve(path) for path in paths]
+        try:
+            op_private_dirs({"paths": absolute})
+        except OSError as error:
+            raise self._file_error(error, "private folder", error.filename or absolute[-1]) from error
 
     def rename(self, src: str, dst: str) -> None:
         source = self.resolve(src)

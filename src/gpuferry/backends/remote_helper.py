@@ -151,6 +151,24 @@ def op_mkdir(args):
     return None
 
 
+def op_private_dirs(args):
+    """Create each folder (mode 700) or vouch for an existing one: a real folder (no link), owned by this
+    user, that nobody else may write (narrowed to 700 when wider). Anything else is refused: another user
+    could put code or data there that we would run or trust."""
+    uid = os.getuid()
+    for path in args["paths"]:
+        os.makedirs(path, 0o700, exist_ok=True)
+        info = os.lstat(path)
+        if not stat_module.S_ISDIR(info.st_mode):
+            raise OSError(errno.ENOTDIR, "%s is not a real folder (a link or a file)" % path, path)
+        if info.st_uid != uid:
+            raise OSError(errno.EPERM, "%s is owned by uid %d, not by this user (uid %d)" % (path, info.st_uid, uid),
+                          path)
+        if info.st_mode & 0o077:
+            os.chmod(path, 0o700)
+    return None
+
+
 def op_rename(args):
     os.replace(args["src"], args["dst"])
     return None
@@ -322,6 +340,7 @@ def op_free_disk(args):
 OPERATIONS = {
     "info": op_info, "exec": op_exec, "stat": op_stat, "sha256": op_sha256, "read": op_read,
     "splice": op_splice, "listdir": op_listdir, "remove": op_remove, "mkdir": op_mkdir,
+    "private_dirs": op_private_dirs,
     "rename": op_rename, "spawn": op_spawn, "alive": op_alive, "kill": op_kill, "gpus": op_gpus,
     "free_disk": op_free_disk,
 }

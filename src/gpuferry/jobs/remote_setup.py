@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from gpuferry.backends.base import Backend
-from gpuferry.errors import NotInstalledError
+from gpuferry.errors import NotInstalledError, RemoteFileError, TransferIntegrityError
 from gpuferry.jobs.worker_code import WorkerCode
 from gpuferry.transfer import TransferOptions, upload
 from gpuferry.worker.spec import SEGMENTS_DIR
@@ -96,10 +96,45 @@ class Capabilities:
 
 
 def make_job_dir(backend: Backend, paths: RemotePaths) -> None:
-    backend.mkdir(paths.base, mode=0o700, parents=True)
-    backend.mkdir(paths.lib_dir, mode=0o700, parents=True)
-    backend.mkdir(paths.job_dir, mode=0o700, parents=True)
-    backend.mkdir(paths.in_job(SEGMENTS_DIR), mode=0o700)
+    """Our folders on the far side, each a real folder owned by us that nobody else may write: in a shared
+    root, another user's ``gpuferry/`` could hold code or segments we would run or trust."""
+    try:
+        backend.make_private_dirs([paths.base, paths.lib_dir, paths.jobs_dir, paths.job_dir,
+                                   paths.in_job(SEGMENTS_DIR)])
+    except RemoteFileError as error:
+        raise RemoteFileError(
+            f"cannot use the remote folder safely: {error.cause}", path=error.path, step="setup", remote=True,
+            hints=["Another user owns or can replace this folder: choose a remote root of your own "
+                   "(--remote-root, or the target's workdir).",
+                   f"Or remove {paths.base} on the target if it is a leftover of yours."],
+        ) from error
+
+
+def verify_worker_code(backend: Backend, remote: str, code: WorkerCode) -> None:
+    """The zip about to run is still the one we shipped (checked just before each start, not only at upload)."""
+    found = backend.sha256(remote) if backend.stat(remote) is not None else None
+    if found != code.sha256:
+        raise TransferIntegrityError(
+            f"the worker code on the target changed since it was sent (sha256 {str(found)[:16]}, expected "
+            f"{code.sha256[:16]}); not starting it",
+            path=remote, step="setup", remote=True,
+            hints=["Someone else can write to the remote folder: use a remote root of your own.",
+                   "Run the job again; the code is sent afresh."],
+        )
+
+
+#: runs the worker with no script folder on sys.path on any Python (what -P does from 3.11 on)
+_SAFE_START = "import runpy, sys; del sys.path[0]; runpy.run_module('gpuferry.worker', run_name='__main__')"
+
+
+def worker_argv(python: str, job_dir: str, caps: Capabilities | None) -> list[str]:
+    """The worker's command: its job folder (its cwd) never comes first on the import path, so a
+    ``gpuferry/`` placed there cannot stand in for our code."""
+    version = str((caps.values if caps else {}).get("python") or "0")
+    major_minor = tuple(int(part) for part in version.split(".")[:2] if part.isdigit())
+    if major_minor >= (3, 11):
+        return [python, "-P", "-m", "gpuferry.worker", job_dir]
+    return [python, "-c", _SAFE_START, job_dir]
 
 
 def install_worker_code(

@@ -44,8 +44,10 @@ from gpuferry.jobs.remote_setup import (
     ensure_dependencies,
     install_worker_code,
     make_job_dir,
+    verify_worker_code,
+    worker_argv,
 )
-from gpuferry.jobs.store import CANCELLED, DONE, FAILED, RUNNING, JobRecord, JobStore
+from gpuferry.jobs.store import CANCELLED, DONE, FAILED, PRIVATE_FILE, RUNNING, JobRecord, JobStore, private_dir
 from gpuferry.jobs.watch import WorkerOutcome, read_json, watch_worker
 from gpuferry.jobs.worker_code import worker_code
 from gpuferry.media.concat import join_segments
@@ -128,8 +130,7 @@ class RemoteJobRunner:
         self.emit = emit
         self.cancelled = cancel
         self.local_dir = store.job_dir(job.id)
-        self.segments_dir = self.local_dir / "segments"
-        self.segments_dir.mkdir(exist_ok=True)
+        self.segments_dir = private_dir(self.local_dir / "segments")
         self.backend: Backend | None = None
         self.paths: RemotePaths | None = None
         self.engine_settings = dict(job.settings["engine"])
@@ -364,13 +365,14 @@ class RemoteJobRunner:
 
     def _spawn(self, backend: Backend, paths: RemotePaths) -> int:
         assert self._code_path is not None
+        verify_worker_code(backend, self._code_path, worker_code())
         pid = backend.spawn(
-            [self._python(backend), "-m", "gpuferry.worker", paths.job_dir],
+            worker_argv(self._python(backend), paths.job_dir, self._caps),
             log_path=paths.in_job(LOG_FILE),
             exit_code_path=paths.in_job(EXIT_FILE),
             pid_path=paths.in_job(PID_FILE),
             cwd=paths.job_dir,
-            env={"PYTHONPATH": self._code_path, "PYTHONUNBUFFERED": "1"},
+            env={"PYTHONPATH": self._code_path, "PYTHONUNBUFFERED": "1", "PYTHONSAFEPATH": "1"},
         )
         self.store.event(self.job.id, "spawned", pid=pid, todo=[s.index for s in self._pending()])
         self.emit(make_event("spawned", job=self.job.id, pid=pid, segments_left=len(self._pending())))
@@ -412,6 +414,7 @@ class RemoteJobRunner:
             raise TransferIntegrityError(
                 f"segment {segment.index} does not match its done-marker", path=str(local), step="download"
             )
+        local.chmod(PRIVATE_FILE)  # frames of the user's video: owner only
         self.store.mark_verified(self.job.id, segment.index, done.sha256, done.size)
         self.emit(make_event("segment", job=self.job.id, index=segment.index, frames=segment.frames,
                              engine=done.engine, seconds=done.seconds))

@@ -110,7 +110,9 @@ class JobRecord:
     input_mtime_ns: int | None = None
 
     def to_json(self) -> dict[str, Any]:
-        return dict(self.__dict__)
+        """The record for ``gpuferry jobs --json``; a URL credential a store from an older version kept
+        (a Jupyter ``?token=``) is masked."""
+        return json.loads(redact_urls(json.dumps(self.__dict__)))
 
 
 @dataclass

@@ -10,13 +10,16 @@ from __future__ import annotations
 
 import hashlib
 import io
+import os
+import tempfile
 import zipfile
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
 
 import gpuferry
-from gpuferry.jobs.store import gpuferry_home
+from gpuferry.hashing import file_sha256
+from gpuferry.jobs.store import gpuferry_home, private_dir
 
 _FIXED_TIME = (2020, 1, 1, 0, 0, 0)
 
@@ -55,12 +58,26 @@ def worker_code() -> WorkerCode:
             archive.writestr(info, path.read_bytes())
     data = buffer.getvalue()
     digest = hashlib.sha256(data).hexdigest()
-    target_dir = gpuferry_home() / "worker-code"
-    target_dir.mkdir(parents=True, exist_ok=True)
+    target_dir = private_dir(gpuferry_home() / "worker-code")
     code = WorkerCode(path=target_dir / "unused", sha256=digest, version=gpuferry.__version__)
     path = target_dir / code.remote_name
-    if not path.exists():
-        temporary = path.with_suffix(".tmp")
-        temporary.write_bytes(data)
-        temporary.replace(path)
+    if not _holds(path, digest):
+        # a temporary name of this process's own: clients starting together each write theirs, and
+        # whichever rename lands last leaves the same bytes (a shared ".tmp" was renamed away under another)
+        descriptor, temporary = tempfile.mkstemp(dir=target_dir, prefix=f".{code.remote_name}.", suffix=".tmp")
+        try:
+            with os.fdopen(descriptor, "wb") as handle:
+                handle.write(data)
+            os.replace(temporary, path)
+        except BaseException:
+            Path(temporary).unlink(missing_ok=True)
+            raise
     return WorkerCode(path=path, sha256=digest, version=gpuferry.__version__)
+
+
+def _holds(path: Path, digest: str) -> bool:
+    """Whether the cached zip is there with the right bytes (a damaged or altered one is written again)."""
+    try:
+        return file_sha256(path) == digest
+    except OSError:
+        return False
