@@ -51,6 +51,7 @@ def test_a_damaged_segment_file_is_fetched_or_computed_again(job_clip, tmp_path,
     output = tmp_path / "out.mp4"
     job_id = _fail_after_first_segment(job_clip, output, tmp_path, remote_options)
     (piece,) = (gpuferry_home / "jobs" / job_id / "segments").glob("*")
+    assert piece.stat().st_mode & 0o777 == 0o600, "frames of the user's video are private"
     data = bytearray(piece.read_bytes())
     data[len(data) // 2] ^= 0xFF
     piece.write_bytes(bytes(data))  # same size, other bytes: only the hash tells
