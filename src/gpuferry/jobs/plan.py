@@ -7,8 +7,10 @@ from pathlib import Path
 from typing import Any
 
 from gpuferry.engines.base import check_size
+from gpuferry.errors import BadInputError
 from gpuferry.hashing import file_sha256
 from gpuferry.jobs.store import JobRecord, JobStore
+from gpuferry.media.formats import default_codec_for
 from gpuferry.media.probe import probe
 from gpuferry.media.segments import plan_segments, presentation_timestamps
 
@@ -27,12 +29,18 @@ def plan_job(
     source, output = source.resolve(), output.resolve()
     info = probe(source)
     if info.video is None:
-        from gpuferry.errors import BadInputError
-
-        raise BadInputError("remote jobs take videos; upscale images locally", path=str(source), step="plan")
+        raise BadInputError(
+            "this is an image and jobs take videos",
+            path=str(source),
+            step="plan",
+            hints=["Upscale it in this process: run the same command without --backend/--target."],
+        )
     check_size(info.video.width, info.video.height, path=str(source))
     seen = source.stat()  # before hashing: a change while the hash is read shows as a newer mtime later
     digest = file_sha256(source)
+    if not encode.get("codec"):
+        # the worker writes .mp4 segments: the codec must follow the final output's extension
+        encode = {**encode, "codec": default_codec_for(output)[0]}
     settings = {
         "engine": {key: value for key, value in engine.items() if value is not None},
         "encode": encode,

@@ -443,7 +443,7 @@ class RemoteJobRunner:
         assert info.video is not None
         check_output(source, output, overwrite)
         records = self.store.segments(self.job.id)
-        pieces = [(self.segments_dir / f"{r.segment.name}{SEGMENT_EXT}", r.segment.first_pts or 0) for r in records]
+        pieces = [(self.segments_dir / f"{r.segment.name}{SEGMENT_EXT}", r.segment) for r in records]
         scale = int(self.job.settings["engine"]["scale"])
         width, height = info.video.width * scale, info.video.height * scale
         self.emit(make_event("assembling", job=self.job.id, segments=len(pieces)))

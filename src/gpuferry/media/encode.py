@@ -7,6 +7,7 @@ import errno
 import logging
 import os
 from dataclasses import dataclass, field
+from fractions import Fraction
 
 import av
 import numpy as np
@@ -145,7 +146,7 @@ class VideoWriter:
         *,
         container_format: str | None = None,
         copy_streams: bool = True,
-        pts_offset: int = 0,
+        frame_clock: bool = False,
     ) -> None:
         if source.video is None:
             raise UsageError("VideoWriter needs a video source")
@@ -160,9 +161,16 @@ class VideoWriter:
             raise UsageError(f"unknown video encoder {codec_name!r}", step="encode") from None
         pix_fmt = _choose_pix_fmt(codec, options, self.video, default_pix_fmt)
         _check_size(width, height, pix_fmt, source.path)
+        # a segment is encoded on a regular clock, one tick a frame from zero: the encoder and the
+        # muxer never see the source's timestamps, whatever they are; joining puts them back exactly
+        self._frame_clock = frame_clock
+        self._time_base = segment_time_base(self.video) if frame_clock else self.video.time_base
+        self._settings = f"{codec_name} {width}x{height} {pix_fmt}, crf {options.crf}, preset {options.preset}"
+        self._last_pts: int | None = None
+        self._last_dts: int | None = None
         try:
             self._out = av.open(
-                self.path, "w", format=container_format, options=timescale_options(self.path, self.video)
+                self.path, "w", format=container_format, options=timescale_options(self.path, self._time_base)
             )
         except av.FFmpegError as exc:
             raise map_write_error(exc, self.path) from None
@@ -179,21 +187,18 @@ class VideoWriter:
         except Exception:
             self._out.close()
             raise
-        # segments start at time zero (mp4 would round a late start to milliseconds in its edit list);
-        # joining adds the offset back
-        self._pts_offset = pts_offset
-        self._time_base = self.video.time_base
         self._frame_step = 1 / (self.video.fps * self._time_base) if self.video.fps else 1
 
     def _add_video_stream(
         self, codec_name: str, pix_fmt: str, width: int, height: int, options: EncodeOptions
     ) -> av.video.stream.VideoStream:
         video = self.video
-        stream = self._out.add_stream(codec_name, rate=video.fps)
+        rate = 1 / self._time_base if self._frame_clock else video.fps
+        stream = self._out.add_stream(codec_name, rate=rate)
         stream.width, stream.height, stream.pix_fmt = width, height, pix_fmt
         # encode in the source's time base so that every frame keeps its exact timestamp (VFR too)
-        stream.time_base = video.time_base
-        stream.codec_context.time_base = video.time_base
+        stream.time_base = self._time_base
+        stream.codec_context.time_base = self._time_base
         stream.codec_context.thread_type = "AUTO"
         ctx = stream.codec_context
         ctx.color_primaries = video.color_primaries
@@ -217,35 +222,66 @@ class VideoWriter:
             frame = picture
         else:
             frame = av.VideoFrame.from_ndarray(picture, format="rgb24")
-        if pts is None:
+        if self._frame_clock:
+            pts = self.report.frames
+        elif pts is None:
             pts = self.video.start_pts + round(index * self._frame_step)
-        frame.pts = pts - self._pts_offset
+        frame.pts = pts
         frame.time_base = self._time_base
         try:
             packets = self._stream.encode(frame)
-            self._mux(packets)
-        except av.FFmpegError as exc:
-            raise map_write_error(exc, self.path) from None
-        except OSError as exc:
-            raise map_write_error(exc, self.path) from None
+        except (av.FFmpegError, OSError) as exc:
+            raise self._frame_refused(exc, pts, index) from None
+        self._last_pts = pts
+        self._mux(packets)
         self.report.frames += 1
+
+    def _frame_refused(self, exc: BaseException, pts: int, index: int) -> Exception:
+        """The encoder's refusal of one frame, naming the frame, its time and what was wrong with it."""
+        name = self._stream.codec_context.name
+        when = f"pts {pts} in time base {self._time_base}, {float(pts * self._time_base):.3f} s"
+        if self._last_pts is not None and pts <= self._last_pts:
+            return map_write_error(
+                exc, self.path, f"{name} refused video frame {index} ({when}): its time does not come "
+                f"after the previous frame's (pts {self._last_pts})", TIMESTAMP_HINTS)
+        if self.report.frames == 0:
+            return map_write_error(
+                exc, self.path, f"{name} refused its settings ({self._settings}, time base {self._time_base})",
+                ENCODER_HINTS)
+        return map_write_error(exc, self.path, f"{name} refused video frame {index} ({when})", ENCODER_HINTS)
 
     def _mux(self, packets: list[av.Packet]) -> None:
         for packet in packets:
             if self._copier and packet.dts is not None:
-                self._copier.mux_until(float(packet.dts * packet.time_base))
-            self._out.mux(packet)
+                try:
+                    self._copier.mux_until(float(packet.dts * packet.time_base))
+                except (av.FFmpegError, OSError) as exc:
+                    raise map_write_error(exc, self.path) from None
+            try:
+                self._out.mux(packet)
+            except (av.FFmpegError, OSError) as exc:
+                raise packet_refused(exc, self.path, self._out, packet, self._last_dts) from None
+            if packet.dts is not None:
+                self._last_dts = packet.dts
 
     def close(self) -> WriterReport:
         """Flush the encoder and the remaining copied packets, and close the file."""
         try:
-            self._mux(self._stream.encode(None))
+            try:
+                flushed = self._stream.encode(None)
+            except (av.FFmpegError, OSError) as exc:
+                raise map_write_error(exc, self.path, f"{self._stream.codec_context.name} failed to finish "
+                                      f"the video ({self._settings})", ENCODER_HINTS) from None
+            self._mux(flushed)
             if self._copier:
                 self._copier.mux_until(None)
             self._out.close()
         except (av.FFmpegError, OSError) as exc:
             self.abort()
             raise map_write_error(exc, self.path) from None
+        except BaseException:
+            self.abort()
+            raise
         finally:
             if self._copier:
                 self._copier.close()
@@ -261,20 +297,67 @@ class VideoWriter:
             self._copier.close()
 
 
-def timescale_options(path: str, video: VideoInfo) -> dict[str, str]:
-    """Ask mp4/mov for the source's own clock, so no timestamp is rounded on the way."""
-    if path.lower().endswith((".mp4", ".mov", ".m4v")) and video.time_base.numerator == 1:
-        return {"video_track_timescale": str(video.time_base.denominator)}
+def segment_time_base(video: VideoInfo) -> Fraction:
+    """The regular clock a segment is encoded on: one tick a frame at the source's measured mean
+    rate (rate control sees the pace the frames really have; a VFR stream's header rate can lie)."""
+    rate = video.frames / video.duration if video.duration > 0 else float(video.fps or 25)
+    return Fraction(1, max(1, min(1000, round(rate))))
+
+
+def timescale_options(path: str, time_base: Fraction) -> dict[str, str]:
+    """Ask mp4/mov for the source's own clock, for the track and for the edit list that places a
+    late first frame (the movie clock, milliseconds by default), so no timestamp is rounded."""
+    if path.lower().endswith((".mp4", ".mov", ".m4v")) and time_base.numerator == 1:
+        clock = str(time_base.denominator)
+        return {"video_track_timescale": clock, "movie_timescale": clock}
     return {}
 
 
-def map_write_error(exc: BaseException, path: str) -> Exception:
-    """Turn FFmpeg/OS write failures into disk-full, permission or encoder errors."""
+#: hints for a frame whose time repeats or goes back
+TIMESTAMP_HINTS = [
+    "Write Matroska (-o out.mkv): it takes frames that share a time.",
+    "Or give every frame its own time first: `ffmpeg -i IN -fps_mode cfr -c:a copy OUT.mkv`.",
+]
+#: hints for an encoder that refuses its settings or a frame
+ENCODER_HINTS = [
+    "Try another pixel format (--pix-fmt yuv420p) or encoder (--codec libx264).",
+    "Check the --crf and --preset values against the encoder's documentation.",
+]
+
+
+def packet_refused(
+    exc: BaseException,
+    path: str,
+    output: av.container.OutputContainer,
+    packet: av.Packet,
+    last_dts: int | None,
+) -> Exception:
+    """The muxer's refusal of one video packet, naming its timestamps and what was wrong with them."""
+    if getattr(exc, "errno", None) not in (errno.EINVAL, None):
+        return map_write_error(exc, path)
+    pts, dts, base = packet.pts, packet.dts, packet.time_base
+    when = f" at {float(pts * base):.3f} s" if pts is not None else ""
+    what = f"the {output.format.name} muxer refused the video frame{when} (pts {pts}, dts {dts} in time base {base})"
+    if dts is not None and last_dts is not None and dts <= last_dts:
+        what += f": its decode time does not come after the previous packet's (dts {last_dts})"
+        return map_write_error(exc, path, what, TIMESTAMP_HINTS)
+    if pts is not None and dts is not None and pts < dts:
+        what += ": it would be shown before it is decoded (pts < dts)"
+        return map_write_error(exc, path, what, TIMESTAMP_HINTS)
+    return map_write_error(exc, path, what, ["Write another container (-o out.mkv).", *ENCODER_HINTS])
+
+
+def map_write_error(
+    exc: BaseException, path: str, refused: str | None = None, hints: list[str] | None = None
+) -> Exception:
+    """Turn FFmpeg/OS write failures into disk-full, permission or encoder errors; ``refused`` says
+    what the encoder or muxer refused (stream, value), ``hints`` what fits that."""
     code = getattr(exc, "errno", None)
     reason = getattr(exc, "strerror", None) or str(exc)
     if code in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG):
         return DiskFullError(f"no space left while writing ({reason})", path=path, step="encode")
     if code in (errno.EACCES, errno.EPERM, errno.EROFS, errno.ENOENT):
         return OutputNotWritableError(f"cannot write the output ({reason})", path=path, step="encode")
+    if refused:
+        return EncodeError(f"{refused} ({reason})", path=path, step="encode", hints=list(hints or ()))
     return EncodeError(f"encoding failed ({reason})", path=path, step="encode")
-

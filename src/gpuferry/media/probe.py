@@ -280,6 +280,9 @@ def _inspect_video_stream(
     fps = stream.average_rate or stream.guessed_rate or Fraction(25)
     claimed_duration = _claimed_duration(stream)
     measured = float((last_end - min(pts_values)) * time_base)
+    if not stream.duration:
+        # a matroska DURATION tag is where the track ends, counted from zero, not its length
+        measured = max(measured, float(last_end * time_base))
     if claimed_duration is not None and claimed_duration - measured > max(3 / fps, 0.02 * claimed_duration):
         raise BadInputError(
             f"video is truncated: it should last {claimed_duration:.2f} s but its frames end at {measured:.2f} s",

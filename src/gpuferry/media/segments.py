@@ -38,31 +38,64 @@ class Segment:
         return cls(**data)
 
 
-def presentation_timestamps(path: str | os.PathLike[str], stream_index: int) -> list[int | None]:
-    """Every frame's pts in presentation order, read from the packets (no decoding)."""
-    values: list[int] = []
-    missing = 0
+def _packet_times(path: str | os.PathLike[str], stream_index: int) -> list[tuple[int | None, int]]:
+    """Every video packet's (pts, duration) in file order, read without decoding."""
+    times: list[tuple[int | None, int]] = []
     try:
         with av.open(str(path), metadata_errors="replace") as container:
             for packet in container.demux(container.streams[stream_index]):
-                if packet.size == 0:
-                    continue
-                if packet.pts is None:
-                    missing += 1
-                else:
-                    values.append(packet.pts)
+                if packet.size:
+                    times.append((packet.pts, packet.duration or 0))
     except av.FFmpegError as exc:
         raise BadInputError(f"cannot read the video's timestamps ({exc})", path=str(path), step="plan") from None
-    if missing:
-        return [None] * (len(values) + missing)
-    return sorted(values)
+    return times
+
+
+def presentation_timestamps(path: str | os.PathLike[str], stream_index: int) -> list[int | None]:
+    """Every frame's pts in presentation order, read from the packets (no decoding)."""
+    times = _packet_times(path, stream_index)
+    if any(pts is None for pts, _ in times):
+        return [None] * len(times)
+    return sorted(pts for pts, _ in times if pts is not None)
+
+
+@dataclass(frozen=True)
+class SourceClock:
+    """The exact presentation time of every frame of the source, in its time base, and how long
+    the last one lasts: what a joined output must carry, frame for frame."""
+
+    pts: list[int]
+    last_duration: int
+
+    def duration_of(self, index: int) -> int:
+        """Frame ``index``'s duration: up to the next frame, or the source's own for the last."""
+        if index + 1 < len(self.pts):
+            return self.pts[index + 1] - self.pts[index]
+        return self.last_duration
+
+
+def source_clock(path: str | os.PathLike[str], video: VideoInfo) -> SourceClock:
+    """Read the source's frame times; a source without timestamps gets them from its frame rate,
+    exactly as an in-process encode derives them."""
+    times = _packet_times(path, video.index)
+    if times and all(pts is not None for pts, _ in times):
+        ordered = sorted((pts, duration) for pts, duration in times if pts is not None)
+        pts = [stamp for stamp, _ in ordered]
+        last = ordered[-1][1]
+    else:
+        step = 1 / (video.fps * video.time_base) if video.fps else 1
+        pts = [video.start_pts + round(index * step) for index in range(len(times))]
+        last = round(step)
+    if not last:
+        last = pts[-1] - pts[-2] if len(pts) > 1 else 1
+    return SourceClock(pts=pts, last_duration=last)
 
 
 def plan_segments(video: VideoInfo, timestamps: list[int | None], seconds: float) -> list[Segment]:
     """Cut where the presentation time crosses each multiple of ``seconds``.
 
     Every frame index belongs to exactly one segment: the ranges are contiguous and cover
-    0 .. frames-1, whatever the frame rate does (VFR included).
+    0 .. frames-1, whatever the frame rate does (VFR and repeated timestamps included).
     """
     if seconds <= 0:
         raise ValueError("segment length must be positive")
@@ -83,7 +116,8 @@ def plan_segments(video: VideoInfo, timestamps: list[int | None], seconds: float
             elapsed = Fraction(index) / video.fps
         else:
             elapsed = (stamp - origin) * time_base
-        if elapsed >= next_cut:
+        if elapsed >= next_cut and (stamp is None or stamp != timestamps[index - 1]):
+            # never between two frames at the same time: a seek could not tell them apart
             bounds.append(index)
             while elapsed >= next_cut:
                 next_cut += Fraction(seconds)

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import os
+import random
+from collections.abc import Sequence
 from fractions import Fraction
 
 import av
@@ -38,10 +40,15 @@ def make_clip(
     pix_fmt: str = "yuv420p",
     codec: str = "libx264",
     audio_codec: str | None = None,
+    times: Sequence[int] | None = None,
+    time_base: Fraction | None = None,
 ) -> str:
-    """Write a clip; with ``vfr`` the frame durations alternate (1, 2, 3 ticks of 1/fps)."""
+    """Write a clip; with ``vfr`` the frame durations alternate (1, 2, 3 ticks of 1/fps); with
+    ``times`` each frame gets that pts (in ``time_base``, default 1/1000) and ``frames`` is ignored."""
     path = str(path)
-    time_base = Fraction(1, fps * 10)
+    if times is not None:
+        frames, time_base = len(times), time_base or Fraction(1, 1000)
+    time_base = time_base or Fraction(1, fps * 10)
     with av.open(path, "w") as container:
         stream = container.add_stream(codec, rate=fps)
         stream.width, stream.height, stream.pix_fmt = width, height, pix_fmt
@@ -57,10 +64,10 @@ def make_clip(
             audio_stream = container.add_stream(chosen, rate=48000)
             audio_stream.layout = "mono"
         pts = 0
-        ticks_per_frame = 10
+        ticks_per_frame = round(1 / (fps * time_base))
         for index in range(frames):
             frame = av.VideoFrame.from_ndarray(pattern_frame(index, width, height), format="rgb24")
-            frame.pts = pts
+            frame.pts = pts if times is None else times[index]
             frame.time_base = time_base
             for packet in stream.encode(frame):
                 container.mux(packet)
@@ -68,8 +75,8 @@ def make_clip(
         for packet in stream.encode(None):
             container.mux(packet)
         if audio_stream is not None:
-            seconds = pts / (fps * 10)
-            _write_sine(container, audio_stream, seconds)
+            end = pts if times is None else times[-1] + ticks_per_frame
+            _write_sine(container, audio_stream, float(end * time_base))
     return path
 
 
@@ -89,3 +96,20 @@ def _write_sine(container: av.container.OutputContainer, stream: av.audio.stream
             container.mux(packet)
     for packet in stream.encode(None):
         container.mux(packet)
+
+
+def uneven_times(frames: int, *, seed: int = 0, start: int = 0, frame_ticks: int = 33) -> list[int]:
+    """Frame times like a phone or screen recording's: mostly one frame apart, with jitter, bursts
+    of quick frames and stalls, so that segment cuts fall on irregular gaps (deterministic)."""
+    rng = random.Random(seed)
+    times = [start]
+    for _ in range(frames - 1):
+        kind = rng.random()
+        if kind < 0.15:
+            gap = rng.randint(1, max(1, frame_ticks // 4))  # a burst
+        elif kind < 0.25:
+            gap = frame_ticks * rng.randint(3, 9) + rng.randint(0, frame_ticks)  # a stall
+        else:
+            gap = frame_ticks + rng.randint(-frame_ticks // 5, frame_ticks // 5)  # jitter
+        times.append(times[-1] + gap)
+    return times

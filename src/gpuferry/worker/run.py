@@ -78,7 +78,7 @@ def encode_segment(
         height,
         EncodeOptions(**spec.encode),
         copy_streams=False,
-        pts_offset=segment.first_pts or 0,
+        frame_clock=True,  # the client puts the source's exact timestamps back when joining
     )
     base_done = heartbeat.state["frames_done"]
     heartbeat.update(segment=segment.index, segment_done=0, segment_frames=segment.frames)
