@@ -248,3 +248,33 @@ def test_a_relaunch_on_the_same_target_sends_nothing_again(job_clip, tmp_path, h
     assert Hooked.probes == 1, "the far side's Python is probed once"
     assert any(e["event"] == "setup" and e.get("reused") for e in events)
     assert_complete(job_clip, output)
+
+
+def test_ssh_job_survives_a_cut_a_worker_kill_and_a_recycle(job_clip, tmp_path, sshd_server, remote_options):
+    from servers.proxy import running_proxy
+
+    remote_options.segment_seconds = SHORT_SEGMENT
+    root = tmp_path / "far side"
+    root.mkdir()
+    done = []
+    with running_proxy(sshd_server.port) as proxy:
+        target = TargetSpec("ssh", sshd_server.options_via(proxy.port, tmp_path, workdir=str(root)))
+
+        def faults(event):
+            if event["event"] != "segment" or event["index"] in done:
+                return
+            done.append(event["index"])
+            if event["index"] == 0:
+                proxy.cut()  # every open connection dies mid-job
+            elif event["index"] == 1:
+                pid = int(next((root / "gpuferry" / "jobs").glob("*/worker.pid")).read_text())
+                os.killpg(pid, signal.SIGKILL)
+            elif event["index"] == 3:
+                recycle(root)
+
+        output = tmp_path / "out.mp4"
+        events = run(job_clip, output, target, remote_options, faults)
+    assert_complete(job_clip, output)
+    kinds = {e["kind"] for e in events if e["event"] == "recovery"}
+    assert {"worker_ended", "runtime_recycled"} <= kinds, kinds
+    assert JobStore().get(job_of(events)).state == "done"
