@@ -11,7 +11,15 @@ from typing import Any
 
 from gpuferry.engines import EngineChoice, EngineRequest, create_engine
 from gpuferry.engines.base import check_size
-from gpuferry.errors import GpuferryError, UsageError, file_size_or_none
+from gpuferry.errors import (
+    ConnectionLostError,
+    GpuferryError,
+    NotAuthenticatedError,
+    NotInstalledError,
+    QuotaError,
+    UsageError,
+    file_size_or_none,
+)
 from gpuferry.jobs.cleanup import remove_job_leftovers
 from gpuferry.jobs.fallback import Stage, adopt_segments, run_chain
 from gpuferry.jobs.plan import plan_job
@@ -182,9 +190,14 @@ def upscale_on_target(
     )
 
 
+#: failures about the place the work runs, never about the input
+TARGET_FAILURES = (NotAuthenticatedError, ConnectionLostError, QuotaError, NotInstalledError)
+
+
 def _name_the_input(error: GpuferryError, source: Path) -> None:
-    """A failure with no file of its own is about the input being upscaled: name it and its size."""
-    if error.path is None:
+    """A failure with no file of its own is about the input being upscaled: name it and its size.
+    A failure of the target itself (its session, its link, its quota) names no file."""
+    if error.path is None and not isinstance(error, TARGET_FAILURES):
         error.path = str(source)
         error.size = file_size_or_none(source)
         error.args = (error.one_line(),)
@@ -209,8 +222,6 @@ def resume_job(job_id: str, *, overwrite: bool = False, on_event: EventSink = ig
     store = JobStore()
     try:
         job = store.get(job_id)
-        if job.state == DONE:
-            raise UsageError(f"job {job_id} is already done: {job.output}", step="resume")
         if job.state == CANCELLED:
             raise UsageError(f"job {job_id} was cancelled; start it again with `gpuferry upscale`", step="resume")
         on_event(make_event("job", job=job.id, resumed=True, target=job.target.get("kind")))

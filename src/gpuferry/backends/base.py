@@ -6,7 +6,7 @@ import posixpath
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
 from types import TracebackType
-from typing import Mapping, Sequence
+from typing import Callable, Mapping, Sequence
 
 from ..errors import RemoteCommandError
 
@@ -85,6 +85,22 @@ class Backend(ABC):
         on the far side) may run it bare: its time limit is then enforced from this side only.
         """
         return self.run(argv, timeout=timeout)
+
+    #: whether ``run_streaming`` hands over output lines as they arrive; when False it hands them over
+    #: only once the command ended, and callers that watch something poll with short commands instead
+    streams_output: bool = False
+
+    def run_streaming(self, argv: Sequence[str], timeout: float, on_line: Callable[[str], bool]) -> CommandResult:
+        """``run_program``, giving each output line (without its newline) to ``on_line`` as it arrives.
+
+        ``on_line`` returning False stops the command (the result then holds what arrived so far).
+        The default runs the command to its end and hands the lines over afterwards.
+        """
+        result = self.run_program(argv, timeout=timeout)
+        for line in result.output.splitlines():
+            if not on_line(line):
+                break
+        return result
 
     def run_checked(
         self,

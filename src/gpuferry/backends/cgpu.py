@@ -19,7 +19,7 @@ import threading
 import time
 import uuid
 from dataclasses import dataclass, field
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 from ..errors import (
     CommandTimeoutError,
@@ -29,7 +29,7 @@ from ..errors import (
 )
 from .base import CommandResult
 from .cgpu_messages import classify_failure
-from .framed_commands import FramedCommands
+from .framed_commands import FramedCommands, FramedLines
 from .markers import Framing, parse_framed
 
 
@@ -87,8 +87,12 @@ class CgpuBackend(FramedCommands):
 
     # --- the cgpu process -----------------------------------------------------------------------
 
-    def _cgpu(self, arguments: list[str], timeout: float) -> tuple[int, str]:
-        """Run cgpu with ``arguments``; its exit code and merged output."""
+    def _cgpu(self, arguments: list[str], timeout: float,
+              on_output: Callable[[bytes], bool] | None = None) -> tuple[int, str]:
+        """Run cgpu with ``arguments``; its exit code and merged output.
+
+        ``on_output`` receives the output as it arrives; returning False stops cgpu there.
+        """
         argv = [self.settings.executable]
         if self.settings.config_dir:
             argv += ["-c", self.settings.config_dir]
@@ -135,6 +139,9 @@ class CgpuBackend(FramedCommands):
                     if logging_in and LOGGED_IN in output:
                         login.release()  # logged in: the next call may start its own login
                         logging_in = False
+                    if on_output is not None and not on_output(data):
+                        self._stop(process)
+                        break
             process.wait()
         finally:
             if logging_in:
@@ -149,9 +156,22 @@ class CgpuBackend(FramedCommands):
             pass
         process.wait()
 
-    def _run_framed(self, argv: Sequence[str], framing: Framing, timeout: float, program: str) -> CommandResult:
+    streams_output = True
+
+    def run_streaming(self, argv: Sequence[str], timeout: float, on_line: Callable[[str], bool]) -> CommandResult:
+        """cgpu relays a command's output line by line: one call for as long as the command runs."""
+        framing = Framing()
+        lines = FramedLines(framing, on_line)
+        return self._run_framed(argv, framing, timeout, str(argv[0]), on_output=lines.feed,
+                                stopped=lambda: lines.stopped)
+
+    def _run_framed(self, argv: Sequence[str], framing: Framing, timeout: float, program: str,
+                    on_output: Callable[[bytes], bool] | None = None,
+                    stopped: Callable[[], bool] = lambda: False) -> CommandResult:
         line = framing.wrap(shlex.join(argv))
-        exit_code, raw = self._cgpu(["run", line], timeout + self.settings.call_overhead)
+        exit_code, raw = self._cgpu(["run", line], timeout + self.settings.call_overhead, on_output)
+        if stopped():
+            return CommandResult(0, parse_framed(raw, framing).output)
         framed = parse_framed(raw, framing)
         if framed.timed_out:
             raise CommandTimeoutError(f"`{program}` ran past {timeout:g} s on the Colab runtime", step=self.kind)

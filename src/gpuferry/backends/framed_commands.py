@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import shlex
 from abc import abstractmethod
-from typing import Mapping, Sequence
+from typing import Callable, Mapping, Sequence
 
 from ..errors import UsageError
 from .base import CommandResult
@@ -52,3 +52,33 @@ class FramedCommands(HelperOperations):
 
     def _run_argv(self, argv: Sequence[str], timeout: float) -> CommandResult:
         return self._run_framed(argv, Framing(), timeout, "gpuferry helper")
+
+
+class FramedLines:
+    """Feeds the lines between a command's markers to ``on_line`` as its output arrives in pieces."""
+
+    def __init__(self, framing: Framing, on_line: Callable[[str], bool]) -> None:
+        self.framing = framing
+        self.on_line = on_line
+        self.started = False
+        self.ended = False
+        #: ``on_line`` asked to stop the command
+        self.stopped = False
+        self._pending = b""
+
+    def feed(self, data: bytes) -> bool:
+        """Take more output; False once ``on_line`` wants the command stopped."""
+        self._pending += data
+        *lines, self._pending = self._pending.split(b"\n")
+        for raw in lines:
+            line = raw.decode("utf-8", "replace").rstrip("\r")
+            if not self.started:
+                self.started = line.endswith(self.framing.begin)
+                continue
+            if self.ended or self.framing.end in line:
+                self.ended = True
+                continue
+            if not self.on_line(line):
+                self.stopped = True
+                return False
+        return True

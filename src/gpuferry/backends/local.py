@@ -8,8 +8,9 @@ import shutil
 import signal
 import subprocess
 import sys
+import threading
 from pathlib import Path
-from typing import Mapping, Sequence
+from typing import Callable, Mapping, Sequence
 
 import psutil
 
@@ -73,6 +74,45 @@ class LocalBackend(Backend):
             raise CommandTimeoutError(f"`{argv[0]}` ran past {timeout:g} s", step=self.kind) from None
         code = process.returncode
         return CommandResult(128 - code if code < 0 else code, output.decode("utf-8", "replace"))
+
+    streams_output = True
+
+    def run_streaming(self, argv: Sequence[str], timeout: float, on_line: Callable[[str], bool]) -> CommandResult:
+        try:
+            process = subprocess.Popen(
+                list(argv), stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
+        except FileNotFoundError:
+            return CommandResult(127, f"not found: {argv[0]}\n")
+        assert process.stdout is not None
+        lines: list[str] = []
+        expired = threading.Event()
+
+        def expire() -> None:
+            expired.set()
+            self._kill_group(process.pid, signal.SIGKILL)
+
+        timer = threading.Timer(timeout, expire)
+        timer.start()
+        try:
+            with process.stdout:
+                for raw in process.stdout:
+                    line = raw.decode("utf-8", "replace").rstrip("\n")
+                    lines.append(line)
+                    if not on_line(line):
+                        self._kill_group(process.pid, signal.SIGKILL)
+                        break
+            process.wait()
+        finally:
+            timer.cancel()
+            if process.poll() is None:
+                self._kill_group(process.pid, signal.SIGKILL)
+                process.wait()
+        if expired.is_set():
+            raise CommandTimeoutError(f"`{argv[0]}` ran past {timeout:g} s", step=self.kind)
+        code = process.returncode
+        return CommandResult(128 - code if code < 0 else code, "\n".join(lines))
 
     @staticmethod
     def _kill_group(pid: int, signal_number: int) -> bool:

@@ -7,7 +7,7 @@ import os
 import re
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import Any, Callable, Mapping, Sequence
 
 import asyncssh
 
@@ -304,6 +304,49 @@ class SshBackend(HelperOperations):
             exit_code = 128 + SIGNAL_NUMBERS.get(signal_name, 127)
         output = completed.stdout or b""
         return CommandResult(exit_code, output.decode("utf-8", "replace"))
+
+    streams_output = True
+
+    def run_streaming(self, argv: Sequence[str], timeout: float, on_line: Callable[[str], bool]) -> CommandResult:
+        if not argv:
+            raise UsageError("empty command")
+        return self._loop.call(self._stream_line(shell_line(argv, replace_shell=True), timeout, argv[0], on_line))
+
+    async def _stream_line(self, line: str, timeout: float, program: str,
+                           on_line: Callable[[str], bool]) -> CommandResult:
+        process = await self._start_process(line, program)
+        lines: list[str] = []
+
+        async def pump() -> bool:
+            """Lines until the end of output (True) or until ``on_line`` says stop (False)."""
+            while True:
+                raw = await process.stdout.readline()
+                if not raw:
+                    return True
+                text = raw.decode("utf-8", "replace").rstrip("\r\n")
+                lines.append(text)
+                if not on_line(text):
+                    return False
+
+        try:
+            try:
+                finished = await asyncio.wait_for(pump(), timeout)
+            except asyncio.TimeoutError:
+                process.close()
+                raise CommandTimeoutError(f"`{program}` ran past {timeout:g} s on {self.where}", step=self.kind) from None
+            if not finished:
+                process.close()  # the far side's next write fails, and it ends
+                return CommandResult(0, "\n".join(lines))
+            completed = await asyncio.wait_for(process.wait(), timeout)
+        except LOST as error:
+            raise ConnectionLostError(
+                f"connection to {self.where} lost while running `{program}`: {error}", step=self.kind
+            ) from None
+        if completed.exit_status is None and not completed.exit_signal:
+            raise ConnectionLostError(
+                f"connection to {self.where} lost while running `{program}` (outcome unknown)", step=self.kind
+            )
+        return CommandResult(completed.exit_status or 0, "\n".join(lines))
 
     def _drop(self, connection: asyncssh.SSHClientConnection) -> None:
         """Forget a connection found broken, so the next call opens a fresh one."""

@@ -7,15 +7,15 @@
 - fallback: this target cannot do it; the fallback chain moves to the next one.
 
 Retries (reconnect, relaunch, retry) wait with capped exponential backoff and full jitter and count
-against one budget per job, so waits never multiply.
+against one budget, so waits never multiply; the budget, the backoff and each class's limit start again
+once the job makes progress (a storm of faults spread over a long job is survived, a loop is not).
 """
 
 from __future__ import annotations
 
+import random
 from dataclasses import dataclass
 from typing import Literal
-
-import tenacity
 
 from gpuferry import errors
 
@@ -41,6 +41,13 @@ class WorkerEndedError(errors.RemoteCommandError):
     transient = True
 
 
+class RuntimeRecycledError(WorkerEndedError):
+    """The job folder (or a finished segment in it) vanished under a running job: the runtime was
+    recycled. Not a file error and no reason to leave the target: set the job up again there."""
+
+    kind = "runtime_recycled"
+
+
 POLICY: dict[type[errors.GpuferryError], Rule] = {
     errors.CommandTimeoutError: Rule("fail"),
     errors.BadInputError: Rule("fail"),
@@ -51,7 +58,8 @@ POLICY: dict[type[errors.GpuferryError], Rule] = {
     errors.CancelledError: Rule("fail"),
     errors.JobBusyError: Rule("fail"),
     errors.EncodeError: Rule("fail"),
-    # re-authenticate once: a session that expired comes back; a wrong token or key never will
+    # re-authenticate once per failure: a session that expired comes back; a wrong token or key never
+    # will. The count starts again once the job moved on (an expiry after new progress is a new event)
     errors.NotAuthenticatedError: Rule("reconnect", limit=1),
     errors.ConnectionLostError: Rule("reconnect"),
     errors.StallError: Rule("relaunch"),
@@ -83,6 +91,6 @@ def is_retried(error: BaseException, earlier: int = 0) -> bool:
     return rule.retried and (rule.limit is None or earlier < rule.limit)
 
 
-def backoff(initial: float = 0.5, maximum: float = 30.0) -> tenacity.wait.wait_base:
-    """Capped exponential backoff with full jitter (random between 0 and the cap of each step)."""
-    return tenacity.wait_random_exponential(multiplier=initial, max=maximum)
+def backoff_seconds(failures: int, initial: float = 0.5, maximum: float = 30.0) -> float:
+    """Capped exponential backoff with full jitter: random between 0 and the cap of step ``failures``."""
+    return random.uniform(0, min(maximum, initial * 2 ** max(0, failures - 1)))

@@ -1,11 +1,13 @@
 """Run a job on a backend until every segment is verified here, whatever breaks on the way.
 
-One attempt: set up the far side (idempotent), reattach to a live worker or start one, watch it and
-download each finished segment while later ones are computed. A dropped connection reconnects and
-reattaches; a vanished worker is relaunched from the first missing segment; a stall kills the
-worker and relaunches; out of GPU memory relaunches with half the tile. Then the segments are
-joined with the source's audio and subtitles, checked, and published; only then is the far side's
-job folder removed.
+One attempt: set up the far side (idempotent; only the job file when this runner already set it up
+and the input is still there), reattach to a live worker or start one, watch it and download each
+finished segment on its own thread while later ones are computed. A dropped connection reconnects and
+reattaches; a vanished worker is relaunched from the first missing segment; a recycled runtime (the
+job folder gone) is set up again on the same target; a stall kills the worker and relaunches; out of
+GPU memory relaunches with half the tile. Then the segments are joined with the source's audio and
+subtitles, checked, and published; only then is the far side's job folder removed. Every step after
+publishing is idempotent: `resume` of a job killed there finishes them.
 """
 
 from __future__ import annotations
@@ -25,19 +27,21 @@ import tenacity
 from gpuferry.backends.base import Backend
 from gpuferry.backends.process_id import parse_pid_file
 from gpuferry.errors import (
+    BadInputError,
     CancelledError,
     CommandTimeoutError,
     GpuferryError,
     GpuOutOfMemoryError,
     StallError,
-    TransferIntegrityError,
     error_class_for_kind,
 )
 from gpuferry.events import EventSink, ignore, make_event
 from gpuferry.jobs.input_identity import check_input_unchanged
 from gpuferry.jobs.local_segments import forget_missing_segments
+from gpuferry.hashing import file_sha256
+from gpuferry.jobs.fetch import SegmentFetcher
 from gpuferry.jobs.lock import JobLock
-from gpuferry.jobs.policy import WorkerEndedError, backoff, is_retried, rule_for
+from gpuferry.jobs.policy import RuntimeRecycledError, WorkerEndedError, backoff_seconds, is_retried, rule_for
 from gpuferry.jobs.remote_setup import (
     Capabilities,
     RemotePaths,
@@ -47,15 +51,15 @@ from gpuferry.jobs.remote_setup import (
     verify_worker_code,
     worker_argv,
 )
-from gpuferry.jobs.store import CANCELLED, DONE, FAILED, PRIVATE_FILE, RUNNING, JobRecord, JobStore, private_dir
-from gpuferry.jobs.watch import WorkerOutcome, read_json, watch_worker
+from gpuferry.jobs.store import CANCELLED, DONE, FAILED, RUNNING, JobRecord, JobStore, private_dir
+from gpuferry.jobs.watch import PollingSource, Snapshot, StreamingSource, WorkerOutcome, watch_worker
 from gpuferry.jobs.worker_code import worker_code
 from gpuferry.media.concat import join_segments
 from gpuferry.media.probe import probe
 from gpuferry.media.segments import Segment
 from gpuferry.pipeline.files import FileResult, verify_video
 from gpuferry.pipeline.outputs import check_output, partial_output, publish
-from gpuferry.transfer import TransferOptions, download, progress_event, upload
+from gpuferry.transfer import TransferOptions, progress_event, upload
 from gpuferry.worker.spec import (
     EXIT_FILE,
     JOB_FILE,
@@ -65,8 +69,6 @@ from gpuferry.worker.spec import (
     SEGMENT_EXT,
     JobSpec,
     SegmentDone,
-    segment_file,
-    segment_marker,
 )
 
 log = logging.getLogger(__name__)
@@ -95,6 +97,12 @@ class RemoteOptions:
     install_dependencies: bool = True
     keep_remote: bool = False
     heartbeat_s: float = 2.0
+    #: finished segments the worker may keep waiting for download before it pauses (see JobSpec)
+    max_lead: int = 2
+    #: follow the worker with one streaming far-side command per attempt where the backend can
+    stream: bool = True
+    #: seconds one follower runs before the next one takes over (each is one backend command)
+    follow_lifetime: float = 600.0
     transfer: TransferOptions = field(default_factory=TransferOptions)
 
 
@@ -137,14 +145,27 @@ class RemoteJobRunner:
         self.recoveries = 0
         self._last_progress: dict[str, Any] = {}
         self._retried: dict[str, int] = {}
+        #: failures since the job last moved on: the retry budget and the backoff count from here
+        self._failures = 0
+        self._moved_at: tuple[int, int] = (-1, -1)
         self._code_path: str | None = None
         self._caps: Capabilities | None = None
+        self._model_file: str | None = None
+        #: set up on this target by this runner: a relaunch needs only a new job file while the input
+        #: is still there (a recycled runtime takes it, and then everything is set up again)
+        self._ready = False
         self._started = time.monotonic()
+        self.follower_calls = 0
+        #: segments the worker reported finished in this attempt (a recycle takes those not yet here)
+        self._reported: set[int] = set()
+        self._last_fetcher: SegmentFetcher | None = None
 
     # --- public ---------------------------------------------------------------------------------
 
     def run(self, overwrite: bool = False) -> FileResult:
         with JobLock(self.local_dir / "lock", self.job.id):
+            if self.store.get(self.job.id).state == DONE:
+                return self._finish_done()
             self.store.set_state(self.job.id, RUNNING)
             try:
                 check_input_unchanged(self.store, self.job.id, step="resume")
@@ -188,8 +209,8 @@ class RemoteJobRunner:
         """Attempts until every segment is verified; the policy table decides what a failure gets."""
         retrying = tenacity.Retrying(
             retry=tenacity.retry_if_exception(lambda error: is_retried(error, self._retried.get(_kind(error), 0))),
-            stop=tenacity.stop_after_attempt(self.options.max_recoveries + 1),
-            wait=backoff(self.options.backoff_initial, self.options.backoff_max),
+            stop=lambda state: self._failures >= self.options.max_recoveries,
+            wait=lambda state: backoff_seconds(self._failures, self.options.backoff_initial, self.options.backoff_max),
             before_sleep=self._before_retry,
             reraise=True,
         )
@@ -197,13 +218,17 @@ class RemoteJobRunner:
             with attempt:
                 self._check_cancelled()
                 if self._pending():
-                    self._attempt()
+                    try:
+                        self._attempt()
+                    except BaseException:
+                        self._failures += 1
+                        raise
 
     def _before_retry(self, state: tenacity.RetryCallState) -> None:
         """Do what the failure's rule says before the next attempt, and say so."""
         error = state.outcome.exception() if state.outcome else None
         assert isinstance(error, GpuferryError)
-        self.recoveries = state.attempt_number
+        self.recoveries += 1
         self._retried[error.kind] = self._retried.get(error.kind, 0) + 1
         rule = rule_for(error)
         self.store.event(self.job.id, "recovery", error=error.kind, action=rule.action,
@@ -214,29 +239,62 @@ class RemoteJobRunner:
         if isinstance(error, StallError):
             self._stop_worker()
             self.store.add_lost_frames(self.job.id, self._lost_in_progress(self._last_progress), "stalled worker")
+        if isinstance(error, RuntimeRecycledError):
+            verified = {r.segment.index: r for r in self.store.segments(self.job.id)}
+            taken = sum(r.segment.frames for i, r in verified.items() if i in self._reported and r.state != "verified")
+            self.store.add_lost_frames(self.job.id, taken + self._lost_in_progress(self._last_progress),
+                                       "runtime recycled")
         if rule.action == "reconnect":
             self._disconnect()
+
+    def _moved_on(self, frames_done: int) -> None:
+        """New progress since the last failure: each failure after this is a new event."""
+        mark = (sum(1 for r in self.store.segments(self.job.id) if r.state == "verified"), frames_done)
+        if mark != self._moved_at:
+            if self._moved_at != (-1, -1) and (self._failures or self._retried):
+                self._failures = 0
+                self._retried.clear()
+            self._moved_at = mark
 
     def _attempt(self) -> None:
         backend = self._backend()
         paths = self._paths(backend)
         pid = self._running_worker(backend, paths)
         if pid is None:
-            self._setup(backend, paths)
+            if not self._still_set_up(backend, paths):
+                self._setup(backend, paths)
+            self._write_spec(backend, paths)
             pid = self._spawn(backend, paths)
         else:
             self.emit(make_event("reattached", job=self.job.id, pid=pid))
             self.store.event(self.job.id, "reattached", pid=pid)
         deadline = time.monotonic() + self.options.attempt_timeout
-        outcome = watch_worker(
-            backend,
-            paths,
-            pid,
-            poll_interval=self.options.poll_interval,
-            stall_timeout=self.options.stall_timeout,
-            attempt_deadline=deadline,
-            on_poll=lambda progress, finished: self._on_poll(backend, paths, progress, finished),
-        )
+        if self._last_fetcher is not None:
+            # a download the last attempt left running must not write beside this attempt's one
+            self._last_fetcher.join(self.options.stall_timeout)
+        self._reported = set()
+        fetcher = SegmentFetcher(backend, paths, self.segments_dir, self.options.transfer)
+        if self.options.stream and backend.streams_output and self._code_path:
+            source: PollingSource | StreamingSource = StreamingSource(
+                backend, paths, pid, self._python(backend), self._code_path, lifetime=self.options.follow_lifetime,
+                tick=min(1.0, self.options.poll_interval))
+        else:
+            source = PollingSource(backend, paths, pid, self.options.poll_interval)
+        try:
+            outcome = watch_worker(
+                source,
+                poll_interval=self.options.poll_interval,
+                stall_timeout=self.options.stall_timeout,
+                attempt_deadline=deadline,
+                on_snapshot=lambda snapshot: self._on_snapshot(fetcher, snapshot),
+                settle=lambda: self._settle(fetcher),
+                downloads_busy=fetcher.busy,
+            )
+        finally:
+            source.close()
+            fetcher.close()
+            self._last_fetcher = fetcher
+            self.follower_calls += getattr(source, "calls", 0)
         self._handle_outcome(outcome)
 
     def _handle_outcome(self, outcome: WorkerOutcome) -> None:
@@ -245,6 +303,9 @@ class RemoteJobRunner:
             return
         lost = self._lost_in_progress(outcome.last_progress)
         if outcome.exit_code is None:
+            if self.backend is not None and self.paths is not None and self.backend.stat(self.paths.job_dir) is None:
+                raise RuntimeRecycledError("the worker and its job folder are gone: the runtime was recycled",
+                                           step="worker")
             self.store.add_lost_frames(self.job.id, lost, "worker vanished")
             raise WorkerEndedError("the worker is gone (killed, or the runtime was recycled)", step="worker")
         self.store.add_lost_frames(self.job.id, lost, f"worker exit {outcome.exit_code}")
@@ -306,6 +367,23 @@ class RemoteJobRunner:
         pid = parse_pid_file(backend.read_bytes(pid_path).decode("ascii", "replace"))
         return pid if pid is not None and backend.is_alive(pid) else None
 
+    def _remote_input(self) -> str:
+        return "input" + Path(self.job.input).suffix.lower()
+
+    def _still_set_up(self, backend: Backend, paths: RemotePaths) -> bool:
+        """A relaunch on a target this runner set up: code, dependencies, weights and input were
+        verified there, so one look that the input is still whole stands for all of them."""
+        if not self._ready:
+            return False
+        found = backend.stat(paths.in_job(self._remote_input()))
+        if found is not None and found.size == Path(self.job.input).stat().st_size:
+            self.emit(make_event("setup", job=self.job.id, step="relaunch", reused=True))
+            return True
+        self._ready = False
+        self.emit(make_event("warning", input=self.job.input,
+                             message="the target lost the job's files (runtime recycled): setting it up again"))
+        return False
+
     def _setup(self, backend: Backend, paths: RemotePaths) -> None:
         options = self.options.transfer
         make_job_dir(backend, paths)
@@ -319,20 +397,24 @@ class RemoteJobRunner:
         upload(
             backend,
             source,
-            paths.in_job("input" + source.suffix.lower()),
+            paths.in_job(self._remote_input()),
             options=options,
             on_progress=lambda p: self.emit(progress_event(p, "upload", str(source))),
         )
-        model_file = self._upload_weights_if_needed(backend, paths)
+        self._model_file = self._upload_weights_if_needed(backend, paths)
+        self._ready = True
+
+    def _write_spec(self, backend: Backend, paths: RemotePaths) -> None:
         spec = JobSpec(
-            input="input" + source.suffix.lower(),
+            input=self._remote_input(),
             video_index=int(self.job.settings["video_index"]),
             segments=[record.segment for record in self.store.segments(self.job.id)],
             todo=[segment.index for segment in self._pending()],
             engine=self.engine_settings,
             encode=dict(self.job.settings["encode"]),
-            model_file=model_file,
+            model_file=self._model_file,
             heartbeat_s=self.options.heartbeat_s,
+            max_lead=self.options.max_lead,
         )
         for name in (EXIT_FILE, PID_FILE, PROGRESS_FILE):
             backend.remove(paths.in_job(name))
@@ -390,34 +472,39 @@ class RemoteJobRunner:
 
     # --- downloads ------------------------------------------------------------------------------
 
-    def _on_poll(self, backend: Backend, paths: RemotePaths, progress: dict[str, Any], finished: set[int]) -> bool:
+    def _on_snapshot(self, fetcher: SegmentFetcher, snapshot: Snapshot) -> None:
         self._check_cancelled()
-        self._last_progress = progress
+        if snapshot.progress:
+            self._last_progress = snapshot.progress
+            self._moved_on(int(snapshot.progress.get("frames_done") or 0))
         records = {record.segment.index: record for record in self.store.segments(self.job.id)}
-        for index in sorted(finished):
-            record = records.get(index)
-            if record is None or record.state == "verified":
+        for marker in snapshot.finished:
+            try:
+                done = SegmentDone(**marker)
+            except TypeError:
                 continue
-            self._download_segment(backend, paths, record.segment)
-        self._emit_progress(progress)
-        return not self._pending()
+            record = records.get(done.index)
+            if record is None:
+                continue
+            self._reported.add(done.index)
+            if record.state == "verified":
+                fetcher.release(record.segment)  # recorded here before (a reattach): let the worker go on
+            else:
+                fetcher.fetch(record.segment, done)
+        if snapshot.progress:
+            self._emit_progress(snapshot.progress)
 
-    def _download_segment(self, backend: Backend, paths: RemotePaths, segment: Segment) -> None:
-        marker = read_json(backend, paths.in_job(segment_marker(segment)))
-        if marker is None:
-            return
-        done = SegmentDone(**marker)
-        local = self.segments_dir / f"{segment.name}{SEGMENT_EXT}"
-        report = download(backend, paths.in_job(segment_file(segment)), local, options=self.options.transfer)
-        if report.sha256 != done.sha256 or done.frames != segment.frames:
-            local.unlink(missing_ok=True)
-            raise TransferIntegrityError(
-                f"segment {segment.index} does not match its done-marker", path=str(local), step="download"
-            )
-        local.chmod(PRIVATE_FILE)  # frames of the user's video: owner only
-        self.store.mark_verified(self.job.id, segment.index, done.sha256, done.size)
-        self.emit(make_event("segment", job=self.job.id, index=segment.index, frames=segment.frames,
-                             engine=done.engine, seconds=done.seconds))
+    def _settle(self, fetcher: SegmentFetcher) -> bool:
+        """Record what the download thread verified; True once every segment is here."""
+        for fetched in fetcher.results():
+            done, segment = fetched.done, fetched.segment
+            self.store.mark_verified(self.job.id, segment.index, done.sha256, done.size)
+            fetcher.release(segment)
+            self.emit(make_event("segment", job=self.job.id, index=segment.index, frames=segment.frames,
+                                 engine=done.engine, seconds=done.seconds))
+            self._moved_on(int(self._last_progress.get("frames_done") or 0))
+            self._emit_progress(self._last_progress)
+        return not self._pending()
 
     def _emit_progress(self, progress: dict[str, Any]) -> None:
         records = self.store.segments(self.job.id)
@@ -436,8 +523,37 @@ class RemoteJobRunner:
 
     # --- assembly -------------------------------------------------------------------------------
 
+    def _published(self) -> dict[str, Any] | None:
+        """The record of this job's output, when the output in place is the one this job published."""
+        output = Path(self.job.output)
+        records = [e for e in self.store.events(self.job.id) if e["event"] == "publishing"]
+        if not records or not output.is_file():
+            return None
+        record = records[-1]
+        if output.stat().st_size != record.get("size") or file_sha256(output) != record.get("sha256"):
+            return None
+        return record
+
+    def _result(self, frames: int, width: int, height: int, warnings: list[str]) -> FileResult:
+        return FileResult(
+            input=Path(self.job.input),
+            output=Path(self.job.output),
+            frames=frames,
+            seconds=time.monotonic() - self._started,
+            engine=f"{self.job.target.get('kind', 'remote')} worker",
+            width=width,
+            height=height,
+            warnings=warnings,
+        )
+
     def _assemble(self, overwrite: bool) -> FileResult:
         source, output = Path(self.job.input), Path(self.job.output)
+        published = self._published()
+        if published is not None:
+            # killed after publishing: the output is ours and whole; what follows is only clean-up
+            self.emit(make_event("warning", input=str(source), message="the output was already published "
+                                 "by an earlier run of this job; finishing its clean-up"))
+            return self._result(int(published["frames"]), int(published["width"]), int(published["height"]), [])
         check_input_unchanged(self.store, self.job.id, step="join")
         info = probe(source)
         assert info.video is not None
@@ -450,20 +566,29 @@ class RemoteJobRunner:
         with partial_output(output) as partial:
             report = join_segments(pieces, info, partial)
             verify_video(partial, info, width, height)
+            self.store.event(self.job.id, "publishing", size=partial.stat().st_size, sha256=file_sha256(partial),
+                             frames=report.frames, width=width, height=height)
             publish(partial, output, overwrite)
         warnings = [f"not copied: {item}" for item in report.dropped_streams]
         for warning in warnings:
             self.emit(make_event("warning", input=str(source), message=warning))
-        return FileResult(
-            input=source,
-            output=output,
-            frames=report.frames,
-            seconds=time.monotonic() - self._started,
-            engine=f"{self.job.target.get('kind', 'remote')} worker",
-            width=width,
-            height=height,
-            warnings=warnings,
-        )
+        return self._result(report.frames, width, height, warnings)
+
+    def _finish_done(self) -> FileResult:
+        """`resume` of a finished job: the output stands; finish the clean-up a killed client left."""
+        published = self._published()
+        if published is None:
+            raise BadInputError(
+                f"job {self.job.id} finished, but its output is no longer the one it published",
+                path=self.job.output, step="resume",
+                hints=["Start the job again with `gpuferry upscale` (it writes a new output)."],
+            )
+        job = self.store.get(self.job.id)
+        if job.remote_dir or any(self.segments_dir.iterdir()):
+            self.emit(make_event("setup", job=self.job.id, step="clean-up after publishing",
+                                 remote_dir=job.remote_dir))
+            self._cleanup_after_success()
+        return self._result(int(published["frames"]), int(published["width"]), int(published["height"]), [])
 
     def _cleanup_after_success(self) -> None:
         """The far side's job folder goes only now, after the output was verified here."""
@@ -471,10 +596,12 @@ class RemoteJobRunner:
             piece.unlink(missing_ok=True)
         if self.options.keep_remote:
             return
+        remote_dir = self.store.get(self.job.id).remote_dir
+        if remote_dir is None:
+            return
         try:
             backend = self._backend()
-            paths = self._paths(backend)
-            backend.remove(paths.job_dir, recursive=True)
+            backend.remove(remote_dir, recursive=True)
             self.store.set_remote_dir(self.job.id, None)
         except GpuferryError as exc:
             self.emit(make_event("warning", input=self.job.input,

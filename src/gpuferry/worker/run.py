@@ -21,6 +21,7 @@ from gpuferry.media.probe import MediaInfo, probe
 from gpuferry.media.segments import Segment
 from gpuferry.pipeline.stream import FrameProgress, run_stream
 from gpuferry.worker.heartbeat import Heartbeat, write_atomic
+from gpuferry.worker.layout import awaiting_download
 from gpuferry.worker.spec import (
     COMPUTED_LOG,
     ERROR_FILE,
@@ -128,6 +129,35 @@ def encode_segment(
     return done
 
 
+class LeadWaitExpired(GpuferryError):
+    """The client took no finished segment for the whole wait: nobody is downloading."""
+
+    kind = "lead_wait_expired"
+
+
+def wait_for_room(job_dir: Path, spec: JobSpec, heartbeat: Heartbeat, poll: float = 0.1) -> None:
+    """Block while ``max_lead`` finished segments still await download (heartbeat state "waiting").
+
+    The heartbeat keeps ticking meanwhile, so the client tells a waiting worker from a hung one.
+    """
+    if spec.max_lead <= 0:
+        return
+    deadline = time.monotonic() + spec.lead_wait_s
+    segments_dir = str(job_dir / SEGMENTS_DIR)
+    waiting = False
+    while len(awaiting_download(segments_dir)) >= spec.max_lead:
+        if not waiting:
+            heartbeat.update(state="waiting")
+            heartbeat.write()
+            waiting = True
+        if time.monotonic() > deadline:
+            raise LeadWaitExpired(f"no finished segment was downloaded for {spec.lead_wait_s:g} s", step="worker")
+        time.sleep(poll)
+    if waiting:
+        heartbeat.update(state="running")
+        heartbeat.write()
+
+
 def run_job(job_dir: Path) -> int:
     """Process every segment of the job that is not done yet; returns the process exit code."""
     spec = JobSpec.from_json((job_dir / JOB_FILE).read_text())
@@ -149,6 +179,7 @@ def run_job(job_dir: Path) -> int:
         for segment in spec.segments:
             if segment.index not in spec.todo or is_done(job_dir, segment):
                 continue
+            wait_for_room(job_dir, spec, heartbeat)
             done = encode_segment(job_dir, spec, info, engine, segment, heartbeat)
             log.info("segment %d done: %d frames in %.1f s", done.index, done.frames, done.seconds)
             heartbeat.update(segments_done=heartbeat.state.get("segments_done", 0) + 1)

@@ -7,18 +7,20 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from gpuferry.media.segments import Segment
+from gpuferry.worker.layout import (  # noqa: F401 - the names are part of this contract
+    COMPUTED_LOG,
+    ERROR_FILE,
+    EXIT_FILE,
+    JOB_FILE,
+    LOG_FILE,
+    MARKER_SUFFIX,
+    PID_FILE,
+    PROGRESS_FILE,
+    SEGMENT_EXT,
+    SEGMENTS_DIR,
+)
 
 FORMAT = 1
-
-JOB_FILE = "job.json"
-PROGRESS_FILE = "progress.json"
-ERROR_FILE = "error.json"
-COMPUTED_LOG = "computed.log"
-PID_FILE = "worker.pid"
-LOG_FILE = "worker.log"
-EXIT_FILE = "worker.exit"
-SEGMENTS_DIR = "segments"
-SEGMENT_EXT = ".mp4"
 
 
 def segment_file(segment: Segment) -> str:
@@ -28,7 +30,7 @@ def segment_file(segment: Segment) -> str:
 
 def segment_marker(segment: Segment) -> str:
     """The done-marker written (atomically) after the segment's video is complete."""
-    return f"{SEGMENTS_DIR}/{segment.name}.done.json"
+    return f"{SEGMENTS_DIR}/{segment.name}{MARKER_SUFFIX}"
 
 
 @dataclass
@@ -43,6 +45,11 @@ class JobSpec:
     encode: dict[str, Any]
     model_file: str | None = None
     heartbeat_s: float = 2.0
+    #: the worker waits before a segment while this many finished ones still await download, so a
+    #: recycled runtime costs at most the segment in progress plus one finished one (0: no bound)
+    max_lead: int = 2
+    #: how long the worker waits for the client to take finished segments before it gives up (exits)
+    lead_wait_s: float = 3600.0
     format: int = FORMAT
     extra: dict[str, Any] = field(default_factory=dict)
 
