@@ -140,7 +140,7 @@ def main() -> None:
 
         def recycle_runtime(job_id: str, marks: dict) -> None:
             progress = wait_mid_segment(root, job_id, 1, segment_frames)
-            leader = int((job_dir(root, job_id) / "worker.pid").read_text())
+            leader = int((job_dir(root, job_id) / "worker.pid").read_text().split()[0])
             os.killpg(leader, signal.SIGKILL)
             marks.update(computed_before=ledger_frames(root, job_id), partial=progress["segment_done"])
             shutil.rmtree(job_dir(root, job_id))

@@ -71,7 +71,7 @@ class Runtime:
 
     def worker_pid(self, job: str) -> int | None:
         try:
-            return int((self.job_dir(job) / "worker.pid").read_text())
+            return int((self.job_dir(job) / "worker.pid").read_text().split()[0])
         except (FileNotFoundError, ValueError):
             return None
 
@@ -79,7 +79,7 @@ class Runtime:
         """Everything the runtime held is gone: processes and files."""
         for pid_file in (self.content / "gpuferry" / "jobs").glob("*/worker.pid"):
             try:
-                os.killpg(int(pid_file.read_text()), signal.SIGKILL)
+                os.killpg(int(pid_file.read_text().split()[0]), signal.SIGKILL)
             except (ProcessLookupError, ValueError, PermissionError):
                 pass
         shutil.rmtree(self.content / "gpuferry", ignore_errors=True)

@@ -77,7 +77,7 @@ def recycle(root: Path) -> None:
     """What a recycled runtime leaves: no worker, no job folders, no code (everything under the root)."""
     for pid_file in (root / "gpuferry" / "jobs").glob("*/worker.pid"):
         try:
-            os.killpg(int(pid_file.read_text()), signal.SIGKILL)
+            os.killpg(int(pid_file.read_text().split()[0]), signal.SIGKILL)
         except (ProcessLookupError, ValueError):
             pass
     shutil.rmtree(root / "gpuferry")
@@ -201,7 +201,7 @@ def test_a_stall_is_noticed_while_a_download_hangs(job_clip, tmp_path, hooked, r
     def freeze_worker_and_hang_download(backend, path):
         if released_by:
             return
-        progress = (Path(path).parents[1] / "worker.pid").read_text()
+        progress = (Path(path).parents[1] / "worker.pid").read_text().split()[0]
         os.killpg(int(progress), signal.SIGSTOP)  # the worker hangs, and this download with it
         released_by.append("stall" if stall_seen.wait(120) else "timeout")
 
@@ -224,7 +224,7 @@ def test_a_relaunch_on_the_same_target_sends_nothing_again(job_clip, tmp_path, h
 
     def kill_worker_once(backend, path):
         if not killed:
-            pid = int((Path(path).parents[1] / "worker.pid").read_text())
+            pid = int((Path(path).parents[1] / "worker.pid").read_text().split()[0])
             os.killpg(pid, signal.SIGKILL)
             killed.append(pid)
 
@@ -267,7 +267,7 @@ def test_ssh_job_survives_a_cut_a_worker_kill_and_a_recycle(job_clip, tmp_path, 
             if event["index"] == 0:
                 proxy.cut()  # every open connection dies mid-job
             elif event["index"] == 1:
-                pid = int(next((root / "gpuferry" / "jobs").glob("*/worker.pid")).read_text())
+                pid = int(next((root / "gpuferry" / "jobs").glob("*/worker.pid")).read_text().split()[0])
                 os.killpg(pid, signal.SIGKILL)
             elif event["index"] == 3:
                 recycle(root)
