@@ -24,6 +24,7 @@ from gpuferry.media.probe import probe
 from gpuferry.models.registry import DEFAULT_MODEL, get_model
 from gpuferry.pipeline.files import FileResult, upscale_file
 from gpuferry.pipeline.outputs import check_output, default_output
+from gpuferry.pipeline.preview import PreviewResult, make_preview
 
 PathLike = str | os.PathLike[str]
 
@@ -332,3 +333,26 @@ def upscale_with_fallback(
         f"{item['stage']} passed over ({item['kind']}): {item['reason']}" for item in outcome.passed_over
     )
     return outcome.result
+
+
+# --- preview, plan, folders ---------------------------------------------------------------------
+
+
+def preview(
+    source: PathLike,
+    output: PathLike | None = None,
+    *,
+    times: list[float] | None = None,
+    models: list[str] | None = None,
+    scale: int = 2,
+    engine: str = "auto",
+    device: str = "auto",
+    threads: int | None = None,
+    overwrite: bool = False,
+    on_event: EventSink = ignore,
+) -> PreviewResult:
+    """Write one picture comparing plain bicubic with each model on a few frames (default: three
+    spread over the video, the default model); returns its path, layout and seconds per frame."""
+    return make_preview(Path(source), Path(output) if output is not None else None, times=times,
+                        models=models or [DEFAULT_MODEL], scale=scale, engine=engine, device=device,
+                        threads=threads, overwrite=overwrite, emit=on_event)

@@ -475,6 +475,55 @@ def doctor(target_name: str | None, as_json: bool) -> None:
     sys.exit(1 if any(check.status == "fail" for check in checks) else 0)
 
 
+@cli.command()
+@click.argument("source", type=click.Path(path_type=Path))
+@click.option("--at", "times", type=click.FloatRange(min=0), multiple=True, metavar="SECONDS",
+              help="Time of a frame to show, repeatable (default: three spread over the video).")
+@click.option("--models", default=None, metavar="all|A,B",
+              help="Models to compare, comma separated, or all (default: the configured model).")
+@click.option("--scale", type=click.Choice(["2", "3", "4"]), default=None, help="Upscale factor (env UPSCALE_SCALE; 2).")
+@click.option("-o", "--output", type=click.Path(path_type=Path), default=None,
+              help="The picture (.png, .jpg, .webp). Default: <stem>_preview.png next to the input.")
+@click.option("--engine", type=click.Choice(ENGINE_NAMES), default="auto", show_default=True)
+@click.option("--device", type=click.Choice(DEVICE_NAMES), default=None, help="Where the engine runs (env USE_GPU; auto).")
+@click.option("--threads", type=click.IntRange(1), default=None, help="CPU threads for the engine (default: all).")
+@click.option("--overwrite", is_flag=True, help="Replace an existing picture.")
+@click.option("--json", "as_json", is_flag=True, help="JSON events on stdout, the last one with paths and figures.")
+@click.option("-v", "--verbose", is_flag=True, help="Debug logs on stderr.")
+def preview(source: Path, times: tuple[float, ...], models: str | None, scale: str | None, output: Path | None,
+            engine: str, device: str | None, threads: int | None, overwrite: bool, as_json: bool,
+            verbose: bool) -> None:
+    """See before you spend: upscale a few frames with each model and write one picture.
+
+    Per time: the source enlarged with plain bicubic beside each model's result, labelled with the
+    model and its time per frame, and under each a zoom on the most detailed region (chosen
+    automatically). Runs on this machine.
+    """
+    from gpuferry.api import preview as make_preview
+    from gpuferry.pipeline.preview import parse_models
+
+    _setup_logging(verbose)
+    view, sink = _job_command(as_json)
+    try:
+        config = load_settings({"scale": int(scale) if scale else None, "device": device}).settings
+        result = make_preview(source, output, times=list(times) or None, models=parse_models(models, config.model),
+                              scale=config.scale, engine=engine, device=config.device, threads=threads,
+                              overwrite=overwrite, on_event=sink)
+    except GpuferryError as exc:
+        if as_json:
+            sink({"event": "failed", "input": str(source), "error": exc.to_json()})
+        _print_error(exc)
+        sys.exit(exc.exit_code)
+    finally:
+        if view is not None:
+            view.close()
+    if not as_json:
+        click.echo(f"preview: {result.output} ({result.width}x{result.height}, {len(result.stills)} frame(s), "
+                   f"{result.seconds:.1f} s)")
+        for timing in result.models:
+            click.echo(f"  {timing.model}: {timing.seconds_per_frame:.2f} s/frame on {timing.engine}")
+
+
 def _plain(event: Event) -> str:
     return " ".join(f"{key}={value}" for key, value in event.items() if key != "time")
 
