@@ -13,10 +13,11 @@ from gpuferry.engines import EngineChoice, EngineRequest, create_engine
 from gpuferry.engines.base import check_size
 from gpuferry.errors import GpuferryError, UsageError, file_size_or_none
 from gpuferry.jobs.cleanup import remove_job_leftovers
+from gpuferry.jobs.batch import BatchReport, RunOne, run_batch
 from gpuferry.jobs.fallback import Stage, adopt_segments, run_chain
 from gpuferry.jobs.plan import plan_job
 from gpuferry.jobs.runner import RemoteJobRunner, RemoteOptions
-from gpuferry.jobs.store import CANCELLED, DONE, FAILED, JobRecord, JobStore
+from gpuferry.jobs.store import CANCELLED, DONE, FAILED, BatchRecords, JobRecord, JobStore
 from gpuferry.jobs.targets import TargetSpec
 from gpuferry.events import EventSink, ignore, make_event
 from gpuferry.media.encode import EncodeOptions
@@ -356,3 +357,57 @@ def preview(
     return make_preview(Path(source), Path(output) if output is not None else None, times=times,
                         models=models or [DEFAULT_MODEL], scale=scale, engine=engine, device=device,
                         threads=threads, overwrite=overwrite, emit=on_event)
+
+
+def run_folder(
+    folder: PathLike,
+    output_dir: PathLike | None,
+    *,
+    run_one: RunOne,
+    scale: int,
+    settings: dict[str, Any],
+    globs: tuple[str, ...] = (),
+    overwrite: bool = False,
+    on_event: EventSink = ignore,
+) -> BatchReport:
+    """Every video and image under ``folder`` through ``run_one(source, output)`` as one resumable
+    batch; outputs go to the same tree under ``output_dir`` (default ``<folder>_x<scale>``)."""
+    return run_batch(Path(folder), Path(output_dir) if output_dir is not None else None, scale=scale,
+                     settings=settings, run_one=run_one, globs=globs, overwrite=overwrite, emit=on_event)
+
+
+def upscale_folder(
+    folder: PathLike,
+    output_dir: PathLike | None = None,
+    *,
+    globs: tuple[str, ...] = (),
+    scale: int = 2,
+    model: str = DEFAULT_MODEL,
+    engine: str = "auto",
+    device: str = "auto",
+    encode: EncodeOptions = EncodeOptions(),
+    overwrite: bool = False,
+    on_event: EventSink = ignore,
+) -> BatchReport:
+    """Upscale a folder here, one engine for all files; run it again to resume after a crash."""
+    settings = {"scale": scale, "model": model, "engine": engine, "device": device, "encode": asdict(encode)}
+    with Upscaler(scale=scale, model=model, engine=engine, device=device, encode=encode,
+                  on_event=on_event) as upscaler:
+        return run_folder(folder, output_dir, run_one=lambda s, t: upscaler.upscale(s, t, overwrite=overwrite),
+                          scale=scale, settings=settings, globs=globs, overwrite=overwrite, on_event=on_event)
+
+
+def list_batches(limit: int = 50) -> list[dict[str, Any]]:
+    """Every stored folder batch with its counts of files done, failed and pending, newest first."""
+    store = JobStore()
+    try:
+        batches = BatchRecords(store)
+        rows = []
+        for batch in batches.list(limit):
+            states = [item.state for item in batches.items(batch.id)]
+            rows.append({**batch.to_json(), "files": len(states), "done": states.count("done"),
+                         "failed": states.count("failed"), "pending": len(states) - states.count("done")
+                         - states.count("failed")})
+        return rows
+    finally:
+        store.close()

@@ -18,8 +18,10 @@ from gpuferry.api import (
     UpscaleResult,
     cancel_job,
     clean_jobs,
+    list_batches,
     list_jobs,
     resume_job,
+    run_folder,
     upscale_with_fallback,
 )
 from gpuferry.config import Settings, load_settings
@@ -121,6 +123,8 @@ def cli() -> None:
 @click.option("--remote-python", default=None, help="Remote jobs: the far side's Python (default: the target's `python` setting, else python3).")
 @click.option("--remote-root", default=None, help="Remote jobs: folder that holds gpuferry/jobs (default: the backend's).")
 @click.option("--keep-remote", is_flag=True, help="Remote jobs: keep the remote job folder after success.")
+@click.option("--glob", "globs", multiple=True, metavar="PATTERN",
+              help="Folder input: only files matching PATTERN (path under the folder or name), repeatable.")
 @click.option("--json", "as_json", is_flag=True, help="One JSON event per line on stdout; logs on stderr.")
 @click.option("-v", "--verbose", is_flag=True, help="Debug logs on stderr.")
 def upscale(
@@ -149,10 +153,15 @@ def upscale(
     remote_python: str | None,
     remote_root: str | None,
     keep_remote: bool,
+    globs: tuple[str, ...],
     as_json: bool,
     verbose: bool,
 ) -> None:
-    """Upscale one or more videos or images (processed in turn).
+    """Upscale one or more videos or images (processed in turn), or a whole folder.
+
+    A folder is one resumable batch (see `gpuferry jobs`): every video and image under it (or those
+    matching --glob), outputs in the same tree under -o (default: FOLDER_x<scale> beside it), a table
+    at the end. Running the same command again resumes: files done and still in place are skipped.
 
     Without --backend or --target, and with no cloud GPU enabled (CGPU_GPU_ENABLED) nor targets in the
     config file, the work runs in this process on the best local engine. Otherwise it runs as a
@@ -173,7 +182,8 @@ def upscale(
         config = load_settings(flags).settings
         if not config.upscale:
             raise UsageError("upscaling is turned off (UPSCALE=false)", step="config")
-        targets = _plan_outputs(inputs, output, config.scale)
+        folder = _folder_input(inputs)
+        targets = _plan_outputs(inputs, output, config.scale) if folder is None else []
         encode = EncodeOptions(codec=codec, crf=config.crf, preset=preset, pix_fmt=pix_fmt)
         chain = _chain_for(config, backend, backend_opts, target_name, engine, config.device)
     except GpuferryError as exc:
@@ -200,6 +210,9 @@ def upscale(
                 overwrite=overwrite, strict=config.strict, on_event=sink,
             )
 
+        if folder is not None:
+            places = {"places": [stage.name for stage in chain], "engine": engine}
+            sys.exit(_run_folder(folder, output, globs, config, encode, places, run_chain_for, overwrite, view, sink))
         sys.exit(_each_input(targets, run_chain_for, view, as_json, sink))
     upscaler = Upscaler(
         scale=config.scale,
@@ -213,9 +226,15 @@ def upscale(
         on_event=sink,
     )
     try:
-        exit_code = _each_input(
-            targets, lambda source, target: upscaler.upscale(source, target, overwrite=overwrite), view, as_json, sink
-        )
+        if folder is not None:
+            here = {"engine": engine, "device": config.device, "model_path": str(model_path) if model_path else None}
+            exit_code = _run_folder(folder, output, globs, config, encode, here,
+                                    lambda source, target: upscaler.upscale(source, target, overwrite=overwrite),
+                                    overwrite, view, sink)
+        else:
+            exit_code = _each_input(
+                targets, lambda source, target: upscaler.upscale(source, target, overwrite=overwrite), view, as_json, sink
+            )
     finally:
         upscaler.close()
     sys.exit(exit_code)
@@ -284,6 +303,62 @@ def _each_input(
     return exit_code
 
 
+def _folder_input(inputs: tuple[Path, ...]) -> Path | None:
+    """The folder, when the input is one; a folder mixed with other inputs is a usage error."""
+    folders = [source for source in inputs if source.is_dir()]
+    if not folders:
+        return None
+    if len(inputs) > 1:
+        raise UsageError("give one folder, or files only (a folder is a batch of its own)", path=str(folders[0]))
+    return folders[0]
+
+
+def _run_folder(
+    folder: Path,
+    output: Path | None,
+    globs: tuple[str, ...],
+    config: Settings,
+    encode: EncodeOptions,
+    where: dict[str, Any],
+    run_one: Callable[[Path, Path], UpscaleResult],
+    overwrite: bool,
+    view: ProgressView | None,
+    sink: Callable[[Event], None],
+) -> int:
+    """A folder as one batch; prints the table of done, skipped and failed files. Returns the exit code."""
+    settings = {"scale": config.scale, "model": config.model, "encode": encode.__dict__, **where}
+    try:
+        report = run_folder(folder, output, run_one=run_one, scale=config.scale, settings=settings, globs=globs,
+                            overwrite=overwrite, on_event=sink)
+    except GpuferryError as exc:
+        sink({"event": "failed", "input": str(folder), "error": exc.to_json()})
+        _print_error(exc)
+        return exc.exit_code
+    except KeyboardInterrupt:
+        error = CancelledError("interrupted; files done so far are kept, run the same command to resume",
+                               step="batch")
+        sink({"event": "failed", "input": str(folder), "error": error.to_json()})
+        _print_error(error)
+        return error.exit_code
+    finally:
+        if view is not None:
+            view.close()
+    if view is not None:
+        from rich.console import Console
+        from rich.table import Table
+
+        table = Table(title=f"Batch {report.batch_id}: {report.count('done')} done, {report.count('skipped')} "
+                            f"skipped, {report.count('failed')} failed  ({report.root} -> {report.output_root})")
+        for column in ("file", "result", "seconds", "reason"):
+            table.add_column(column)
+        colour = {"done": "green", "skipped": "cyan", "failed": "red"}
+        for item in report.items:
+            seconds = f"{item.seconds:.1f}" if item.seconds is not None else ""
+            table.add_row(item.path, f"[{colour[item.outcome]}]{item.outcome}[/]", seconds, item.reason)
+        Console(soft_wrap=True).print(table)
+    return report.exit_code
+
+
 def _plan_outputs(inputs: tuple[Path, ...], output: Path | None, scale: int) -> list[tuple[Path, Path]]:
     """Pair each input with its output path; several inputs need -o to be a directory."""
     if output is not None and len(inputs) > 1 and not output.is_dir():
@@ -334,14 +409,20 @@ def models(as_json: bool) -> None:
 @cli.command()
 @click.option("--json", "as_json", is_flag=True, help="Print the jobs as JSON.")
 @click.option("--limit", type=click.IntRange(1), default=50, show_default=True)
-def jobs(as_json: bool, limit: int) -> None:
-    """List remote jobs: id, state, segments verified, input and target."""
-    rows = list_jobs(limit)
+@click.option("--batches", "only_batches", is_flag=True, help="Only folder batches (with --json: their list).")
+def jobs(as_json: bool, limit: int, only_batches: bool) -> None:
+    """List remote jobs (id, state, segments verified, input, target) and folder batches (files done,
+    failed, pending)."""
+    rows = [] if only_batches else list_jobs(limit)
+    batches = list_batches(limit)
     if as_json:
-        click.echo(json.dumps(rows, indent=2, default=str))
+        click.echo(json.dumps(batches if only_batches else rows, indent=2, default=str))
         return
+    if batches:
+        _print_batches(batches)
     if not rows:
-        click.echo("no jobs")
+        if not batches:
+            click.echo("no jobs")
         return
     from rich.console import Console
     from rich.table import Table
@@ -355,6 +436,19 @@ def jobs(as_json: bool, limit: int) -> None:
             row["input"], row["error"] or "",
         )
     Console().print(table)
+
+
+def _print_batches(batches: list[dict[str, Any]]) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(title="Folder batches (run the same `gpuferry upscale FOLDER` again to resume)")
+    for column in ("id", "state", "done", "failed", "pending", "folder", "output folder"):
+        table.add_column(column)
+    for row in batches:
+        table.add_row(row["id"], row["state"], str(row["done"]), str(row["failed"]), str(row["pending"]),
+                      row["root"], row["output_root"])
+    Console(soft_wrap=True).print(table)
 
 
 def _job_command(as_json: bool) -> tuple[ProgressView | None, Callable[[Event], None]]:
