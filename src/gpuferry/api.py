@@ -14,6 +14,7 @@ from gpuferry.engines.base import check_size
 from gpuferry.errors import GpuferryError, UsageError, file_size_or_none
 from gpuferry.jobs.cleanup import remove_job_leftovers
 from gpuferry.jobs.batch import BatchReport, RunOne, run_batch
+from gpuferry.jobs.estimate import JobPlan, LinkProbe, check_estimate, make_plan
 from gpuferry.jobs.fallback import Stage, adopt_segments, run_chain
 from gpuferry.jobs.plan import plan_job
 from gpuferry.jobs.runner import RemoteJobRunner, RemoteOptions
@@ -105,6 +106,7 @@ class Upscaler:
         except GpuferryError as exc:
             self.emit(make_event("failed", input=str(source_path), error=exc.to_json()))
             raise
+        _check_estimate(source_path, "here", result, self.emit)
         self.emit(make_event("finished", **result.to_json()))
         return result
 
@@ -122,6 +124,17 @@ class Upscaler:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+def _check_estimate(source: Path, place: str, result: UpscaleResult, emit: EventSink, job_id: str | None = None) -> None:
+    """A plan made for this input and place learns the real time (and the user sees how close it was)."""
+    store = JobStore()
+    try:
+        checked = check_estimate(store, source, place, result.engine, result.seconds, job_id)
+    finally:
+        store.close()
+    if checked is not None:
+        emit(make_event("estimate_checked", input=str(source), place=place, **checked))
 
 
 def _preflight_fields(report: object) -> object:
@@ -333,6 +346,7 @@ def upscale_with_fallback(
     outcome.result.warnings.extend(
         f"{item['stage']} passed over ({item['kind']}): {item['reason']}" for item in outcome.passed_over
     )
+    _check_estimate(source_path, outcome.stage, outcome.result, on_event)
     return outcome.result
 
 
@@ -411,3 +425,27 @@ def list_batches(limit: int = 50) -> list[dict[str, Any]]:
         return rows
     finally:
         store.close()
+
+
+def plan(
+    source: PathLike,
+    *,
+    chain: list[Stage] | None = None,
+    scale: int = 2,
+    model: str = DEFAULT_MODEL,
+    engine: str = "auto",
+    device: str = "auto",
+    tile: int = 0,
+    threads: int | None = None,
+    encode: EncodeOptions = EncodeOptions(),
+    segment_seconds: float = 10.0,
+    output_suffix: str | None = None,
+    link_probe: LinkProbe | None = None,
+) -> JobPlan:
+    """What upscaling ``source`` would do (frames, segments, sizes, bytes each way) and how long it
+    would take on each place of ``chain`` (default: here), measured on a few frames. Nothing is
+    written but the estimate, which the job that follows checks against its real time."""
+    request = EngineRequest(engine=engine, model=model, scale=scale, device=device, tile=tile, threads=threads)
+    get_model(model)
+    return make_plan(Path(source), chain=chain or [], request=request, encode=encode,
+                     segment_seconds=segment_seconds, output_suffix=output_suffix, link_probe=link_probe)

@@ -123,6 +123,7 @@ def cli() -> None:
 @click.option("--remote-python", default=None, help="Remote jobs: the far side's Python (default: the target's `python` setting, else python3).")
 @click.option("--remote-root", default=None, help="Remote jobs: folder that holds gpuferry/jobs (default: the backend's).")
 @click.option("--keep-remote", is_flag=True, help="Remote jobs: keep the remote job folder after success.")
+@click.option("--dry-run", is_flag=True, help="Only say what the job would do and how long it would take (see `gpuferry plan`).")
 @click.option("--glob", "globs", multiple=True, metavar="PATTERN",
               help="Folder input: only files matching PATTERN (path under the folder or name), repeatable.")
 @click.option("--json", "as_json", is_flag=True, help="One JSON event per line on stdout; logs on stderr.")
@@ -153,6 +154,7 @@ def upscale(
     remote_python: str | None,
     remote_root: str | None,
     keep_remote: bool,
+    dry_run: bool,
     globs: tuple[str, ...],
     as_json: bool,
     verbose: bool,
@@ -191,6 +193,13 @@ def upscale(
             sink({"event": "failed", "error": exc.to_json()})
         _print_error(exc)
         sys.exit(exc.exit_code)
+    if dry_run:
+        if folder is not None:
+            from gpuferry.jobs.batch import find_inputs
+
+            targets = [(folder / rel, folder / rel) for rel in find_inputs(folder, globs)]
+        sys.exit(_print_plans([source for source, _ in targets], chain, config, engine, threads, encode,
+                              output, as_json, measure_links=False))
     if chain:
         remote = RemoteOptions(
             segment_seconds=config.segment_seconds,
@@ -616,6 +625,85 @@ def preview(source: Path, times: tuple[float, ...], models: str | None, scale: s
                    f"{result.seconds:.1f} s)")
         for timing in result.models:
             click.echo(f"  {timing.model}: {timing.seconds_per_frame:.2f} s/frame on {timing.engine}")
+
+
+@cli.command("plan")
+@click.argument("source", type=click.Path(path_type=Path))
+@click.option("--target", "target_name", default=None, help="Plan for this configured target (its link is measured).")
+@click.option("--backend", type=click.Choice(BACKEND_KINDS), default=None, help="Plan for this backend.")
+@click.option("--backend-opt", "backend_opts", multiple=True, metavar="KEY=VALUE", help="Setting for --backend, repeatable.")
+@click.option("--scale", type=click.Choice(["2", "3", "4"]), default=None, help="Upscale factor (env UPSCALE_SCALE; 2).")
+@click.option("--model", default=None, help="Model name (env UPSCALE_MODEL).")
+@click.option("--engine", type=click.Choice(ENGINE_NAMES), default="auto", show_default=True)
+@click.option("--device", type=click.Choice(DEVICE_NAMES), default=None, help="Where the engine runs (env USE_GPU; auto).")
+@click.option("--threads", type=click.IntRange(1), default=None, help="CPU threads for the engine (default: all).")
+@click.option("--segment-seconds", type=click.FloatRange(min=0.1), default=None, help="Length of a remote segment (10).")
+@click.option("-o", "--output", type=click.Path(path_type=Path), default=None, help="The output it would write (its extension picks the encoder).")
+@click.option("--json", "as_json", is_flag=True, help="Print the plan as JSON.")
+def plan_command(source: Path, target_name: str | None, backend: str | None, backend_opts: tuple[str, ...],
+                 scale: str | None, model: str | None, engine: str, device: str | None, threads: int | None,
+                 segment_seconds: float | None, output: Path | None, as_json: bool) -> None:
+    """Say what upscaling SOURCE would do before doing it: frames, segments, output size, bytes to
+    move each way, and the expected time on each place of the fallback chain, measured on a few
+    frames here (remote links measured with --target/--backend), with how sure each estimate is.
+    The job that follows checks the estimate against its real time, and later plans learn from it."""
+    flags = {"scale": int(scale) if scale else None, "model": model, "device": device,
+             "segment_seconds": segment_seconds}
+    try:
+        config = load_settings(flags).settings
+        chain = _chain_for(config, backend, backend_opts, target_name, engine, config.device)
+    except GpuferryError as exc:
+        _print_error(exc)
+        sys.exit(exc.exit_code)
+    sys.exit(_print_plans([source], chain, config, engine, threads, EncodeOptions(crf=config.crf), output, as_json,
+                          measure_links=bool(target_name or backend)))
+
+
+def _print_plans(sources: list[Path], chain: list[Stage], config: Settings, engine: str, threads: int | None,
+                 encode: EncodeOptions, output: Path | None, as_json: bool, measure_links: bool) -> int:
+    """Plan each input and print it (a table, or JSON); returns the exit code."""
+    from gpuferry.api import plan as make_plan
+    from gpuferry.jobs.estimate import measure_link
+
+    plans = []
+    for source in sources:
+        try:
+            plans.append(make_plan(source, chain=chain, scale=config.scale, model=config.model, engine=engine,
+                                   device=config.device, tile=config.tile, threads=threads, encode=encode,
+                                   segment_seconds=config.segment_seconds,
+                                   output_suffix=output.suffix if output is not None and output.suffix else None,
+                                   link_probe=measure_link if measure_links else None))
+        except GpuferryError as exc:
+            _print_error(exc)
+            return exc.exit_code
+    if as_json:
+        click.echo(json.dumps([p.to_json() for p in plans] if len(plans) > 1 else plans[0].to_json(), indent=2))
+        return 0
+    from rich.console import Console
+    from rich.table import Table
+
+    from gpuferry.errors import human_size
+
+    console = Console(soft_wrap=True)
+    for job in plans:
+        (w, h), (ow, oh) = job.size, job.output_size
+        low, high = job.output_bytes_range
+        console.print(f"[bold]{job.input}[/]: {job.frames} frame(s), {job.duration:.1f} s, {w}x{h} -> {ow}x{oh}; "
+                      f"{job.segments} segment(s) of {job.segment_seconds:g} s on a remote place")
+        console.print(f"output about {human_size(job.output_bytes)} ({human_size(low)} to {human_size(high)}); "
+                      f"a remote place moves {human_size(job.input_bytes)} up and about "
+                      f"{human_size(job.output_bytes)} down")
+        table = Table()
+        for column in ("place", "expected", "range", "sure", "engine", "basis"):
+            table.add_column(column)
+        for place in job.places:
+            expected = f"{place.seconds:.1f} s" if place.seconds is not None else "?"
+            spread = f"{place.low:.1f}-{place.high:.1f} s" if place.low is not None else ""
+            if place.upload_s is not None:
+                spread += f" (transfer {place.upload_s:.1f} s up, {place.download_s or 0:.1f} s down)"
+            table.add_row(place.place, expected, spread, place.sure, place.engine or "", place.basis)
+        console.print(table)
+    return 0
 
 
 def _plain(event: Event) -> str:
