@@ -449,3 +449,25 @@ def plan(
     get_model(model)
     return make_plan(Path(source), chain=chain or [], request=request, encode=encode,
                      segment_seconds=segment_seconds, output_suffix=output_suffix, link_probe=link_probe)
+
+
+def watch_folder(
+    in_dir: PathLike,
+    out_dir: PathLike,
+    *,
+    run_one: RunOne,
+    scale: int,
+    settings: dict[str, Any],
+    settle: float = 2.0,
+    failed_dir: PathLike | None = None,
+    globs: tuple[str, ...] = (),
+    idle_exit: float | None = None,
+    stop: threading.Event | None = None,
+    on_event: EventSink = ignore,
+) -> int:
+    """Run a drop folder until ``stop``, Ctrl-C or ``idle_exit`` seconds idle; returns files handled."""
+    from gpuferry.jobs.dropfolder import DropFolder
+
+    folder = DropFolder(Path(in_dir), Path(out_dir), run_one=run_one, scale=scale, settings=settings, settle=settle,
+                        failed_dir=Path(failed_dir) if failed_dir is not None else None, globs=globs, emit=on_event)
+    return folder.run(stop, idle_exit)

@@ -627,6 +627,58 @@ def preview(source: Path, times: tuple[float, ...], models: str | None, scale: s
             click.echo(f"  {timing.model}: {timing.seconds_per_frame:.2f} s/frame on {timing.engine}")
 
 
+@cli.command("watch")
+@click.argument("in_dir", type=click.Path(path_type=Path, file_okay=False))
+@click.argument("out_dir", type=click.Path(path_type=Path, file_okay=False))
+@click.option("--scale", type=click.Choice(["2", "3", "4"]), default=None, help="Upscale factor (env UPSCALE_SCALE; 2).")
+@click.option("--model", default=None, help="Model name (env UPSCALE_MODEL).")
+@click.option("--engine", type=click.Choice(ENGINE_NAMES), default="auto", show_default=True)
+@click.option("--device", type=click.Choice(DEVICE_NAMES), default=None, help="Where the engine runs (env USE_GPU; auto).")
+@click.option("--threads", type=click.IntRange(1), default=None, help="CPU threads for the engine (default: all).")
+@click.option("--glob", "globs", multiple=True, metavar="PATTERN", help="Only files matching PATTERN, repeatable.")
+@click.option("--settle", type=click.FloatRange(min=0.1), default=2.0, show_default=True,
+              help="Seconds a file's size and time must stay the same before it is taken (still being copied).")
+@click.option("--failed-dir", type=click.Path(path_type=Path, file_okay=False), default=None,
+              help="Where a file that fails is moved, its error beside it (default: IN_DIR/failed).")
+@click.option("--exit-when-idle", type=click.FloatRange(min=0.1), default=None, metavar="SECONDS",
+              help="Stop after this long with nothing to do (scripts, tests); default: run until Ctrl-C.")
+@click.option("--json", "as_json", is_flag=True, help="One JSON event per line on stdout.")
+@click.option("-v", "--verbose", is_flag=True, help="Debug logs on stderr.")
+def watch_command(in_dir: Path, out_dir: Path, scale: str | None, model: str | None, engine: str,
+                  device: str | None, threads: int | None, globs: tuple[str, ...], settle: float,
+                  failed_dir: Path | None, exit_when_idle: float | None, as_json: bool, verbose: bool) -> None:
+    """A drop folder: upscale each video or image that lands in IN_DIR (recursively) into the same
+    tree under OUT_DIR. A file is taken once it has stopped growing, each is processed once (the job
+    store remembers across restarts), outputs appear only complete, and a file that fails is moved
+    to the failed folder with its error next to it; the watcher goes on. Ctrl-C stops it."""
+    from gpuferry.api import watch_folder
+
+    _setup_logging(verbose)
+    view, sink = _job_command(as_json)
+    flags = {"scale": int(scale) if scale else None, "model": model, "device": device}
+    try:
+        config = load_settings(flags).settings
+        upscaler = Upscaler(scale=config.scale, model=config.model, engine=engine, device=config.device,
+                            tile=config.tile, threads=threads, encode=EncodeOptions(crf=config.crf), on_event=sink)
+        settings = {"scale": config.scale, "model": config.model, "engine": engine, "device": config.device,
+                    "crf": config.crf}
+        with upscaler:
+            processed = watch_folder(in_dir, out_dir, run_one=lambda s, t: upscaler.upscale(s, t), scale=config.scale,
+                                     settings=settings, settle=settle, failed_dir=failed_dir, globs=globs,
+                                     idle_exit=exit_when_idle, on_event=sink)
+    except GpuferryError as exc:
+        sink({"event": "failed", "input": str(in_dir), "error": exc.to_json()})
+        _print_error(exc)
+        sys.exit(exc.exit_code)
+    except KeyboardInterrupt:
+        processed = None
+    finally:
+        if view is not None:
+            view.close()
+    if not as_json:
+        click.echo("stopped" + (f" after {processed} file(s)" if processed is not None else ""), err=True)
+
+
 @cli.command("plan")
 @click.argument("source", type=click.Path(path_type=Path))
 @click.option("--target", "target_name", default=None, help="Plan for this configured target (its link is measured).")

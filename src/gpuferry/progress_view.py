@@ -111,12 +111,19 @@ class ProgressView:
         if task is not None:
             self.progress.remove_task(task)
         overall = self._tasks.get(f"batch:{event['batch']}")
-        if overall is not None:
+        if overall is not None and event.get("total"):
             self.progress.update(overall, completed=event["index"])
         if event["outcome"] != "done" or not self.console.is_terminal:
             colour = {"done": "green", "skipped": "cyan", "failed": "red"}[event["outcome"]]
             reason = f": {event['reason']}" if event["reason"] else ""
             self.console.print(f"[{colour}]{event['outcome']}[/] {event['path']}{reason}")
+
+    def _on_watching(self, event: Event) -> None:
+        self.console.print(f"watching {event['root']} -> {event['output_root']} (a file is taken after "
+                           f"{event['settle_s']:g} s without growing; failures go to {event['failed_dir']})")
+
+    def _on_moved_aside(self, event: Event) -> None:
+        self.console.print(f"[red]moved aside[/] {event['input']} -> {event['to']} (error beside it)")
 
     def summary(self, result: Any) -> None:
         """One line per finished file: where the output is and how long it took."""

@@ -39,9 +39,10 @@ class ItemOutcome:
     reason: str = ""
     seconds: float | None = None
     exit_code: int = 0
+    error: GpuferryError | None = None
 
     def to_json(self) -> dict[str, Any]:
-        return {key: value for key, value in self.__dict__.items() if key != "exit_code"}
+        return {key: value for key, value in self.__dict__.items() if key not in ("exit_code", "error")}
 
 
 @dataclass
@@ -74,20 +75,20 @@ def default_output_root(root: Path, scale: int) -> Path:
 def find_inputs(root: Path, globs: tuple[str, ...] = (), exclude: Path | None = None) -> list[Path]:
     """Files under ``root`` (recursively) that are media, or that match any of ``globs`` (matched
     against the path under the root and against the name); hidden files and ``exclude`` left out."""
-    found = []
-    for path in sorted(root.rglob("*")):
-        relative = path.relative_to(root)
-        if any(part.startswith(".") for part in relative.parts) or not path.is_file():
-            continue
-        if exclude is not None and path.is_relative_to(exclude):
-            continue
-        if globs:
-            if not any(fnmatch.fnmatch(str(relative), g) or fnmatch.fnmatch(path.name, g) for g in globs):
-                continue
-        elif path.suffix.lower() not in MEDIA_EXTENSIONS:
-            continue
-        found.append(relative)
-    return found
+    return [path.relative_to(root) for path in sorted(root.rglob("*"))
+            if path.is_file() and wanted(root, path, globs, exclude)]
+
+
+def wanted(root: Path, path: Path, globs: tuple[str, ...] = (), exclude: Path | None = None) -> bool:
+    """Whether a path under ``root`` is an input (see ``find_inputs``); the file need not exist."""
+    relative = path.relative_to(root)
+    if any(part.startswith(".") for part in relative.parts):
+        return False
+    if exclude is not None and path.is_relative_to(exclude):
+        return False
+    if globs:
+        return any(fnmatch.fnmatch(str(relative), g) or fnmatch.fnmatch(path.name, g) for g in globs)
+    return path.suffix.lower() in MEDIA_EXTENSIONS
 
 
 def _remove_stale_partials(target: Path) -> None:
@@ -160,7 +161,7 @@ def _run_items(store: JobStore, batches: BatchRecords, batch_id: str, root: Path
     for number, (rel, output, _size) in enumerate(planned, start=1):
         source, target = root / rel, Path(output)
         record = known[rel]
-        outcome = _run_item(batches, batch_id, rel, source, target, record, run_one, overwrite)
+        outcome = run_item(batches, batch_id, rel, source, target, record, run_one, overwrite)
         report.items.append(outcome)
         if outcome.outcome == "failed" and not report.exit_code:
             report.exit_code = outcome.exit_code or 1
@@ -171,8 +172,9 @@ def _run_items(store: JobStore, batches: BatchRecords, batch_id: str, root: Path
     return report
 
 
-def _run_item(batches: BatchRecords, batch_id: str, rel: str, source: Path, target: Path, record: Any,
-              run_one: RunOne, overwrite: bool) -> ItemOutcome:
+def run_item(batches: BatchRecords, batch_id: str, rel: str, source: Path, target: Path, record: Any,
+             run_one: RunOne, overwrite: bool) -> ItemOutcome:
+    """One file of a batch: skipped if done and still in place, else upscaled; the store follows."""
     if record.state == ITEM_DONE and target.is_file() and target.stat().st_size == record.output_size:
         return ItemOutcome(rel, "skipped", str(target), "done in an earlier run")
     target.parent.mkdir(parents=True, exist_ok=True)
@@ -186,13 +188,13 @@ def _run_item(batches: BatchRecords, batch_id: str, rel: str, source: Path, targ
                                   path=str(target), step="batch")
         batches.set_item(batch_id, rel, ITEM_FAILED, error=error.one_line())
         return ItemOutcome(rel, "failed", str(target), f"{error.cause} (--overwrite replaces it)",
-                           exit_code=error.exit_code)
+                           exit_code=error.exit_code, error=error)
     batches.set_item(batch_id, rel, ITEM_RUNNING)
     try:
         result = run_one(source, target)
     except GpuferryError as exc:
         batches.set_item(batch_id, rel, ITEM_FAILED, error=exc.one_line())
-        return ItemOutcome(rel, "failed", str(target), exc.cause, exit_code=exc.exit_code)
+        return ItemOutcome(rel, "failed", str(target), exc.cause, exit_code=exc.exit_code, error=exc)
     except BaseException:
         batches.set_item(batch_id, rel, ITEM_PENDING)
         raise
