@@ -130,7 +130,8 @@ def _check_estimate(source: Path, place: str, result: UpscaleResult, emit: Event
     """A plan made for this input and place learns the real time (and the user sees how close it was)."""
     store = JobStore()
     try:
-        checked = check_estimate(store, source, place, result.engine, result.seconds, job_id)
+        checked = check_estimate(store, source, place, result.engine, result.seconds, frames=result.frames,
+                                 pixels=result.width * result.height, job_id=job_id)
     finally:
         store.close()
     if checked is not None:

@@ -73,3 +73,16 @@ def test_plan_for_a_target_measures_its_link_and_leaves_nothing(env, sshd_server
     assert places[0]["upload_s"] > 0 and places[0]["download_s"] > 0
     assert places[-1]["seconds"] > 0  # this machine, the fallback
     assert list(root.iterdir()) == [], "the link probe leaves nothing behind"
+
+
+def test_a_remote_place_learns_its_speed_from_the_job_that_ran_there(env, tmp_path):
+    clip = Path(make_clip(tmp_path / "clip.mp4", frames=12, width=64, height=48))
+    args = ("--backend", "local", "--engine", "resample")
+    first = json.loads(run_gpuferry(env, "plan", str(clip), *args, "--json").stdout)["places"][0]
+    assert first["place"] == "target local" and first["seconds"] is None and first["sure"] == "none"
+    job = run_gpuferry(env, "upscale", str(clip), *args, "--json")
+    assert job.returncode == 0, job.stderr
+    finished = [json.loads(line) for line in job.stdout.splitlines() if '"finished"' in line][-1]
+    again = json.loads(run_gpuferry(env, "plan", str(clip), *args, "--json").stdout)["places"][0]
+    assert again["sure"] == "learned" and "1 finished job" in again["basis"]
+    assert 0.5 <= again["seconds"] / finished["seconds"] <= 2.0  # the same clip: close to what it took

@@ -221,29 +221,30 @@ def make_plan(
         stages = chain or [Stage("here", engines=[{"engine": request.engine, "device": request.device}])]
         local = [stage for stage in stages if stage.local]
         remote = [stage for stage in stages if not stage.local]
-        by_name = {stage.name: _place(stage, measured, frames, store, info, None, 0) for stage in local}
+        pixels = width * height * request.scale ** 2
+        by_name = {stage.name: _place(stage, measured, frames, pixels, store, info, None, 0) for stage in local}
         sample = next(iter(measurements.values()), None)
         if sample is None:  # no engine here: measure the cheapest one for the output size
             with contextlib.suppress(GpuferryError):
                 sample = measured({"engine": "resample", "device": "auto"})
         output_bytes = int(sample.bytes_per_frame * frames) if sample else info.file_size * request.scale ** 2
-        by_name.update({stage.name: _place(stage, measured, frames, store, info, link_probe, output_bytes)
+        by_name.update({stage.name: _place(stage, measured, frames, pixels, store, info, link_probe, output_bytes)
                         for stage in remote})
         places = [by_name[stage.name] for stage in stages]
         plan = JobPlan(source, frames, info.video.duration if info.video else 0.0, (width, height),
                        (width * request.scale, height * request.scale), segments, segment_seconds, info.file_size,
                        output_bytes, (output_bytes // 3, int(output_bytes * 1.5)), places, list(measurements.values()))
         for place in places:
-            if place.seconds is not None and place.engine is not None:
-                _store_estimate(store, source, place, width * height)
+            if place.seconds is not None:
+                _store_estimate(store, source, place, frames, plan.output_size[0] * plan.output_size[1])
         return plan
     finally:
         if own_store:
             store.close()
 
 
-def _place(stage: Stage, measured: Callable[[dict[str, Any]], Measurement], frames: int, store: JobStore,
-           info: MediaInfo, link_probe: LinkProbe | None, output_bytes: int) -> PlaceEstimate:
+def _place(stage: Stage, measured: Callable[[dict[str, Any]], Measurement], frames: int, pixels: int,
+           store: JobStore, info: MediaInfo, link_probe: LinkProbe | None, output_bytes: int) -> PlaceEstimate:
     if stage.local:
         reasons = []
         for settings in stage.engines:
@@ -252,46 +253,79 @@ def _place(stage: Stage, measured: Callable[[dict[str, Any]], Measurement], fram
             except EngineUnavailableError as exc:
                 reasons.append(exc.cause)
         return PlaceEstimate(stage.name, None, None, None, None, "none", "not available here: " + "; ".join(reasons))
+    estimate = _learned_remote(stage.name, frames * pixels, store)
     link = None
     if link_probe is not None:
         try:
             link = link_probe(stage)
         except GpuferryError as exc:
-            return PlaceEstimate(stage.name, None, None, None, None, "none", f"could not reach it: {exc.one_line()}")
+            estimate.basis += f"; could not reach it now: {exc.one_line()}"
+            return estimate
     if link is None:
-        return PlaceEstimate(stage.name, None, None, None, None, "none",
-                             "not measured: `gpuferry plan IN --target NAME` measures its link")
+        estimate.basis += "; link not measured (`gpuferry plan IN --target NAME` measures it)"
+        return estimate
     up, down = link
-    return PlaceEstimate(stage.name, None, None, None, None, "none",
-                         f"link measured ({up / 1e6:.1f} MB/s up, {down / 1e6:.1f} MB/s down); the engine's speed "
-                         "there is not measured", upload_s=info.file_size / up if up else None,
-                         download_s=output_bytes / down if down else None)
+    estimate.upload_s = info.file_size / up if up else None
+    estimate.download_s = output_bytes / down if down else None
+    estimate.basis += f"; link measured now: {up / 1e6:.1f} MB/s up, {down / 1e6:.1f} MB/s down"
+    return estimate
 
 
-def _store_estimate(store: JobStore, source: Path, place: PlaceEstimate, pixels: int) -> None:
+def _learned_remote(place: str, pixel_frames: int, store: JobStore) -> PlaceEstimate:
+    """A remote place's time from the jobs it finished before (whole jobs: setup, transfers, engine)."""
+    speeds = place_speeds(store, place)
+    if not speeds:
+        return PlaceEstimate(place, None, None, None, None, "none", "no finished job there yet to learn its speed from")
+    typical = statistics.median(speeds)
+    seconds = typical * pixel_frames
+    spread = max(1.5, max(speeds) / typical, typical / min(speeds))
+    return PlaceEstimate(place, None, seconds, seconds / spread, seconds * spread, "learned",
+                         f"from {len(speeds)} finished job(s) there, scaled by pixels x frames")
+
+
+def _store_estimate(store: JobStore, source: Path, place: PlaceEstimate, frames: int, pixels: int) -> None:
     with store._transaction() as db:
         db.execute(
-            "INSERT INTO estimates (created, input, place, engine, pixels, predicted_s) VALUES (?, ?, ?, ?, ?, ?)",
-            (time.time(), str(source.resolve()), place.place, place.engine, pixels, place.seconds),
+            "INSERT INTO estimates (created, input, place, engine, frames, pixels, predicted_s)"
+            " VALUES (?, ?, ?, ?, ?, ?, ?)",
+            (time.time(), str(source.resolve()), place.place, place.engine or "", frames, pixels, place.seconds),
         )
 
 
-def check_estimate(store: JobStore, source: Path, place: str, engine: str, actual_s: float,
-                   job_id: str | None = None) -> dict[str, float] | None:
-    """After a job: the latest unchecked estimate for this input, place and engine gets the real time
-    (so later estimates learn from it). Returns predicted, actual and their ratio, or None."""
+def check_estimate(store: JobStore, source: Path, place: str, engine: str, actual_s: float, *, frames: int,
+                   pixels: int, job_id: str | None = None) -> dict[str, float] | None:
+    """After a job: the latest unchecked estimate for this input and place gets the real time, so
+    later estimates learn from it (with no estimate, the time is kept as an observation of the
+    place's speed). Returns predicted, actual and their ratio, or None when nothing was estimated."""
     BatchRecords(store)
     row = store._db.execute(
-        "SELECT id, predicted_s FROM estimates WHERE input = ? AND place = ? AND engine = ? AND actual_s IS NULL"
-        " ORDER BY id DESC LIMIT 1", (str(source.resolve()), place, engine),
+        "SELECT id, predicted_s, engine FROM estimates WHERE input = ? AND place = ? AND actual_s IS NULL"
+        " ORDER BY id DESC LIMIT 1", (str(source.resolve()), place),
     ).fetchone()
-    if row is None:
+    if row is None or (row["engine"] and row["engine"] != engine):
+        with store._transaction() as db:
+            db.execute(
+                "INSERT INTO estimates (created, job_id, input, place, engine, frames, pixels, actual_s)"
+                " VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                (time.time(), job_id, str(source.resolve()), place, engine, frames, pixels, actual_s),
+            )
         return None
     with store._transaction() as db:
-        db.execute("UPDATE estimates SET actual_s = ?, job_id = ? WHERE id = ?", (actual_s, job_id, row["id"]))
+        db.execute("UPDATE estimates SET actual_s = ?, job_id = ?, engine = ? WHERE id = ?",
+                   (actual_s, job_id, engine, row["id"]))
     predicted = row["predicted_s"]
     return {"predicted_s": round(predicted, 3), "actual_s": round(actual_s, 3),
             "ratio": round(actual_s / predicted, 3) if predicted else 0.0}
+
+
+def place_speeds(store: JobStore, place: str) -> list[float]:
+    """Seconds per output pixel-frame of the latest finished jobs on a place (its engine and link)."""
+    BatchRecords(store)
+    rows = store._db.execute(
+        "SELECT actual_s, frames, pixels FROM estimates WHERE place = ? AND actual_s IS NOT NULL AND frames > 0"
+        " AND pixels > 0 ORDER BY id DESC LIMIT ?", (place, HISTORY),
+    ).fetchall()
+    return [row["actual_s"] / (row["frames"] * row["pixels"]) for row in rows]
 
 
 def measure_link(stage: Stage, probe_bytes: int = 2 * 1024 * 1024) -> tuple[float, float]:

@@ -286,8 +286,9 @@ CREATE TABLE IF NOT EXISTS estimates (
     input TEXT NOT NULL,
     place TEXT NOT NULL,
     engine TEXT NOT NULL,
+    frames INTEGER NOT NULL,
     pixels INTEGER NOT NULL,
-    predicted_s REAL NOT NULL,
+    predicted_s REAL,
     actual_s REAL
 );
 """
