@@ -40,7 +40,7 @@ def test_slow_copy_is_taken_only_when_complete_and_a_bad_file_is_moved_aside(env
     data = clip.read_bytes()
     in_dir, out_dir = tmp_path / "in", tmp_path / "out"
     in_dir.mkdir()
-    watcher = start_watcher(env, in_dir, out_dir, "--settle", "2", "--exit-when-idle", "6")
+    watcher = start_watcher(env, in_dir, out_dir, "--settle", "2", "--exit-when-idle", "3")
     try:
         (in_dir / "broken.mp4").write_bytes(b"not a video" * 50)
         step = len(data) // 10 + 1
@@ -89,7 +89,7 @@ def test_twenty_files_at_once_then_kill_9_and_restarts_redo_nothing(env, tmp_pat
         watcher.kill()
     done_before = {p: p.stat().st_mtime_ns for p in outputs(out_dir)}
     assert len(done_before) >= 5
-    restarted = start_watcher(env, in_dir, out_dir, "--settle", "0.5", "--exit-when-idle", "3")
+    restarted = start_watcher(env, in_dir, out_dir, "--settle", "0.5", "--exit-when-idle", "1.5")
     events = finish(restarted)
     started = {Path(e["output"]).resolve() for e in events if e["event"] == "started"}
     assert not started & {p.resolve() for p in done_before}, "a finished file was upscaled again"
@@ -98,7 +98,7 @@ def test_twenty_files_at_once_then_kill_9_and_restarts_redo_nothing(env, tmp_pat
     assert all(probe(p).frames == 12 for p in outputs(out_dir))
     assert all(p.stat().st_mtime_ns == mtime for p, mtime in done_before.items())
     # and once more: nothing at all is redone
-    third = finish(start_watcher(env, in_dir, out_dir, "--settle", "0.5", "--exit-when-idle", "3"))
+    third = finish(start_watcher(env, in_dir, out_dir, "--settle", "0.5", "--exit-when-idle", "1.5"))
     assert not [e for e in third if e["event"] == "started"]
     assert {e["outcome"] for e in third if e["event"] == "batch_item"} == {"skipped"}
     assert len([e for e in third if e["event"] == "batch_item"]) == 20

@@ -103,3 +103,20 @@ def test_glob_and_default_output_folder(env, tmp_path):
     assert [str(p.relative_to(out)) for p in out.rglob("*") if p.is_file()] == ["sub/d_x2.mkv"]
     nothing = run_gpuferry(env, "upscale", str(folder), "--glob", "*.avi", "--engine", "resample")
     assert nothing.returncode == 2 and "no files matching *.avi" in nothing.stderr
+
+
+def test_a_store_from_before_batches_gains_their_tables_and_keeps_its_jobs(env, tmp_path):
+    from gpuferry.api import list_batches, list_jobs
+    from gpuferry.jobs.store import JobStore
+
+    store = JobStore()  # the store as older clients make it: jobs, segments, events
+    store.create(input="in.mp4", input_sha256="0" * 64, input_size=1, output="out.mp4", settings={},
+                 target={"kind": "local"}, segments=[])
+    store.close()
+    db = sqlite3.connect(Path(env["GPUFERRY_HOME"]) / "jobs.sqlite3")
+    tables = {row[0] for row in db.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+    assert "batches" not in tables
+    assert list_batches() == []
+    tables = {row[0] for row in db.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+    assert {"batches", "batch_items", "estimates"} <= tables
+    assert [job["input"] for job in list_jobs()] == ["in.mp4"]
