@@ -26,7 +26,7 @@ from gpuferry.media.probe import probe
 from gpuferry.models.registry import DEFAULT_MODEL, get_model
 from gpuferry.pipeline.files import FileResult, upscale_file
 from gpuferry.pipeline.outputs import check_output, default_output
-from gpuferry.pipeline.preview import PreviewResult, make_preview
+from gpuferry.pipeline.preview import PreviewResult, local_runner, make_preview
 
 PathLike = str | os.PathLike[str]
 
@@ -364,14 +364,23 @@ def preview(
     engine: str = "auto",
     device: str = "auto",
     threads: int | None = None,
+    target: TargetSpec | None = None,
+    python: str | None = None,
     overwrite: bool = False,
     on_event: EventSink = ignore,
 ) -> PreviewResult:
     """Write one picture comparing plain bicubic with each model on a few frames (default: three
-    spread over the video, the default model); returns its path, layout and seconds per frame."""
+    spread over the video, the default model), here or on ``target``; returns its path, layout and
+    seconds per frame."""
+    if target is not None:
+        from gpuferry.jobs.remote_preview import remote_runner
+
+        runner = remote_runner(target, engine=engine, device=device, python=python)
+    else:
+        runner = local_runner(engine, device, threads)
     return make_preview(Path(source), Path(output) if output is not None else None, times=times,
-                        models=models or [DEFAULT_MODEL], scale=scale, engine=engine, device=device,
-                        threads=threads, overwrite=overwrite, emit=on_event)
+                        models=models or [DEFAULT_MODEL], scale=scale, runner=runner, overwrite=overwrite,
+                        emit=on_event)
 
 
 def run_folder(

@@ -447,6 +447,20 @@ def jobs(as_json: bool, limit: int, only_batches: bool) -> None:
     Console().print(table)
 
 
+def _target_spec(config: Settings, backend: str | None, backend_opts: tuple[str, ...],
+                 target_name: str | None) -> TargetSpec | None:
+    """The one place named by --backend or --target, or None for this machine."""
+    if backend is not None:
+        return TargetSpec.from_pairs(backend, backend_opts)
+    if target_name is None:
+        return None
+    if target_name not in config.targets:
+        known = ", ".join(sorted(config.targets)) or "none configured"
+        raise UsageError(f"no target named {target_name!r} in the config file (known: {known})", step="config")
+    chosen = config.targets[target_name]
+    return TargetSpec(chosen.kind, chosen.settings)
+
+
 def _print_batches(batches: list[dict[str, Any]]) -> None:
     from rich.console import Console
     from rich.table import Table
@@ -591,16 +605,19 @@ def doctor(target_name: str | None, as_json: bool) -> None:
 @click.option("--device", type=click.Choice(DEVICE_NAMES), default=None, help="Where the engine runs (env USE_GPU; auto).")
 @click.option("--threads", type=click.IntRange(1), default=None, help="CPU threads for the engine (default: all).")
 @click.option("--overwrite", is_flag=True, help="Replace an existing picture.")
+@click.option("--target", "target_name", default=None, help="Run the models on this configured target.")
+@click.option("--backend", type=click.Choice(BACKEND_KINDS), default=None, help="Run the models on this backend.")
+@click.option("--backend-opt", "backend_opts", multiple=True, metavar="KEY=VALUE", help="Setting for --backend, repeatable.")
 @click.option("--json", "as_json", is_flag=True, help="JSON events on stdout, the last one with paths and figures.")
 @click.option("-v", "--verbose", is_flag=True, help="Debug logs on stderr.")
 def preview(source: Path, times: tuple[float, ...], models: str | None, scale: str | None, output: Path | None,
-            engine: str, device: str | None, threads: int | None, overwrite: bool, as_json: bool,
-            verbose: bool) -> None:
+            engine: str, device: str | None, threads: int | None, overwrite: bool, target_name: str | None,
+            backend: str | None, backend_opts: tuple[str, ...], as_json: bool, verbose: bool) -> None:
     """See before you spend: upscale a few frames with each model and write one picture.
 
     Per time: the source enlarged with plain bicubic beside each model's result, labelled with the
     model and its time per frame, and under each a zoom on the most detailed region (chosen
-    automatically). Runs on this machine.
+    automatically). The models run on this machine, or on --target/--backend (only the frames travel).
     """
     from gpuferry.api import preview as make_preview
     from gpuferry.pipeline.preview import parse_models
@@ -609,9 +626,10 @@ def preview(source: Path, times: tuple[float, ...], models: str | None, scale: s
     view, sink = _job_command(as_json)
     try:
         config = load_settings({"scale": int(scale) if scale else None, "device": device}).settings
+        spec = _target_spec(config, backend, backend_opts, target_name)
         result = make_preview(source, output, times=list(times) or None, models=parse_models(models, config.model),
                               scale=config.scale, engine=engine, device=config.device, threads=threads,
-                              overwrite=overwrite, on_event=sink)
+                              target=spec, overwrite=overwrite, on_event=sink)
     except GpuferryError as exc:
         if as_json:
             sink({"event": "failed", "input": str(source), "error": exc.to_json()})

@@ -171,3 +171,18 @@ def test_bad_time_and_unknown_model_are_one_line_errors(clips, tmp_path):
     assert "outside the video" in subprocess.run(
         [sys.executable, "-m", "gpuferry", "preview", str(source), "--at", "9"], capture_output=True, text=True,
         timeout=120).stderr
+
+
+def test_models_can_run_on_a_target_and_leave_nothing_there(clips, tmp_path, sshd_server):
+    from gpuferry.jobs.targets import TargetSpec
+
+    source = shutil.copy(clips.get("base.mp4"), tmp_path / "in.mp4")
+    box = tmp_path / "box"
+    box.mkdir()
+    spec = TargetSpec("ssh", sshd_server.backend_options(workdir=str(box), python=sys.executable))
+    models = MODEL_NAMES[:2]
+    result = preview(source, tmp_path / "sheet.png", models=models, engine="resample", target=spec, times=[0.1, 0.3])
+    check_sheet(result, source, models)  # the far side's pictures, where they belong
+    assert all(timing.engine.endswith("on ssh") and len(timing.seconds) == 2 for timing in result.models)
+    jobs = box / "gpuferry" / "jobs"
+    assert not jobs.exists() or list(jobs.iterdir()) == [], "the preview's far-side folder was removed"

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -79,6 +80,36 @@ def parse_models(text: str | None, default: str) -> list[str]:
     return names
 
 
+#: runs each model on the frames: (models, frames, scale, emit) -> one (timing, outputs) per model
+ModelRunner = Callable[[list[str], list[np.ndarray], int, EventSink], list[tuple["ModelTiming", list[np.ndarray]]]]
+
+
+def local_runner(engine: str = "auto", device: str = "auto", threads: int | None = None) -> ModelRunner:
+    """Run the models here, one engine at a time, timing each frame."""
+
+    def run(models: list[str], frames: list[np.ndarray], scale: int, emit: EventSink) -> list[tuple[ModelTiming, list[np.ndarray]]]:
+        results = []
+        for m, name in enumerate(models):
+            choice = create_engine(EngineRequest(engine=engine, model=name, scale=scale, device=device, threads=threads))
+            timing = ModelTiming(name, choice.engine.describe())
+            emit(make_event("engine", engine=timing.engine, reason=choice.reason))
+            outputs = []
+            try:
+                for i, frame in enumerate(frames):
+                    tick = time.monotonic()
+                    outputs.append(choice.engine.upscale([frame])[0])
+                    timing.seconds.append(time.monotonic() - tick)
+                    emit(make_event("progress", input="preview", done=m * len(frames) + i + 1,
+                                    total=len(models) * len(frames),
+                                    fps=round(1 / max(timing.seconds[-1], 1e-6), 3), eta_s=None))
+            finally:
+                choice.engine.close()
+            results.append((timing, outputs))
+        return results
+
+    return run
+
+
 def default_preview_output(source: Path) -> Path:
     return source.with_name(f"{source.stem}_preview.png")
 
@@ -90,14 +121,13 @@ def make_preview(
     times: list[float] | None = None,
     models: list[str],
     scale: int = 2,
-    engine: str = "auto",
-    device: str = "auto",
-    threads: int | None = None,
+    runner: ModelRunner | None = None,
     overwrite: bool = False,
     emit: EventSink = ignore,
 ) -> PreviewResult:
-    """Upscale the frames at ``times`` (default: three spread over the video) with each model and
-    write the comparison picture; nothing is written if anything fails."""
+    """Upscale the frames at ``times`` (default: three spread over the video) with each model (here,
+    or wherever ``runner`` runs them) and write the comparison picture; nothing is written if
+    anything fails."""
     started = time.monotonic()
     output = output or default_preview_output(source)
     if output.suffix.lower() not in (".png", ".jpg", ".jpeg", ".webp"):
@@ -116,26 +146,9 @@ def make_preview(
         x, y = most_detailed_box(still.rgb, crop_w, crop_h)
         crops.append((x, y, x + crop_w, y + crop_h))
     bicubic = [np.asarray(Image.fromarray(s.rgb).resize((out_w, out_h), Image.Resampling.BICUBIC)) for s in stills]
-    results: list[list[np.ndarray]] = []
-    timings: list[ModelTiming] = []
-    total = len(models) * len(stills)
-    for m, name in enumerate(models):
-        choice = create_engine(EngineRequest(engine=engine, model=name, scale=scale, device=device, threads=threads))
-        timing = ModelTiming(name, choice.engine.describe())
-        emit(make_event("engine", engine=timing.engine, reason=choice.reason))
-        outputs = []
-        try:
-            for i, still in enumerate(stills):
-                tick = time.monotonic()
-                outputs.append(choice.engine.upscale([still.rgb])[0])
-                timing.seconds.append(time.monotonic() - tick)
-                done = m * len(stills) + i + 1
-                emit(make_event("progress", input=f"preview {source.name}", done=done, total=total,
-                                fps=round(1 / max(timing.seconds[-1], 1e-6), 3), eta_s=None))
-        finally:
-            choice.engine.close()
-        results.append(outputs)
-        timings.append(timing)
+    ran = (runner or local_runner())(models, [still.rgb for still in stills], scale, emit)
+    timings = [timing for timing, _ in ran]
+    results = [outputs for _, outputs in ran]
     blocks = []
     for i, still in enumerate(stills):
         x0, y0, x1, y1 = (v * scale for v in crops[i])
