@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import logging
 import os
+import sqlite3
 import threading
 from collections.abc import Iterable
 from dataclasses import asdict
@@ -29,6 +31,7 @@ from gpuferry.pipeline.outputs import check_output, default_output
 from gpuferry.pipeline.preview import PreviewResult, local_runner, make_preview
 
 PathLike = str | os.PathLike[str]
+log = logging.getLogger(__name__)
 
 #: the result of one upscaled file (output path, frames, seconds, engine)
 UpscaleResult = FileResult
@@ -127,13 +130,18 @@ class Upscaler:
 
 
 def _check_estimate(source: Path, place: str, result: UpscaleResult, emit: EventSink, job_id: str | None = None) -> None:
-    """A plan made for this input and place learns the real time (and the user sees how close it was)."""
-    store = JobStore()
+    """A plan made for this input and place learns the real time (and the user sees how close it was).
+    The output is already in place: a job store that cannot be written costs only the learning."""
     try:
-        checked = check_estimate(store, source, place, result.engine, result.seconds, frames=result.frames,
-                                 pixels=result.width * result.height, job_id=job_id)
-    finally:
-        store.close()
+        store = JobStore()
+        try:
+            checked = check_estimate(store, source, place, result.engine, result.seconds, frames=result.frames,
+                                     pixels=result.width * result.height, job_id=job_id)
+        finally:
+            store.close()
+    except (sqlite3.Error, OSError) as exc:
+        log.debug("estimate not checked: %s", exc)
+        return
     if checked is not None:
         emit(make_event("estimate_checked", input=str(source), place=place, **checked))
 

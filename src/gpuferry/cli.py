@@ -668,7 +668,8 @@ def watch_command(in_dir: Path, out_dir: Path, scale: str | None, model: str | N
     """A drop folder: upscale each video or image that lands in IN_DIR (recursively) into the same
     tree under OUT_DIR. A file is taken once it has stopped growing, each is processed once (the job
     store remembers across restarts), outputs appear only complete, and a file that fails is moved
-    to the failed folder with its error next to it; the watcher goes on. Ctrl-C stops it."""
+    to the failed folder with its error next to it; the watcher goes on. Ctrl-C stops it. With a
+    cloud GPU enabled or targets configured, each file goes through the fallback chain as `upscale` does."""
     from gpuferry.api import watch_folder
 
     _setup_logging(verbose)
@@ -676,14 +677,27 @@ def watch_command(in_dir: Path, out_dir: Path, scale: str | None, model: str | N
     flags = {"scale": int(scale) if scale else None, "model": model, "device": device}
     try:
         config = load_settings(flags).settings
+        encode = EncodeOptions(crf=config.crf)
         upscaler = Upscaler(scale=config.scale, model=config.model, engine=engine, device=config.device,
-                            tile=config.tile, threads=threads, encode=EncodeOptions(crf=config.crf), on_event=sink)
+                            tile=config.tile, threads=threads, encode=encode, on_event=sink)
+        chain = _chain_for(config, None, (), None, engine, config.device)
         settings = {"scale": config.scale, "model": config.model, "engine": engine, "device": config.device,
-                    "crf": config.crf}
+                    "crf": config.crf, "places": [stage.name for stage in chain]}
+        remote = RemoteOptions(segment_seconds=config.segment_seconds, stall_timeout=config.stall_timeout,
+                               poll_interval=config.poll_interval, attempt_timeout=config.cgpu_timeout,
+                               max_recoveries=config.retry_budget)
+
+        def run_one(source: Path, target: Path) -> UpscaleResult:
+            if not chain:  # nothing configured beyond this machine: one engine for every file
+                return upscaler.upscale(source, target)
+            return upscale_with_fallback(source, target, chain=chain, remote=remote, scale=config.scale,
+                                         model=config.model, engine=engine, device=config.device, tile=config.tile,
+                                         threads=threads, encode=encode, strict=config.strict, on_event=sink)
+
         with upscaler:
-            processed = watch_folder(in_dir, out_dir, run_one=lambda s, t: upscaler.upscale(s, t), scale=config.scale,
-                                     settings=settings, settle=settle, failed_dir=failed_dir, globs=globs,
-                                     idle_exit=exit_when_idle, on_event=sink)
+            processed = watch_folder(in_dir, out_dir, run_one=run_one, scale=config.scale, settings=settings,
+                                     settle=settle, failed_dir=failed_dir, globs=globs, idle_exit=exit_when_idle,
+                                     on_event=sink)
     except GpuferryError as exc:
         sink({"event": "failed", "input": str(in_dir), "error": exc.to_json()})
         _print_error(exc)
