@@ -17,7 +17,7 @@ import av
 from gpuferry.engines import EngineRequest, create_engine
 from gpuferry.errors import EngineUnavailableError, GpuferryError
 from gpuferry.jobs.fallback import Stage
-from gpuferry.jobs.store import BatchRecords, JobStore
+from gpuferry.jobs.store import EstimateRecords, JobStore
 from gpuferry.media.decode import iter_video_frames
 from gpuferry.media.encode import EncodeOptions
 from gpuferry.media.formats import default_codec_for
@@ -161,12 +161,8 @@ def _measure_encode(frames: list[Any], info: MediaInfo, encode: EncodeOptions, s
 
 def learned_ratio(store: JobStore, place: str, engine: str) -> list[float]:
     """actual / predicted of the latest checked estimates on this place and engine."""
-    BatchRecords(store)  # the estimates table, on an older store
-    rows = store._db.execute(
-        "SELECT predicted_s, actual_s FROM estimates WHERE place = ? AND engine = ? AND actual_s IS NOT NULL"
-        " AND predicted_s > 0 ORDER BY id DESC LIMIT ?", (place, engine, HISTORY),
-    ).fetchall()
-    return [row["actual_s"] / row["predicted_s"] for row in rows]
+    rows = EstimateRecords(store).checked(place, HISTORY * 4, engine)
+    return [row["actual_s"] / row["predicted_s"] for row in rows if row["predicted_s"]][:HISTORY]
 
 
 def _estimate_here(place: str, measured: Measurement, frames: int, store: JobStore) -> PlaceEstimate:
@@ -284,12 +280,8 @@ def _learned_remote(place: str, pixel_frames: int, store: JobStore) -> PlaceEsti
 
 
 def _store_estimate(store: JobStore, source: Path, place: PlaceEstimate, frames: int, pixels: int) -> None:
-    with store._transaction() as db:
-        db.execute(
-            "INSERT INTO estimates (created, input, place, engine, frames, pixels, predicted_s)"
-            " VALUES (?, ?, ?, ?, ?, ?, ?)",
-            (time.time(), str(source.resolve()), place.place, place.engine or "", frames, pixels, place.seconds),
-        )
+    EstimateRecords(store).add(input=str(source.resolve()), place=place.place, engine=place.engine or "",
+                               frames=frames, pixels=pixels, predicted_s=place.seconds)
 
 
 def check_estimate(store: JobStore, source: Path, place: str, engine: str, actual_s: float, *, frames: int,
@@ -297,22 +289,13 @@ def check_estimate(store: JobStore, source: Path, place: str, engine: str, actua
     """After a job: the latest unchecked estimate for this input and place gets the real time, so
     later estimates learn from it (with no estimate, the time is kept as an observation of the
     place's speed). Returns predicted, actual and their ratio, or None when nothing was estimated."""
-    BatchRecords(store)
-    row = store._db.execute(
-        "SELECT id, predicted_s, engine FROM estimates WHERE input = ? AND place = ? AND actual_s IS NULL"
-        " ORDER BY id DESC LIMIT 1", (str(source.resolve()), place),
-    ).fetchone()
+    records = EstimateRecords(store)
+    row = records.open_estimate(str(source.resolve()), place)
     if row is None or (row["engine"] and row["engine"] != engine):
-        with store._transaction() as db:
-            db.execute(
-                "INSERT INTO estimates (created, job_id, input, place, engine, frames, pixels, actual_s)"
-                " VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-                (time.time(), job_id, str(source.resolve()), place, engine, frames, pixels, actual_s),
-            )
+        records.add(input=str(source.resolve()), place=place, engine=engine, frames=frames, pixels=pixels,
+                    actual_s=actual_s, job_id=job_id)
         return None
-    with store._transaction() as db:
-        db.execute("UPDATE estimates SET actual_s = ?, job_id = ?, engine = ? WHERE id = ?",
-                   (actual_s, job_id, engine, row["id"]))
+    records.settle(row["id"], actual_s, engine, job_id)
     predicted = row["predicted_s"]
     return {"predicted_s": round(predicted, 3), "actual_s": round(actual_s, 3),
             "ratio": round(actual_s / predicted, 3) if predicted else 0.0}
@@ -320,12 +303,8 @@ def check_estimate(store: JobStore, source: Path, place: str, engine: str, actua
 
 def place_speeds(store: JobStore, place: str) -> list[float]:
     """Seconds per output pixel-frame of the latest finished jobs on a place (its engine and link)."""
-    BatchRecords(store)
-    rows = store._db.execute(
-        "SELECT actual_s, frames, pixels FROM estimates WHERE place = ? AND actual_s IS NOT NULL AND frames > 0"
-        " AND pixels > 0 ORDER BY id DESC LIMIT ?", (place, HISTORY),
-    ).fetchall()
-    return [row["actual_s"] / (row["frames"] * row["pixels"]) for row in rows]
+    rows = EstimateRecords(store).checked(place, HISTORY)
+    return [row["actual_s"] / (row["frames"] * row["pixels"]) for row in rows if row["frames"] and row["pixels"]]
 
 
 def measure_link(stage: Stage, probe_bytes: int = 2 * 1024 * 1024) -> tuple[float, float]:

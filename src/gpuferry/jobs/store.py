@@ -402,3 +402,43 @@ class BatchRecords:
         data = dict(row)
         data["settings"] = json.loads(data["settings"])
         return BatchRecord(**data)
+
+
+class EstimateRecords:
+    """Time estimates and the real times of the jobs that followed them (table added by ``migrate_batches``)."""
+
+    def __init__(self, store: JobStore) -> None:
+        self.store = store
+        migrate_batches(store)
+
+    def add(self, *, input: str, place: str, engine: str, frames: int, pixels: int,
+            predicted_s: float | None = None, actual_s: float | None = None, job_id: str | None = None) -> None:
+        """An estimate (``predicted_s``), or a finished job's time with none made for it (``actual_s``)."""
+        with self.store._transaction() as db:
+            db.execute(
+                "INSERT INTO estimates (created, job_id, input, place, engine, frames, pixels, predicted_s, actual_s)"
+                " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                (time.time(), job_id, input, place, engine, frames, pixels, predicted_s, actual_s),
+            )
+
+    def open_estimate(self, input: str, place: str) -> sqlite3.Row | None:
+        """The latest estimate for this input and place that no job has checked yet."""
+        return self.store._db.execute(
+            "SELECT id, predicted_s, engine FROM estimates WHERE input = ? AND place = ? AND actual_s IS NULL"
+            " ORDER BY id DESC LIMIT 1", (input, place),
+        ).fetchone()
+
+    def settle(self, estimate_id: int, actual_s: float, engine: str, job_id: str | None) -> None:
+        with self.store._transaction() as db:
+            db.execute("UPDATE estimates SET actual_s = ?, job_id = ?, engine = ? WHERE id = ?",
+                       (actual_s, job_id, engine, estimate_id))
+
+    def checked(self, place: str, limit: int, engine: str | None = None) -> list[sqlite3.Row]:
+        """The latest finished jobs on a place (and engine): predicted_s (None if not estimated),
+        actual_s, frames and pixels."""
+        query = "SELECT predicted_s, actual_s, frames, pixels FROM estimates WHERE place = ? AND actual_s IS NOT NULL"
+        args: list[Any] = [place]
+        if engine is not None:
+            query += " AND engine = ?"
+            args.append(engine)
+        return self.store._db.execute(query + " ORDER BY id DESC LIMIT ?", (*args, limit)).fetchall()
