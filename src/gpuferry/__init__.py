@@ -11,13 +11,13 @@ except PackageNotFoundError:  # pragma: no cover - running from a source tree wi
 
 __all__ = ["__version__"]
 
-__all__ += ["UpscaleResult", "Upscaler", "upscale", "upscale_on_target", "resume_job"]
+__all__ += ["UpscaleResult", "Upscaler", "upscale", "upscale_on_target", "resume_job", "preview"]
 
 
 def __getattr__(name: str) -> object:
     """The API is imported on first use: the remote worker imports this package too, and must not
     pull in the client's dependencies (ssh, http) that a GPU host may lack."""
-    if name in ("Upscaler", "UpscaleResult", "upscale", "upscale_on_target", "resume_job"):
+    if name in ("Upscaler", "UpscaleResult", "upscale", "upscale_on_target", "resume_job", "preview"):
         from gpuferry import api
 
         return getattr(api, name)

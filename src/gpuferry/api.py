@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import logging
 import os
+import sqlite3
 import threading
 from collections.abc import Iterable
 from dataclasses import asdict
@@ -21,10 +23,12 @@ from gpuferry.errors import (
     file_size_or_none,
 )
 from gpuferry.jobs.cleanup import remove_job_leftovers
+from gpuferry.jobs.batch import BatchReport, RunOne, run_batch
+from gpuferry.jobs.estimate import JobPlan, LinkProbe, check_estimate, make_plan
 from gpuferry.jobs.fallback import Stage, adopt_segments, run_chain
 from gpuferry.jobs.plan import plan_job
 from gpuferry.jobs.runner import RemoteJobRunner, RemoteOptions
-from gpuferry.jobs.store import CANCELLED, DONE, FAILED, JobRecord, JobStore
+from gpuferry.jobs.store import CANCELLED, DONE, FAILED, BatchRecords, JobRecord, JobStore
 from gpuferry.jobs.targets import TargetSpec
 from gpuferry.events import EventSink, ignore, make_event
 from gpuferry.media.encode import EncodeOptions
@@ -32,8 +36,10 @@ from gpuferry.media.probe import probe
 from gpuferry.models.registry import DEFAULT_MODEL, get_model
 from gpuferry.pipeline.files import FileResult, upscale_file
 from gpuferry.pipeline.outputs import check_output, default_output
+from gpuferry.pipeline.preview import PreviewResult, local_runner, make_preview
 
 PathLike = str | os.PathLike[str]
+log = logging.getLogger(__name__)
 
 #: the result of one upscaled file (output path, frames, seconds, engine)
 UpscaleResult = FileResult
@@ -111,6 +117,7 @@ class Upscaler:
         except GpuferryError as exc:
             self.emit(make_event("failed", input=str(source_path), error=exc.to_json()))
             raise
+        _check_estimate(source_path, "here", result, self.emit)
         self.emit(make_event("finished", **result.to_json()))
         return result
 
@@ -128,6 +135,23 @@ class Upscaler:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+def _check_estimate(source: Path, place: str, result: UpscaleResult, emit: EventSink, job_id: str | None = None) -> None:
+    """A plan made for this input and place learns the real time (and the user sees how close it was).
+    The output is already in place: a job store that cannot be written costs only the learning."""
+    try:
+        store = JobStore()
+        try:
+            checked = check_estimate(store, source, place, result.engine, result.seconds, frames=result.frames,
+                                     pixels=result.width * result.height, job_id=job_id)
+        finally:
+            store.close()
+    except (sqlite3.Error, OSError) as exc:
+        log.debug("estimate not checked: %s", exc)
+        return
+    if checked is not None:
+        emit(make_event("estimate_checked", input=str(source), place=place, **checked))
 
 
 def _preflight_fields(report: object) -> object:
@@ -342,4 +366,137 @@ def upscale_with_fallback(
     outcome.result.warnings.extend(
         f"{item['stage']} passed over ({item['kind']}): {item['reason']}" for item in outcome.passed_over
     )
+    _check_estimate(source_path, outcome.stage, outcome.result, on_event)
     return outcome.result
+
+
+# --- preview, plan, folders ---------------------------------------------------------------------
+
+
+def preview(
+    source: PathLike,
+    output: PathLike | None = None,
+    *,
+    times: list[float] | None = None,
+    models: list[str] | None = None,
+    scale: int = 2,
+    engine: str = "auto",
+    device: str = "auto",
+    threads: int | None = None,
+    target: TargetSpec | None = None,
+    python: str | None = None,
+    overwrite: bool = False,
+    on_event: EventSink = ignore,
+) -> PreviewResult:
+    """Write one picture comparing plain bicubic with each model on a few frames (default: three
+    spread over the video, the default model), here or on ``target``; returns its path, layout and
+    seconds per frame."""
+    if target is not None:
+        from gpuferry.jobs.remote_preview import remote_runner
+
+        runner = remote_runner(target, engine=engine, device=device, python=python)
+    else:
+        runner = local_runner(engine, device, threads)
+    return make_preview(Path(source), Path(output) if output is not None else None, times=times,
+                        models=models or [DEFAULT_MODEL], scale=scale, runner=runner, overwrite=overwrite,
+                        emit=on_event)
+
+
+def run_folder(
+    folder: PathLike,
+    output_dir: PathLike | None,
+    *,
+    run_one: RunOne,
+    scale: int,
+    settings: dict[str, Any],
+    globs: tuple[str, ...] = (),
+    overwrite: bool = False,
+    on_event: EventSink = ignore,
+) -> BatchReport:
+    """Every video and image under ``folder`` through ``run_one(source, output)`` as one resumable
+    batch; outputs go to the same tree under ``output_dir`` (default ``<folder>_x<scale>``)."""
+    return run_batch(Path(folder), Path(output_dir) if output_dir is not None else None, scale=scale,
+                     settings=settings, run_one=run_one, globs=globs, overwrite=overwrite, emit=on_event)
+
+
+def upscale_folder(
+    folder: PathLike,
+    output_dir: PathLike | None = None,
+    *,
+    globs: tuple[str, ...] = (),
+    scale: int = 2,
+    model: str = DEFAULT_MODEL,
+    engine: str = "auto",
+    device: str = "auto",
+    encode: EncodeOptions = EncodeOptions(),
+    overwrite: bool = False,
+    on_event: EventSink = ignore,
+) -> BatchReport:
+    """Upscale a folder here, one engine for all files; run it again to resume after a crash."""
+    settings = {"scale": scale, "model": model, "engine": engine, "device": device, "encode": asdict(encode)}
+    with Upscaler(scale=scale, model=model, engine=engine, device=device, encode=encode,
+                  on_event=on_event) as upscaler:
+        return run_folder(folder, output_dir, run_one=lambda s, t: upscaler.upscale(s, t, overwrite=overwrite),
+                          scale=scale, settings=settings, globs=globs, overwrite=overwrite, on_event=on_event)
+
+
+def list_batches(limit: int = 50) -> list[dict[str, Any]]:
+    """Every stored folder batch with its counts of files done, failed and pending, newest first."""
+    store = JobStore()
+    try:
+        batches = BatchRecords(store)
+        rows = []
+        for batch in batches.list(limit):
+            states = [item.state for item in batches.items(batch.id)]
+            rows.append({**batch.to_json(), "files": len(states), "done": states.count("done"),
+                         "failed": states.count("failed"), "pending": len(states) - states.count("done")
+                         - states.count("failed")})
+        return rows
+    finally:
+        store.close()
+
+
+def plan(
+    source: PathLike,
+    *,
+    chain: list[Stage] | None = None,
+    scale: int = 2,
+    model: str = DEFAULT_MODEL,
+    engine: str = "auto",
+    device: str = "auto",
+    tile: int = 0,
+    threads: int | None = None,
+    encode: EncodeOptions = EncodeOptions(),
+    segment_seconds: float = 10.0,
+    output_suffix: str | None = None,
+    link_probe: LinkProbe | None = None,
+) -> JobPlan:
+    """What upscaling ``source`` would do (frames, segments, sizes, bytes each way) and how long it
+    would take on each place of ``chain`` (default: here), measured on a few frames. Nothing is
+    written but the estimate, which the job that follows checks against its real time."""
+    request = EngineRequest(engine=engine, model=model, scale=scale, device=device, tile=tile, threads=threads)
+    get_model(model)
+    return make_plan(Path(source), chain=chain or [], request=request, encode=encode,
+                     segment_seconds=segment_seconds, output_suffix=output_suffix, link_probe=link_probe)
+
+
+def watch_folder(
+    in_dir: PathLike,
+    out_dir: PathLike,
+    *,
+    run_one: RunOne,
+    scale: int,
+    settings: dict[str, Any],
+    settle: float = 2.0,
+    failed_dir: PathLike | None = None,
+    globs: tuple[str, ...] = (),
+    idle_exit: float | None = None,
+    stop: threading.Event | None = None,
+    on_event: EventSink = ignore,
+) -> int:
+    """Run a drop folder until ``stop``, Ctrl-C or ``idle_exit`` seconds idle; returns files handled."""
+    from gpuferry.jobs.dropfolder import DropFolder
+
+    folder = DropFolder(Path(in_dir), Path(out_dir), run_one=run_one, scale=scale, settings=settings, settle=settle,
+                        failed_dir=Path(failed_dir) if failed_dir is not None else None, globs=globs, emit=on_event)
+    return folder.run(stop, idle_exit)

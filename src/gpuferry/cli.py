@@ -18,8 +18,10 @@ from gpuferry.api import (
     UpscaleResult,
     cancel_job,
     clean_jobs,
+    list_batches,
     list_jobs,
     resume_job,
+    run_folder,
     upscale_with_fallback,
 )
 from gpuferry.config import Settings, load_settings
@@ -121,6 +123,9 @@ def cli() -> None:
 @click.option("--remote-python", default=None, help="Remote jobs: the far side's Python (default: the target's `python` setting, else python3).")
 @click.option("--remote-root", default=None, help="Remote jobs: folder that holds gpuferry/jobs (default: the backend's).")
 @click.option("--keep-remote", is_flag=True, help="Remote jobs: keep the remote job folder after success.")
+@click.option("--dry-run", is_flag=True, help="Only say what the job would do and how long it would take (see `gpuferry plan`).")
+@click.option("--glob", "globs", multiple=True, metavar="PATTERN",
+              help="Folder input: only files matching PATTERN (path under the folder or name), repeatable.")
 @click.option("--json", "as_json", is_flag=True, help="One JSON event per line on stdout; logs on stderr.")
 @click.option("-v", "--verbose", is_flag=True, help="Debug logs on stderr.")
 def upscale(
@@ -149,10 +154,16 @@ def upscale(
     remote_python: str | None,
     remote_root: str | None,
     keep_remote: bool,
+    dry_run: bool,
+    globs: tuple[str, ...],
     as_json: bool,
     verbose: bool,
 ) -> None:
-    """Upscale one or more videos or images (processed in turn).
+    """Upscale one or more videos or images (processed in turn), or a whole folder.
+
+    A folder is one resumable batch (see `gpuferry jobs`): every video and image under it (or those
+    matching --glob), outputs in the same tree under -o (default: FOLDER_x<scale> beside it), a table
+    at the end. Running the same command again resumes: files done and still in place are skipped.
 
     Without --backend or --target, and with no cloud GPU enabled (CGPU_GPU_ENABLED) nor targets in the
     config file, the work runs in this process on the best local engine. Otherwise it runs as a
@@ -173,7 +184,8 @@ def upscale(
         config = load_settings(flags).settings
         if not config.upscale:
             raise UsageError("upscaling is turned off (UPSCALE=false)", step="config")
-        targets = _plan_outputs(inputs, output, config.scale)
+        folder = _folder_input(inputs)
+        targets = _plan_outputs(inputs, output, config.scale) if folder is None else []
         encode = EncodeOptions(codec=codec, crf=config.crf, preset=preset, pix_fmt=pix_fmt)
         chain = _chain_for(config, backend, backend_opts, target_name, engine, config.device)
     except GpuferryError as exc:
@@ -181,6 +193,13 @@ def upscale(
             sink({"event": "failed", "error": exc.to_json()})
         _print_error(exc)
         sys.exit(exc.exit_code)
+    if dry_run:
+        if folder is not None:
+            from gpuferry.jobs.batch import find_inputs
+
+            targets = [(folder / rel, folder / rel) for rel in find_inputs(folder, globs)]
+        sys.exit(_print_plans([source for source, _ in targets], chain, config, engine, threads, encode,
+                              output, as_json, measure_links=False))
     if chain:
         remote = RemoteOptions(
             segment_seconds=config.segment_seconds,
@@ -200,6 +219,9 @@ def upscale(
                 overwrite=overwrite, strict=config.strict, on_event=sink,
             )
 
+        if folder is not None:
+            places = {"places": [stage.name for stage in chain], "engine": engine}
+            sys.exit(_run_folder(folder, output, globs, config, encode, places, run_chain_for, overwrite, view, sink))
         sys.exit(_each_input(targets, run_chain_for, view, as_json, sink))
     upscaler = Upscaler(
         scale=config.scale,
@@ -213,9 +235,15 @@ def upscale(
         on_event=sink,
     )
     try:
-        exit_code = _each_input(
-            targets, lambda source, target: upscaler.upscale(source, target, overwrite=overwrite), view, as_json, sink
-        )
+        if folder is not None:
+            here = {"engine": engine, "device": config.device, "model_path": str(model_path) if model_path else None}
+            exit_code = _run_folder(folder, output, globs, config, encode, here,
+                                    lambda source, target: upscaler.upscale(source, target, overwrite=overwrite),
+                                    overwrite, view, sink)
+        else:
+            exit_code = _each_input(
+                targets, lambda source, target: upscaler.upscale(source, target, overwrite=overwrite), view, as_json, sink
+            )
     finally:
         upscaler.close()
     sys.exit(exit_code)
@@ -284,6 +312,62 @@ def _each_input(
     return exit_code
 
 
+def _folder_input(inputs: tuple[Path, ...]) -> Path | None:
+    """The folder, when the input is one; a folder mixed with other inputs is a usage error."""
+    folders = [source for source in inputs if source.is_dir()]
+    if not folders:
+        return None
+    if len(inputs) > 1:
+        raise UsageError("give one folder, or files only (a folder is a batch of its own)", path=str(folders[0]))
+    return folders[0]
+
+
+def _run_folder(
+    folder: Path,
+    output: Path | None,
+    globs: tuple[str, ...],
+    config: Settings,
+    encode: EncodeOptions,
+    where: dict[str, Any],
+    run_one: Callable[[Path, Path], UpscaleResult],
+    overwrite: bool,
+    view: ProgressView | None,
+    sink: Callable[[Event], None],
+) -> int:
+    """A folder as one batch; prints the table of done, skipped and failed files. Returns the exit code."""
+    settings = {"scale": config.scale, "model": config.model, "encode": encode.__dict__, **where}
+    try:
+        report = run_folder(folder, output, run_one=run_one, scale=config.scale, settings=settings, globs=globs,
+                            overwrite=overwrite, on_event=sink)
+    except GpuferryError as exc:
+        sink({"event": "failed", "input": str(folder), "error": exc.to_json()})
+        _print_error(exc)
+        return exc.exit_code
+    except KeyboardInterrupt:
+        error = CancelledError("interrupted; files done so far are kept, run the same command to resume",
+                               step="batch")
+        sink({"event": "failed", "input": str(folder), "error": error.to_json()})
+        _print_error(error)
+        return error.exit_code
+    finally:
+        if view is not None:
+            view.close()
+    if view is not None:
+        from rich.console import Console
+        from rich.table import Table
+
+        table = Table(title=f"Batch {report.batch_id}: {report.count('done')} done, {report.count('skipped')} "
+                            f"skipped, {report.count('failed')} failed  ({report.root} -> {report.output_root})")
+        for column in ("file", "result", "seconds", "reason"):
+            table.add_column(column)
+        colour = {"done": "green", "skipped": "cyan", "failed": "red"}
+        for item in report.items:
+            seconds = f"{item.seconds:.1f}" if item.seconds is not None else ""
+            table.add_row(item.path, f"[{colour[item.outcome]}]{item.outcome}[/]", seconds, item.reason)
+        Console(soft_wrap=True).print(table)
+    return report.exit_code
+
+
 def _plan_outputs(inputs: tuple[Path, ...], output: Path | None, scale: int) -> list[tuple[Path, Path]]:
     """Pair each input with its output path; several inputs need -o to be a directory."""
     if output is not None and len(inputs) > 1 and not output.is_dir():
@@ -334,14 +418,20 @@ def models(as_json: bool) -> None:
 @cli.command()
 @click.option("--json", "as_json", is_flag=True, help="Print the jobs as JSON.")
 @click.option("--limit", type=click.IntRange(1), default=50, show_default=True)
-def jobs(as_json: bool, limit: int) -> None:
-    """List remote jobs: id, state, segments verified, input and target."""
-    rows = list_jobs(limit)
+@click.option("--batches", "only_batches", is_flag=True, help="Only folder batches (with --json: their list).")
+def jobs(as_json: bool, limit: int, only_batches: bool) -> None:
+    """List remote jobs (id, state, segments verified, input, target) and folder batches (files done,
+    failed, pending)."""
+    rows = [] if only_batches else list_jobs(limit)
+    batches = list_batches(limit)
     if as_json:
-        click.echo(json.dumps(rows, indent=2, default=str))
+        click.echo(json.dumps(batches if only_batches else rows, indent=2, default=str))
         return
+    if batches:
+        _print_batches(batches)
     if not rows:
-        click.echo("no jobs")
+        if not batches:
+            click.echo("no jobs")
         return
     from rich.console import Console
     from rich.table import Table
@@ -355,6 +445,33 @@ def jobs(as_json: bool, limit: int) -> None:
             row["input"], row["error"] or "",
         )
     Console().print(table)
+
+
+def _target_spec(config: Settings, backend: str | None, backend_opts: tuple[str, ...],
+                 target_name: str | None) -> TargetSpec | None:
+    """The one place named by --backend or --target, or None for this machine."""
+    if backend is not None:
+        return TargetSpec.from_pairs(backend, backend_opts)
+    if target_name is None:
+        return None
+    if target_name not in config.targets:
+        known = ", ".join(sorted(config.targets)) or "none configured"
+        raise UsageError(f"no target named {target_name!r} in the config file (known: {known})", step="config")
+    chosen = config.targets[target_name]
+    return TargetSpec(chosen.kind, chosen.settings)
+
+
+def _print_batches(batches: list[dict[str, Any]]) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(title="Folder batches (run the same `gpuferry upscale FOLDER` again to resume)")
+    for column in ("id", "state", "done", "failed", "pending", "folder", "output folder"):
+        table.add_column(column)
+    for row in batches:
+        table.add_row(row["id"], row["state"], str(row["done"]), str(row["failed"]), str(row["pending"]),
+                      row["root"], row["output_root"])
+    Console(soft_wrap=True).print(table)
 
 
 def _job_command(as_json: bool) -> tuple[ProgressView | None, Callable[[Event], None]]:
@@ -473,6 +590,204 @@ def doctor(target_name: str | None, as_json: bool) -> None:
             line = f"{mark} [{check.stage}] {check.name}: {check.detail}"
             click.echo(line + (f"\n       fix: {check.fix}" if check.fix and check.status != "pass" else ""))
     sys.exit(1 if any(check.status == "fail" for check in checks) else 0)
+
+
+@cli.command()
+@click.argument("source", type=click.Path(path_type=Path))
+@click.option("--at", "times", type=click.FloatRange(min=0), multiple=True, metavar="SECONDS",
+              help="Time of a frame to show, repeatable (default: three spread over the video).")
+@click.option("--models", default=None, metavar="all|A,B",
+              help="Models to compare, comma separated, or all (default: the configured model).")
+@click.option("--scale", type=click.Choice(["2", "3", "4"]), default=None, help="Upscale factor (env UPSCALE_SCALE; 2).")
+@click.option("-o", "--output", type=click.Path(path_type=Path), default=None,
+              help="The picture (.png, .jpg, .webp). Default: <stem>_preview.png next to the input.")
+@click.option("--engine", type=click.Choice(ENGINE_NAMES), default="auto", show_default=True)
+@click.option("--device", type=click.Choice(DEVICE_NAMES), default=None, help="Where the engine runs (env USE_GPU; auto).")
+@click.option("--threads", type=click.IntRange(1), default=None, help="CPU threads for the engine (default: all).")
+@click.option("--overwrite", is_flag=True, help="Replace an existing picture.")
+@click.option("--target", "target_name", default=None, help="Run the models on this configured target.")
+@click.option("--backend", type=click.Choice(BACKEND_KINDS), default=None, help="Run the models on this backend.")
+@click.option("--backend-opt", "backend_opts", multiple=True, metavar="KEY=VALUE", help="Setting for --backend, repeatable.")
+@click.option("--json", "as_json", is_flag=True, help="JSON events on stdout, the last one with paths and figures.")
+@click.option("-v", "--verbose", is_flag=True, help="Debug logs on stderr.")
+def preview(source: Path, times: tuple[float, ...], models: str | None, scale: str | None, output: Path | None,
+            engine: str, device: str | None, threads: int | None, overwrite: bool, target_name: str | None,
+            backend: str | None, backend_opts: tuple[str, ...], as_json: bool, verbose: bool) -> None:
+    """See before you spend: upscale a few frames with each model and write one picture.
+
+    Per time: the source enlarged with plain bicubic beside each model's result, labelled with the
+    model and its time per frame, and under each a zoom on the most detailed region (chosen
+    automatically). The models run on this machine, or on --target/--backend (only the frames travel).
+    """
+    from gpuferry.api import preview as make_preview
+    from gpuferry.pipeline.preview import parse_models
+
+    _setup_logging(verbose)
+    view, sink = _job_command(as_json)
+    try:
+        config = load_settings({"scale": int(scale) if scale else None, "device": device}).settings
+        spec = _target_spec(config, backend, backend_opts, target_name)
+        result = make_preview(source, output, times=list(times) or None, models=parse_models(models, config.model),
+                              scale=config.scale, engine=engine, device=config.device, threads=threads,
+                              target=spec, overwrite=overwrite, on_event=sink)
+    except GpuferryError as exc:
+        if as_json:
+            sink({"event": "failed", "input": str(source), "error": exc.to_json()})
+        _print_error(exc)
+        sys.exit(exc.exit_code)
+    finally:
+        if view is not None:
+            view.close()
+    if not as_json:
+        click.echo(f"preview: {result.output} ({result.width}x{result.height}, {len(result.stills)} frame(s), "
+                   f"{result.seconds:.1f} s)")
+        for timing in result.models:
+            click.echo(f"  {timing.model}: {timing.seconds_per_frame:.2f} s/frame on {timing.engine}")
+
+
+@cli.command("watch")
+@click.argument("in_dir", type=click.Path(path_type=Path, file_okay=False))
+@click.argument("out_dir", type=click.Path(path_type=Path, file_okay=False))
+@click.option("--scale", type=click.Choice(["2", "3", "4"]), default=None, help="Upscale factor (env UPSCALE_SCALE; 2).")
+@click.option("--model", default=None, help="Model name (env UPSCALE_MODEL).")
+@click.option("--engine", type=click.Choice(ENGINE_NAMES), default="auto", show_default=True)
+@click.option("--device", type=click.Choice(DEVICE_NAMES), default=None, help="Where the engine runs (env USE_GPU; auto).")
+@click.option("--threads", type=click.IntRange(1), default=None, help="CPU threads for the engine (default: all).")
+@click.option("--glob", "globs", multiple=True, metavar="PATTERN", help="Only files matching PATTERN, repeatable.")
+@click.option("--settle", type=click.FloatRange(min=0.1), default=2.0, show_default=True,
+              help="Seconds a file's size and time must stay the same before it is taken (still being copied).")
+@click.option("--failed-dir", type=click.Path(path_type=Path, file_okay=False), default=None,
+              help="Where a file that fails is moved, its error beside it (default: IN_DIR/failed).")
+@click.option("--exit-when-idle", type=click.FloatRange(min=0.1), default=None, metavar="SECONDS",
+              help="Stop after this long with nothing to do (scripts, tests); default: run until Ctrl-C.")
+@click.option("--json", "as_json", is_flag=True, help="One JSON event per line on stdout.")
+@click.option("-v", "--verbose", is_flag=True, help="Debug logs on stderr.")
+def watch_command(in_dir: Path, out_dir: Path, scale: str | None, model: str | None, engine: str,
+                  device: str | None, threads: int | None, globs: tuple[str, ...], settle: float,
+                  failed_dir: Path | None, exit_when_idle: float | None, as_json: bool, verbose: bool) -> None:
+    """A drop folder: upscale each video or image that lands in IN_DIR (recursively) into the same
+    tree under OUT_DIR. A file is taken once it has stopped growing, each is processed once (the job
+    store remembers across restarts), outputs appear only complete, and a file that fails is moved
+    to the failed folder with its error next to it; the watcher goes on. Ctrl-C stops it. With a
+    cloud GPU enabled or targets configured, each file goes through the fallback chain as `upscale` does."""
+    from gpuferry.api import watch_folder
+
+    _setup_logging(verbose)
+    view, sink = _job_command(as_json)
+    flags = {"scale": int(scale) if scale else None, "model": model, "device": device}
+    try:
+        config = load_settings(flags).settings
+        encode = EncodeOptions(crf=config.crf)
+        upscaler = Upscaler(scale=config.scale, model=config.model, engine=engine, device=config.device,
+                            tile=config.tile, threads=threads, encode=encode, on_event=sink)
+        chain = _chain_for(config, None, (), None, engine, config.device)
+        settings = {"scale": config.scale, "model": config.model, "engine": engine, "device": config.device,
+                    "crf": config.crf, "places": [stage.name for stage in chain]}
+        remote = RemoteOptions(segment_seconds=config.segment_seconds, stall_timeout=config.stall_timeout,
+                               poll_interval=config.poll_interval, attempt_timeout=config.cgpu_timeout,
+                               max_recoveries=config.retry_budget)
+
+        def run_one(source: Path, target: Path) -> UpscaleResult:
+            if not chain:  # nothing configured beyond this machine: one engine for every file
+                return upscaler.upscale(source, target)
+            return upscale_with_fallback(source, target, chain=chain, remote=remote, scale=config.scale,
+                                         model=config.model, engine=engine, device=config.device, tile=config.tile,
+                                         threads=threads, encode=encode, strict=config.strict, on_event=sink)
+
+        with upscaler:
+            processed = watch_folder(in_dir, out_dir, run_one=run_one, scale=config.scale, settings=settings,
+                                     settle=settle, failed_dir=failed_dir, globs=globs, idle_exit=exit_when_idle,
+                                     on_event=sink)
+    except GpuferryError as exc:
+        sink({"event": "failed", "input": str(in_dir), "error": exc.to_json()})
+        _print_error(exc)
+        sys.exit(exc.exit_code)
+    except KeyboardInterrupt:
+        processed = None
+    finally:
+        if view is not None:
+            view.close()
+    if not as_json:
+        click.echo("stopped" + (f" after {processed} file(s)" if processed is not None else ""), err=True)
+
+
+@cli.command("plan")
+@click.argument("source", type=click.Path(path_type=Path))
+@click.option("--target", "target_name", default=None, help="Plan for this configured target (its link is measured).")
+@click.option("--backend", type=click.Choice(BACKEND_KINDS), default=None, help="Plan for this backend.")
+@click.option("--backend-opt", "backend_opts", multiple=True, metavar="KEY=VALUE", help="Setting for --backend, repeatable.")
+@click.option("--scale", type=click.Choice(["2", "3", "4"]), default=None, help="Upscale factor (env UPSCALE_SCALE; 2).")
+@click.option("--model", default=None, help="Model name (env UPSCALE_MODEL).")
+@click.option("--engine", type=click.Choice(ENGINE_NAMES), default="auto", show_default=True)
+@click.option("--device", type=click.Choice(DEVICE_NAMES), default=None, help="Where the engine runs (env USE_GPU; auto).")
+@click.option("--threads", type=click.IntRange(1), default=None, help="CPU threads for the engine (default: all).")
+@click.option("--segment-seconds", type=click.FloatRange(min=0.1), default=None, help="Length of a remote segment (10).")
+@click.option("-o", "--output", type=click.Path(path_type=Path), default=None, help="The output it would write (its extension picks the encoder).")
+@click.option("--json", "as_json", is_flag=True, help="Print the plan as JSON.")
+def plan_command(source: Path, target_name: str | None, backend: str | None, backend_opts: tuple[str, ...],
+                 scale: str | None, model: str | None, engine: str, device: str | None, threads: int | None,
+                 segment_seconds: float | None, output: Path | None, as_json: bool) -> None:
+    """Say what upscaling SOURCE would do before doing it: frames, segments, output size, bytes to
+    move each way, and the expected time on each place of the fallback chain, measured on a few
+    frames here (remote links measured with --target/--backend), with how sure each estimate is.
+    The job that follows checks the estimate against its real time, and later plans learn from it."""
+    flags = {"scale": int(scale) if scale else None, "model": model, "device": device,
+             "segment_seconds": segment_seconds}
+    try:
+        config = load_settings(flags).settings
+        chain = _chain_for(config, backend, backend_opts, target_name, engine, config.device)
+    except GpuferryError as exc:
+        _print_error(exc)
+        sys.exit(exc.exit_code)
+    sys.exit(_print_plans([source], chain, config, engine, threads, EncodeOptions(crf=config.crf), output, as_json,
+                          measure_links=bool(target_name or backend)))
+
+
+def _print_plans(sources: list[Path], chain: list[Stage], config: Settings, engine: str, threads: int | None,
+                 encode: EncodeOptions, output: Path | None, as_json: bool, measure_links: bool) -> int:
+    """Plan each input and print it (a table, or JSON); returns the exit code."""
+    from gpuferry.api import plan as make_plan
+    from gpuferry.jobs.estimate import measure_link
+
+    plans = []
+    for source in sources:
+        try:
+            plans.append(make_plan(source, chain=chain, scale=config.scale, model=config.model, engine=engine,
+                                   device=config.device, tile=config.tile, threads=threads, encode=encode,
+                                   segment_seconds=config.segment_seconds,
+                                   output_suffix=output.suffix if output is not None and output.suffix else None,
+                                   link_probe=measure_link if measure_links else None))
+        except GpuferryError as exc:
+            _print_error(exc)
+            return exc.exit_code
+    if as_json:
+        click.echo(json.dumps([p.to_json() for p in plans] if len(plans) > 1 else plans[0].to_json(), indent=2))
+        return 0
+    from rich.console import Console
+    from rich.table import Table
+
+    from gpuferry.errors import human_size
+
+    console = Console(soft_wrap=True)
+    for job in plans:
+        (w, h), (ow, oh) = job.size, job.output_size
+        low, high = job.output_bytes_range
+        console.print(f"[bold]{job.input}[/]: {job.frames} frame(s), {job.duration:.1f} s, {w}x{h} -> {ow}x{oh}; "
+                      f"{job.segments} segment(s) of {job.segment_seconds:g} s on a remote place")
+        console.print(f"output about {human_size(job.output_bytes)} ({human_size(low)} to {human_size(high)}); "
+                      f"a remote place moves {human_size(job.input_bytes)} up and about "
+                      f"{human_size(job.output_bytes)} down")
+        table = Table()
+        for column in ("place", "expected", "range", "sure", "engine", "basis"):
+            table.add_column(column)
+        for place in job.places:
+            expected = f"{place.seconds:.1f} s" if place.seconds is not None else "?"
+            spread = f"{place.low:.1f}-{place.high:.1f} s" if place.low is not None else ""
+            if place.upload_s is not None:
+                spread += f" (transfer {place.upload_s:.1f} s up, {place.download_s or 0:.1f} s down)"
+            table.add_row(place.place, expected, spread, place.sure, place.engine or "", place.basis)
+        console.print(table)
+    return 0
 
 
 def _plain(event: Event) -> str:

@@ -98,6 +98,33 @@ class ProgressView:
         if task is not None:
             self.progress.update(task, description=f"[red]failed[/] {event['input'].rsplit('/', 1)[-1]}")
 
+    def _on_batch(self, event: Event) -> None:
+        """A folder batch: one overall bar (files), under which each file's own bar comes and goes."""
+        self._ensure_live()
+        how = "resuming" if event["resumed"] else "starting"
+        self.console.print(f"{how} batch {event['batch']}: {event['files']} file(s) under {event['root']} "
+                           f"-> {event['output_root']}" + (f", {event['done_before']} done before" if event["resumed"] else ""))
+        self._tasks[f"batch:{event['batch']}"] = self.progress.add_task("all files", total=event["files"], fps=0.0)
+
+    def _on_batch_item(self, event: Event) -> None:
+        task = self._tasks.pop(event.get("input", ""), None)
+        if task is not None:
+            self.progress.remove_task(task)
+        overall = self._tasks.get(f"batch:{event['batch']}")
+        if overall is not None and event.get("total"):
+            self.progress.update(overall, completed=event["index"])
+        if event["outcome"] != "done" or not self.console.is_terminal:
+            colour = {"done": "green", "skipped": "cyan", "failed": "red"}[event["outcome"]]
+            reason = f": {event['reason']}" if event["reason"] else ""
+            self.console.print(f"[{colour}]{event['outcome']}[/] {event['path']}{reason}")
+
+    def _on_watching(self, event: Event) -> None:
+        self.console.print(f"watching {event['root']} -> {event['output_root']} (a file is taken after "
+                           f"{event['settle_s']:g} s without growing; failures go to {event['failed_dir']})")
+
+    def _on_moved_aside(self, event: Event) -> None:
+        self.console.print(f"[red]moved aside[/] {event['input']} -> {event['to']} (error beside it)")
+
     def summary(self, result: Any) -> None:
         """One line per finished file: where the output is and how long it took."""
         self.console.print(

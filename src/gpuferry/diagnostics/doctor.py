@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import os
 import shutil
-import tempfile
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass
@@ -136,21 +135,11 @@ def target_checks(name: str, spec: TargetSpec,
 
 def _throughput(stage: str, backend: Backend) -> Iterator[Check]:
     """Upload and download a small probe file through the verified transfer path."""
-    from gpuferry.transfer import TransferOptions, download, upload
+    from gpuferry.transfer.link_probe import measure_throughput
 
-    remote = backend.resolve(".gpuferry-doctor-probe")
-    with tempfile.TemporaryDirectory() as scratch:
-        local = Path(scratch) / "probe.bin"
-        local.write_bytes(os.urandom(PROBE_BYTES))
-        options = TransferOptions(skip_identical=False)
-        try:
-            up = upload(backend, local, remote, options=options)
-            down = download(backend, remote, Path(scratch) / "back.bin", options=options)
-        finally:
-            backend.remove(remote)
-        for direction, report in (("upload", up), ("download", down)):
-            rate = report.bytes_total / report.seconds if report.seconds else 0.0
-            yield Check(stage, f"{direction} throughput", "pass", f"{rate / 1e6:.1f} MB/s on a {human_size(PROBE_BYTES)} probe")
+    rates = measure_throughput(backend, PROBE_BYTES, ".gpuferry-doctor-probe")
+    for direction, rate in zip(("upload", "download"), rates, strict=True):
+        yield Check(stage, f"{direction} throughput", "pass", f"{rate / 1e6:.1f} MB/s on a {human_size(PROBE_BYTES)} probe")
 
 
 def run_doctor(settings: Settings, only: str | None = None,

@@ -302,3 +302,194 @@ class JobStore:
         data["settings"] = json.loads(data["settings"])
         data["target"] = json.loads(data["target"])
         return JobRecord(**data)
+
+
+# --- folder batches and time estimates (issue 13) ------------------------------------------------
+# Own tables, created on first use with IF NOT EXISTS: an existing store gains them untouched, and
+# older clients never read them.
+
+BATCH_SCHEMA = """
+CREATE TABLE IF NOT EXISTS batches (
+    id TEXT PRIMARY KEY,
+    created REAL NOT NULL,
+    updated REAL NOT NULL,
+    state TEXT NOT NULL,
+    root TEXT NOT NULL,
+    output_root TEXT NOT NULL,
+    settings TEXT NOT NULL
+);
+CREATE TABLE IF NOT EXISTS batch_items (
+    batch_id TEXT NOT NULL REFERENCES batches(id) ON DELETE CASCADE,
+    path TEXT NOT NULL,
+    state TEXT NOT NULL DEFAULT 'pending',
+    output TEXT NOT NULL,
+    input_size INTEGER,
+    output_size INTEGER,
+    seconds REAL,
+    error TEXT,
+    updated REAL NOT NULL,
+    PRIMARY KEY (batch_id, path)
+);
+CREATE TABLE IF NOT EXISTS estimates (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    created REAL NOT NULL,
+    job_id TEXT,
+    input TEXT NOT NULL,
+    place TEXT NOT NULL,
+    engine TEXT NOT NULL,
+    frames INTEGER NOT NULL,
+    pixels INTEGER NOT NULL,
+    predicted_s REAL,
+    actual_s REAL
+);
+"""
+
+# batch item states
+ITEM_PENDING, ITEM_RUNNING, ITEM_DONE, ITEM_FAILED = "pending", "running", "done", "failed"
+
+
+def migrate_batches(store: JobStore) -> None:
+    """Add the batch and estimate tables to a store that predates them (a no-op when present)."""
+    store._db.executescript(BATCH_SCHEMA)
+
+
+@dataclass
+class BatchItemRecord:
+    """One file of a batch: its path under the batch root, state, output and outcome."""
+
+    path: str
+    state: str
+    output: str
+    input_size: int | None
+    output_size: int | None
+    seconds: float | None
+    error: str | None
+
+
+@dataclass
+class BatchRecord:
+    """One folder run: its root, output root, settings and state."""
+
+    id: str
+    created: float
+    updated: float
+    state: str
+    root: str
+    output_root: str
+    settings: dict[str, Any]
+
+    def to_json(self) -> dict[str, Any]:
+        return dict(self.__dict__)
+
+
+class BatchRecords:
+    """The batches of a job store (tables added by ``migrate_batches``)."""
+
+    def __init__(self, store: JobStore) -> None:
+        self.store = store
+        migrate_batches(store)
+
+    def find(self, root: str, output_root: str, settings: dict[str, Any]) -> BatchRecord | None:
+        """The latest batch of this folder, output folder and settings, to resume it."""
+        row = self.store._db.execute(
+            "SELECT * FROM batches WHERE root = ? AND output_root = ? AND settings = ? ORDER BY created DESC LIMIT 1",
+            (root, output_root, json.dumps(settings, sort_keys=True)),
+        ).fetchone()
+        return self._record(row) if row else None
+
+    def create(self, root: str, output_root: str, settings: dict[str, Any]) -> BatchRecord:
+        batch_id = "b" + uuid.uuid4().hex[:11]
+        now = time.time()
+        with self.store._transaction() as db:
+            db.execute(
+                "INSERT INTO batches (id, created, updated, state, root, output_root, settings)"
+                " VALUES (?, ?, ?, ?, ?, ?, ?)",
+                (batch_id, now, now, PLANNED, root, output_root, json.dumps(settings, sort_keys=True)),
+            )
+        return self.get(batch_id)
+
+    def get(self, batch_id: str) -> BatchRecord:
+        row = self.store._db.execute("SELECT * FROM batches WHERE id = ?", (batch_id,)).fetchone()
+        if row is None:
+            raise JobNotFoundError(f"no batch {batch_id!r} in {self.store.path}", step="jobs")
+        return self._record(row)
+
+    def list(self, limit: int = 50) -> list[BatchRecord]:
+        rows = self.store._db.execute("SELECT * FROM batches ORDER BY created DESC LIMIT ?", (limit,)).fetchall()
+        return [self._record(row) for row in rows]
+
+    def set_state(self, batch_id: str, state: str) -> None:
+        with self.store._transaction() as db:
+            db.execute("UPDATE batches SET state = ?, updated = ? WHERE id = ?", (state, time.time(), batch_id))
+
+    def add_items(self, batch_id: str, items: list[tuple[str, str, int]]) -> None:
+        """New files (path, output, input size) as pending; files already listed are kept as they are."""
+        now = time.time()
+        with self.store._transaction() as db:
+            db.executemany(
+                "INSERT OR IGNORE INTO batch_items (batch_id, path, output, input_size, updated)"
+                " VALUES (?, ?, ?, ?, ?)",
+                [(batch_id, path, output, size, now) for path, output, size in items],
+            )
+
+    def items(self, batch_id: str) -> list[BatchItemRecord]:
+        rows = self.store._db.execute(
+            "SELECT path, state, output, input_size, output_size, seconds, error FROM batch_items"
+            " WHERE batch_id = ? ORDER BY path", (batch_id,)
+        ).fetchall()
+        return [BatchItemRecord(**dict(row)) for row in rows]
+
+    def set_item(self, batch_id: str, path: str, state: str, *, output_size: int | None = None,
+                 seconds: float | None = None, error: str | None = None) -> None:
+        with self.store._transaction() as db:
+            db.execute(
+                "UPDATE batch_items SET state = ?, output_size = ?, seconds = ?, error = ?, updated = ?"
+                " WHERE batch_id = ? AND path = ?",
+                (state, output_size, seconds, error, time.time(), batch_id, path),
+            )
+
+    @staticmethod
+    def _record(row: sqlite3.Row) -> BatchRecord:
+        data = dict(row)
+        data["settings"] = json.loads(data["settings"])
+        return BatchRecord(**data)
+
+
+class EstimateRecords:
+    """Time estimates and the real times of the jobs that followed them (table added by ``migrate_batches``)."""
+
+    def __init__(self, store: JobStore) -> None:
+        self.store = store
+        migrate_batches(store)
+
+    def add(self, *, input: str, place: str, engine: str, frames: int, pixels: int,
+            predicted_s: float | None = None, actual_s: float | None = None, job_id: str | None = None) -> None:
+        """An estimate (``predicted_s``), or a finished job's time with none made for it (``actual_s``)."""
+        with self.store._transaction() as db:
+            db.execute(
+                "INSERT INTO estimates (created, job_id, input, place, engine, frames, pixels, predicted_s, actual_s)"
+                " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                (time.time(), job_id, input, place, engine, frames, pixels, predicted_s, actual_s),
+            )
+
+    def open_estimate(self, input: str, place: str) -> sqlite3.Row | None:
+        """The latest estimate for this input and place that no job has checked yet."""
+        return self.store._db.execute(
+            "SELECT id, predicted_s, engine FROM estimates WHERE input = ? AND place = ? AND actual_s IS NULL"
+            " ORDER BY id DESC LIMIT 1", (input, place),
+        ).fetchone()
+
+    def settle(self, estimate_id: int, actual_s: float, engine: str, job_id: str | None) -> None:
+        with self.store._transaction() as db:
+            db.execute("UPDATE estimates SET actual_s = ?, job_id = ?, engine = ? WHERE id = ?",
+                       (actual_s, job_id, engine, estimate_id))
+
+    def checked(self, place: str, limit: int, engine: str | None = None) -> list[sqlite3.Row]:
+        """The latest finished jobs on a place (and engine): predicted_s (None if not estimated),
+        actual_s, frames and pixels."""
+        query = "SELECT predicted_s, actual_s, frames, pixels FROM estimates WHERE place = ? AND actual_s IS NOT NULL"
+        args: list[Any] = [place]
+        if engine is not None:
+            query += " AND engine = ?"
+            args.append(engine)
+        return self.store._db.execute(query + " ORDER BY id DESC LIMIT ?", (*args, limit)).fetchall()
