@@ -18,6 +18,7 @@ from gpuferry.errors import (
     OutputNotWritableError,
     UsageError,
 )
+from gpuferry.media.colour import Colour, is_rgb_format, resolve_colour, rgb_to_frame
 from gpuferry.media.formats import default_codec_for
 from gpuferry.media.probe import MediaInfo, VideoInfo
 
@@ -200,6 +201,13 @@ class VideoWriter:
         ctx.color_trc = video.color_trc
         ctx.colorspace = video.colorspace
         ctx.color_range = video.color_range
+        # RGB frames are converted with the matrix and range the decoder read the source with, and the
+        # output is tagged with them, guessed or not: the tags say what the pixels are
+        self._colour: Colour | None = None
+        if not is_rgb_format(pix_fmt) and not is_rgb_format(video.pix_fmt):
+            self._colour = resolve_colour(video.colorspace, video.color_range, video.width, video.height,
+                                          video.pix_fmt)
+            ctx.colorspace, ctx.color_range = self._colour.matrix, self._colour.range_tag
         if video.rotation:
             stream.set_display_rotation(video.rotation)
         settings: dict[str, str] = {}
@@ -216,7 +224,7 @@ class VideoWriter:
         if isinstance(picture, av.VideoFrame):
             frame = picture
         else:
-            frame = av.VideoFrame.from_ndarray(picture, format="rgb24")
+            frame = self._from_rgb(picture)
         if pts is None:
             pts = self.video.start_pts + round(index * self._frame_step)
         frame.pts = pts - self._pts_offset
@@ -229,6 +237,12 @@ class VideoWriter:
         except OSError as exc:
             raise map_write_error(exc, self.path) from None
         self.report.frames += 1
+
+    def _from_rgb(self, rgb: np.ndarray) -> av.VideoFrame:
+        """An RGB array as a frame in the output's pixel format, through the source's matrix and range."""
+        if self._colour is None:
+            return av.VideoFrame.from_ndarray(rgb, format="rgb24")
+        return rgb_to_frame(rgb, self._stream.pix_fmt, self._colour)
 
     def _mux(self, packets: list[av.Packet]) -> None:
         for packet in packets:

@@ -14,6 +14,7 @@ from PIL import Image, ImageOps
 from gpuferry.engines.base import Engine, lanczos_resize
 from gpuferry.errors import BadInputError, EncodeError
 from gpuferry.events import EventSink, ignore, make_event
+from gpuferry.media.colour import check_sdr
 from gpuferry.media.decode import SourceFrame, iter_video_frames
 from gpuferry.media.encode import EncodeOptions, VideoWriter, map_write_error
 from gpuferry.media.probe import MediaInfo, probe
@@ -116,6 +117,8 @@ def _upscale_video(
     height: int,
 ) -> tuple[int, list[str]]:
     assert info.video is not None
+    if not engine.accepts_video_frames:
+        check_sdr(info.video.color_trc, info.path)  # before anything is written
     writer = VideoWriter(partial, info, width, height, encode)
     try:
 
