@@ -39,8 +39,11 @@ def make_clip(
     pix_fmt: str = "yuv420p",
     codec: str = "libx264",
     audio_codec: str | None = None,
+    hold: int = 1,
+    crf: int = 20,
 ) -> str:
-    """Write a clip; with ``vfr`` the frame durations alternate (1, 2, 3 ticks of 1/fps)."""
+    """Write a clip; with ``vfr`` the frame durations alternate (1, 2, 3 ticks of 1/fps); with ``hold``
+    each picture is shown for that many frames (animation "on twos" is ``hold=2``)."""
     path = str(path)
     time_base = Fraction(1, fps * 10)
     with av.open(path, "w") as container:
@@ -49,7 +52,7 @@ def make_clip(
         stream.time_base = time_base
         stream.codec_context.time_base = time_base
         if codec in ("libx264", "libx265"):
-            stream.options = {"preset": "veryfast", "crf": "20"}
+            stream.options = {"preset": "veryfast", "crf": str(crf)}
         if rotation:
             stream.set_display_rotation(rotation)
         audio_stream = None
@@ -60,7 +63,7 @@ def make_clip(
         pts = 0
         ticks_per_frame = 10
         for index in range(frames):
-            frame = av.VideoFrame.from_ndarray(pattern_frame(index, width, height), format="rgb24")
+            frame = av.VideoFrame.from_ndarray(pattern_frame(index // hold, width, height), format="rgb24")
             frame.pts = pts
             frame.time_base = time_base
             for packet in stream.encode(frame):

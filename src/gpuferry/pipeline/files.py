@@ -19,7 +19,7 @@ from gpuferry.media.decode import SourceFrame, iter_video_frames
 from gpuferry.media.encode import EncodeOptions, VideoWriter, map_write_error
 from gpuferry.media.probe import MediaInfo, probe
 from gpuferry.pipeline.outputs import check_output, partial_output, publish
-from gpuferry.pipeline.stream import FrameProgress, run_stream
+from gpuferry.pipeline.stream import FrameProgress, StreamStats, run_stream
 
 log = logging.getLogger(__name__)
 
@@ -36,6 +36,8 @@ class FileResult:
     width: int
     height: int
     warnings: list[str] = field(default_factory=list)
+    #: frames identical to the one before them, which reused its result instead of running the model
+    duplicates_skipped: int = 0
 
     @property
     def fps(self) -> float:
@@ -52,6 +54,7 @@ class FileResult:
             "width": self.width,
             "height": self.height,
             "warnings": self.warnings,
+            "duplicates_skipped": self.duplicates_skipped,
         }
 
 
@@ -65,8 +68,11 @@ def upscale_file(
     emit: EventSink = ignore,
     cancel: threading.Event | None = None,
     info: MediaInfo | None = None,
+    skip_duplicates: bool = True,
 ) -> FileResult:
-    """Upscale ``source`` to ``output`` with ``engine``; nothing is left behind if it fails."""
+    """Upscale ``source`` to ``output`` with ``engine``; nothing is left behind if it fails.
+
+    With ``skip_duplicates`` a video frame identical to the previous one reuses its result."""
     info = info or probe(source)
     check_output(source, output, overwrite)
     started = time.monotonic()
@@ -84,13 +90,16 @@ def upscale_file(
             engine=engine.describe(),
         )
     )
+    stats = StreamStats()
     with partial_output(output) as partial:
         if info.kind == "image":
             warnings = _upscale_image(source, partial, engine)
             frames = 1
             emit(make_event("progress", input=str(source), done=1, total=1, fps=0.0, eta_s=0.0))
         else:
-            frames, warnings = _upscale_video(info, partial, engine, encode, emit, cancel, width, height)
+            frames, warnings = _upscale_video(
+                info, partial, engine, encode, emit, cancel, width, height, skip=skip_duplicates, stats=stats
+            )
         for warning in warnings:
             emit(make_event("warning", input=str(source), message=warning))
         publish(partial, output, overwrite)
@@ -103,6 +112,7 @@ def upscale_file(
         width=width,
         height=height,
         warnings=warnings,
+        duplicates_skipped=stats.duplicates_skipped,
     )
 
 
@@ -115,6 +125,9 @@ def _upscale_video(
     cancel: threading.Event | None,
     width: int,
     height: int,
+    *,
+    skip: bool,
+    stats: StreamStats,
 ) -> tuple[int, list[str]]:
     assert info.video is not None
     if not engine.accepts_video_frames:
@@ -144,6 +157,8 @@ def _upscale_video(
             info.video.frames,
             on_progress=progress,
             cancel=cancel,
+            skip_duplicates=skip,
+            stats=stats,
         )
         report = writer.close()
     except BaseException:
