@@ -13,6 +13,10 @@ from gpuferry.errors import BadInputError
 
 #: the smallest frame side an engine accepts; smaller inputs are bad input, not a crash
 MIN_SIDE = 4
+#: an output frame whose brightest value is at most this is black (8-bit levels)...
+BLACK_LEVEL = 2
+#: ...which is a fault when its input's brightest value is above this
+NOT_BLACK_LEVEL = 16
 
 
 class Engine(ABC):
@@ -40,6 +44,16 @@ class Engine(ABC):
     def describe(self) -> str:
         """One line naming the engine, device and model, for logs and progress."""
         return self.name
+
+    def notice(self, message: str) -> None:
+        """Remember a fallback the engine took (a precision change...) for the user to be told once."""
+        self.__dict__.setdefault("_notices", []).append(message)
+
+    def take_notices(self) -> list[str]:
+        """The fallbacks taken since the last call; each is handed out once."""
+        notices = self.__dict__.get("_notices", [])
+        self.__dict__["_notices"] = []
+        return notices
 
     def prepare(self, width: int, height: int) -> str | None:
         """Check, before any frame, that frames of this size fit (GPU memory); say how, or raise.
@@ -75,6 +89,11 @@ def check_frame(frame: np.ndarray) -> None:
     check_size(frame.shape[1], frame.shape[0])
 
 
+def black_while_input_is_not(source: np.ndarray, output: np.ndarray) -> bool:
+    """Half precision's failure on some GPUs: a black output for a picture that is not black."""
+    return int(output.max()) <= BLACK_LEVEL and int(source.max()) > NOT_BLACK_LEVEL
+
+
 def lanczos_resize(frame: np.ndarray, width: int, height: int) -> np.ndarray:
     """Resize an RGB uint8 frame with Lanczos (Pillow), the proper way to change scale."""
     if frame.shape[1] == width and frame.shape[0] == height:
@@ -107,6 +126,9 @@ class Rescaled(Engine):
 
     def prepare(self, width: int, height: int) -> str | None:
         return self.inner.prepare(width, height)
+
+    def take_notices(self) -> list[str]:
+        return self.inner.take_notices()
 
     def close(self) -> None:
         self.inner.close()

@@ -1,4 +1,7 @@
-"""Real-ESRGAN in PyTorch: CUDA (fp16, bf16/fp32 fallbacks) or CPU fp32, batched, tiled, OOM-proof.
+"""Real-ESRGAN in PyTorch: CUDA (fp16 first, fp32 fallback) or CPU fp32, batched, tiled, OOM-proof.
+
+A frame that comes out NaN/inf, or black while its input is not (fp16 on some GPUs), is redone in
+float32, and float32 is kept.
 
 torch is optional: this module imports it only when an engine is built, so gpuferry runs without it.
 On CUDA out-of-memory the tile is halved and the same frames are run again; no frame is ever skipped,
@@ -16,7 +19,7 @@ from typing import Any
 
 import numpy as np
 
-from gpuferry.engines.base import Engine, check_frame
+from gpuferry.engines.base import Engine, black_while_input_is_not, check_frame
 from gpuferry.engines.gpu_preflight import (
     MIN_TILE,
     TILE_STEP,
@@ -212,7 +215,7 @@ class TorchEngine(Engine):
 
     def _to_uint8(self, tensor: Any) -> Any:
         """float 0..1 -> uint8 on the device, rounded like the ncnn engine (x255 + 0.5, truncate)."""
-        if self._precisions[-1] != self.precision:  # a wider precision is left to fall back to
+        if self.precision != "float32":  # float32 is left to fall back to
             self._nonfinite |= ~self._torch.isfinite(tensor).all()
         return tensor.float().clamp_(0.0, 1.0).mul_(255.0).add_(0.5).to(self._torch.uint8)
 
@@ -241,9 +244,14 @@ class TorchEngine(Engine):
                 self._network, batch, self.scale, tile, self.model.profile.tile_pad, self._to_uint8
             )
         if bool(self._nonfinite):
-            raise _NonFiniteOutput(self.precision)
+            raise _NonFiniteOutput("NaN/inf values")
         out = stitched.permute(0, 2, 3, 1).contiguous().cpu().numpy()
-        return [out[index] for index in range(out.shape[0])]
+        results = [out[index] for index in range(out.shape[0])]
+        if self.precision != "float32" and any(
+            black_while_input_is_not(source, result) for source, result in zip(frames, results, strict=True)
+        ):
+            raise _NonFiniteOutput("a black frame for a picture that is not black")
+        return results
 
     def _smaller_tile(self, tile: int, height: int, width: int) -> int:
         current = tile if 0 < tile < max(height, width) else max(height, width)
@@ -262,8 +270,8 @@ class TorchEngine(Engine):
         while True:
             try:
                 return self._infer(frames[: self.batch_size], self._tile)
-            except _NonFiniteOutput:
-                self._next_precision()
+            except _NonFiniteOutput as fault:
+                self._to_float32(str(fault))
                 continue
             except Exception as exc:
                 if not is_out_of_memory(exc):
@@ -290,10 +298,12 @@ class TorchEngine(Engine):
             step="upscale",
         )
 
-    def _next_precision(self) -> None:
-        position = self._precisions.index(self.precision)
-        self.stats.precision_changes.append(f"{self.precision}->{self._precisions[position + 1]}")
-        self.precision = self._precisions[position + 1]
+    def _to_float32(self, fault: str) -> None:
+        """Redo the frames in float32 after a narrower precision failed on them, and keep float32."""
+        self.stats.precision_changes.append(f"{self.precision}->float32")
+        self.notice(f"{self.name} gave {fault} in {self.precision}: the frames were redone in float32, "
+                    "and float32 is kept for the rest")
+        self.precision = "float32"
         self._place_model()
 
     def upscale(self, frames: Sequence[np.ndarray]) -> list[np.ndarray]:
@@ -334,7 +344,7 @@ class TorchEngine(Engine):
 
 
 class _NonFiniteOutput(Exception):
-    """fp16 overflowed (NaN/inf in the output): rerun in the next precision."""
+    """A narrow precision failed (NaN/inf, or a black frame for a picture that is not): rerun in float32."""
 
 
 def torch_model_for(spec: ModelSpec, network_scale: int) -> LoadedModel:

@@ -165,7 +165,7 @@ def _upscale_video(
         writer.abort()
         raise
     verify_video(partial, info, width, height)
-    return report.frames, [f"not copied: {item}" for item in report.dropped_streams]
+    return report.frames, [f"not copied: {item}" for item in report.dropped_streams] + engine.take_notices()
 
 
 def verify_video(partial: Path, info: MediaInfo, width: int, height: int) -> None:
@@ -217,4 +217,4 @@ def _upscale_image(source: Path, partial: Path, engine: Engine) -> list[str]:
     with Image.open(partial) as check:
         if check.size != (out.shape[1], out.shape[0]):
             raise EncodeError("the written image has the wrong size", path=str(partial), step="verify")
-    return []
+    return engine.take_notices()

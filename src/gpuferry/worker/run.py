@@ -124,6 +124,8 @@ def encode_segment(
         seconds=round(time.monotonic() - started, 3),
         engine=engine.describe(),
     )
+    for notice in engine.take_notices():
+        log.warning("segment %d: %s", segment.index, notice)
     if stats.duplicates_skipped:
         log.info("segment %d: %d repeated frames reused the previous result", segment.index,
                  stats.duplicates_skipped)
