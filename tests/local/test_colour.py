@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import av
 import numpy as np
 import pytest
+from media_checks import colour_tags as tags
 
 from gpuferry.api import Upscaler
 from gpuferry.errors import BadInputError
@@ -23,13 +23,6 @@ TOLERANCE = 6.0
 def upscale(source: Path, output: Path, engine: str) -> Path:
     with Upscaler(scale=2, engine=engine, encode=EncodeOptions(crf=0)) as upscaler:
         return upscaler.upscale(source, output).output
-
-
-def tags(path: Path) -> tuple[str, int, int, int, int]:
-    with av.open(str(path)) as container:
-        frame = next(container.decode(video=0))
-        return (frame.format.name, int(frame.colorspace), int(frame.color_range),
-                int(frame.color_primaries), int(frame.color_trc))
 
 
 @pytest.mark.parametrize("engine", ["ncnn", "resample"])
