@@ -18,7 +18,7 @@ from gpuferry.errors import (
     OutputNotWritableError,
     UsageError,
 )
-from gpuferry.media.colour import Colour, is_rgb_format, resolve_colour, rgb_to_frame
+from gpuferry.media.colour import SPC_RGB, Colour, is_rgb_format, resolve_colour, rgb_to_frame
 from gpuferry.media.formats import default_codec_for
 from gpuferry.media.probe import MediaInfo, VideoInfo
 
@@ -204,7 +204,9 @@ class VideoWriter:
         # RGB frames are converted with the matrix and range the decoder read the source with, and the
         # output is tagged with them, guessed or not: the tags say what the pixels are
         self._colour: Colour | None = None
-        if not is_rgb_format(pix_fmt) and not is_rgb_format(video.pix_fmt):
+        if is_rgb_format(pix_fmt):
+            ctx.colorspace = SPC_RGB
+        else:  # an RGB source written as YUV gets the usual matrix for its size, like an untagged one
             self._colour = resolve_colour(video.colorspace, video.color_range, video.width, video.height,
                                           video.pix_fmt)
             ctx.colorspace, ctx.color_range = self._colour.matrix, self._colour.range_tag
