@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import av
 import numpy as np
 import pytest
 from media_checks import colour_tags as tags
@@ -14,7 +15,17 @@ from gpuferry.media.colour import resolve_colour
 from gpuferry.media.decode import iter_video_frames
 from gpuferry.media.encode import EncodeOptions, VideoWriter
 from gpuferry.media.probe import probe
-from gpuferry.media.synth import BAR_CASES, BARS_RGB, BT709, BT2020, BarCase, bars_error, measure_bars
+from gpuferry.media.synth import (
+    BAR_CASES,
+    BARS_RGB,
+    BT601,
+    BT709,
+    BT2020,
+    BarCase,
+    bars_error,
+    bars_yuv,
+    measure_bars,
+)
 
 #: the model's own drift on flat colour is about 4 levels
 TOLERANCE = 6.0
@@ -85,3 +96,20 @@ def test_hdr_is_refused_by_the_models_and_kept_by_resample(tmp_path: Path) -> No
     kept = upscale(source, tmp_path / "kept.mp4", "resample")
     assert tags(kept) == ("yuv420p10le", 9, 1, 9, 16)
     assert bars_error(source, kept) <= 1.0
+
+
+@pytest.mark.parametrize("engine", ["ncnn", "resample"])
+def test_rgb_source_written_as_yuv_gets_bt601_limited_values_and_tags(engine: str, tmp_path: Path) -> None:
+    source = tmp_path / "rgb.mkv"
+    bars = np.repeat(np.repeat(np.array(BARS_RGB, np.uint8)[None], 32, axis=1), 144, axis=0)
+    with av.open(str(source), "w") as container:
+        stream = container.add_stream("libx264rgb", rate=24)
+        stream.width, stream.height, stream.pix_fmt, stream.options = 256, 144, "bgr24", {"qp": "0"}
+        frame = av.VideoFrame.from_ndarray(bars, format="rgb24").reformat(format="bgr24")
+        frame.pts = 0
+        for packet in [*stream.encode(frame), *stream.encode(None)]:
+            container.mux(packet)
+    output = upscale(source, tmp_path / "out.mp4", engine)
+    assert tags(output)[1:3] == (6, 1), "BT.601 limited for a small picture, not 'RGB' over YUV pixels"
+    error = np.abs(measure_bars(output) - bars_yuv(*BT601, full_range=False)).max()
+    assert error <= TOLERANCE, f"a bar is {error:.1f} levels away from its BT.601 values"

@@ -129,7 +129,11 @@ def frame_to_rgb(frame: av.VideoFrame) -> np.ndarray:
 def rgb_to_frame(rgb: np.ndarray, pix_fmt: str, colour: Colour) -> av.VideoFrame:
     """An encoder-ready frame in ``pix_fmt`` from HxWx3 uint8 RGB, through ``colour``'s matrix and
     range, tagged with them."""
-    frame = av.VideoFrame.from_ndarray(rgb, format="rgb24")
+    return rgb_frame_to(av.VideoFrame.from_ndarray(rgb, format="rgb24"), pix_fmt, colour)
+
+
+def rgb_frame_to(frame: av.VideoFrame, pix_fmt: str, colour: Colour) -> av.VideoFrame:
+    """An RGB frame (any RGB format) converted to ``pix_fmt`` through ``colour``, tagged with it."""
     if is_rgb_format(pix_fmt):
         return frame.reformat(format=pix_fmt)
     out = frame.reformat(

@@ -18,7 +18,16 @@ from gpuferry.errors import (
     OutputNotWritableError,
     UsageError,
 )
-from gpuferry.media.colour import SPC_RGB, Colour, is_rgb_format, resolve_colour, rgb_to_frame
+from gpuferry.media.colour import (
+    RANGE_UNSPECIFIED,
+    SPC_RGB,
+    SPC_UNSPECIFIED,
+    Colour,
+    is_rgb_format,
+    resolve_colour,
+    rgb_frame_to,
+    rgb_to_frame,
+)
 from gpuferry.media.formats import default_codec_for
 from gpuferry.media.probe import MediaInfo, VideoInfo
 
@@ -206,9 +215,12 @@ class VideoWriter:
         self._colour: Colour | None = None
         if is_rgb_format(pix_fmt):
             ctx.colorspace = SPC_RGB
-        else:  # an RGB source written as YUV gets the usual matrix for its size, like an untagged one
+        elif is_rgb_format(video.pix_fmt):  # RGB written as YUV: the usual matrix for its size, limited range
+            self._colour = resolve_colour(SPC_UNSPECIFIED, RANGE_UNSPECIFIED, video.width, video.height, pix_fmt)
+        else:
             self._colour = resolve_colour(video.colorspace, video.color_range, video.width, video.height,
                                           video.pix_fmt)
+        if self._colour is not None:
             ctx.colorspace, ctx.color_range = self._colour.matrix, self._colour.range_tag
         if video.rotation:
             stream.set_display_rotation(video.rotation)
@@ -225,6 +237,8 @@ class VideoWriter:
         index when the source has none)."""
         if isinstance(picture, av.VideoFrame):
             frame = picture
+            if self._colour is not None and is_rgb_format(frame.format.name):
+                frame = rgb_frame_to(frame, self._stream.pix_fmt, self._colour)
         else:
             frame = self._from_rgb(picture)
         if pts is None:
