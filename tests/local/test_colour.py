@@ -113,3 +113,37 @@ def test_rgb_source_written_as_yuv_gets_bt601_limited_values_and_tags(engine: st
     assert tags(output)[1:3] == (6, 1), "BT.601 limited for a small picture, not 'RGB' over YUV pixels"
     error = np.abs(measure_bars(output) - bars_yuv(*BT601, full_range=False)).max()
     assert error <= TOLERANCE, f"a bar is {error:.1f} levels away from its BT.601 values"
+
+
+def _ten_bit_greys(path: Path, lumas: tuple[int, ...], width: int = 64, height: int = 48) -> None:
+    """Lossless 10-bit flat grey frames (BT.709 limited), one per luma code."""
+    chroma = np.full((height // 4, width), 512)
+    with av.open(str(path), "w") as container:
+        stream = container.add_stream("libx264", rate=24)
+        stream.width, stream.height, stream.pix_fmt = width, height, "yuv420p10le"
+        stream.options = {"qp": "0", "preset": "ultrafast"}
+        stream.codec_context.colorspace, stream.codec_context.color_range = 1, 1
+        for index, luma in enumerate(lumas):
+            planes = np.concatenate([np.full((height, width), luma), chroma, chroma]).astype(np.uint16)
+            frame = av.VideoFrame.from_ndarray(planes, format="yuv420p10le")
+            frame.pts = index
+            for packet in stream.encode(frame):
+                container.mux(packet)
+        for packet in stream.encode(None):
+            container.mux(packet)
+
+
+def test_ten_bit_precision_reaches_the_model_and_the_output(tmp_path: Path) -> None:
+    """Greys one 10-bit code apart (a quarter of an 8-bit step) stay one code apart: an 8-bit
+    RGB middle would make them the same grey."""
+    source = tmp_path / "greys10.mp4"
+    _ten_bit_greys(source, (400, 401))
+    first, second = [f.rgb for f in iter_video_frames(source, 0)]
+    assert first.dtype == np.uint16 and int(second.mean() - first.mean()) > 0
+    output = upscale(source, tmp_path / "out.mp4", "ncnn")
+    with av.open(str(output)) as container:
+        frames = [frame for frame in container.decode(video=0)]
+    assert frames[0].format.name == "yuv420p10le"
+    lumas = [frame.to_ndarray()[8 : frame.height - 8, 8:-8].mean() for frame in frames]  # Y, inside
+    assert abs(lumas[0] - 400) <= 6 * 4, "the grey itself is kept (6 8-bit levels)"
+    assert abs(lumas[1] - lumas[0] - 1) <= 0.5, f"mean luma {lumas[0]:.2f} then {lumas[1]:.2f}"

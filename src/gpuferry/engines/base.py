@@ -20,7 +20,8 @@ NOT_BLACK_LEVEL = 16
 
 
 class Engine(ABC):
-    """Upscales batches of HxWx3 uint8 RGB frames by ``scale``.
+    """Upscales batches of HxWx3 RGB frames by ``scale``: uint8, or uint16 (0..65535, from video
+    deeper than 8 bits), returned in the dtype they came in.
 
     Engines keep no per-video state, so one engine serves a whole job (and several inputs).
     ``batch_size`` is how many frames the pipeline should hand over per call.
@@ -84,20 +85,33 @@ def check_size(width: int, height: int, path: str | None = None) -> None:
 
 def check_frame(frame: np.ndarray) -> None:
     """Refuse frames an engine cannot take, with a clear message instead of a native crash."""
-    if frame.ndim != 3 or frame.shape[2] != 3 or frame.dtype != np.uint8:
-        raise BadInputError(f"expected an HxWx3 uint8 RGB frame, got {frame.shape} {frame.dtype}")
+    if frame.ndim != 3 or frame.shape[2] != 3 or frame.dtype not in (np.uint8, np.uint16):
+        raise BadInputError(f"expected an HxWx3 uint8 or uint16 RGB frame, got {frame.shape} {frame.dtype}")
     check_size(frame.shape[1], frame.shape[0])
+
+
+def peak(frame: np.ndarray) -> int:
+    """The largest value a frame's dtype holds: 255 or 65535."""
+    return int(np.iinfo(frame.dtype).max)
 
 
 def black_while_input_is_not(source: np.ndarray, output: np.ndarray) -> bool:
     """Half precision's failure on some GPUs: a black output for a picture that is not black."""
-    return int(output.max()) <= BLACK_LEVEL and int(source.max()) > NOT_BLACK_LEVEL
+    step = peak(source) // 255  # 1 for 8-bit, 257 for 16-bit
+    return int(output.max()) <= BLACK_LEVEL * step and int(source.max()) > NOT_BLACK_LEVEL * step
 
 
 def lanczos_resize(frame: np.ndarray, width: int, height: int) -> np.ndarray:
-    """Resize an RGB uint8 frame with Lanczos (Pillow), the proper way to change scale."""
+    """Resize an RGB uint8 or uint16 frame with Lanczos (Pillow), the proper way to change scale."""
     if frame.shape[1] == width and frame.shape[0] == height:
         return frame
+    if frame.dtype == np.uint16:  # Pillow has no 16-bit RGB: each channel as a float image
+        channels = [
+            np.asarray(Image.fromarray(frame[:, :, c].astype(np.float32), mode="F").resize(
+                (width, height), Image.Resampling.LANCZOS))
+            for c in range(3)
+        ]
+        return np.clip(np.stack(channels, axis=-1) + 0.5, 0, 65535).astype(np.uint16)
     image = Image.fromarray(frame, mode="RGB")
     return np.asarray(image.resize((width, height), Image.Resampling.LANCZOS))
 

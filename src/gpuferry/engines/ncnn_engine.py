@@ -7,7 +7,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from gpuferry.engines.base import Engine, black_while_input_is_not, check_frame
+from gpuferry.engines.base import Engine, black_while_input_is_not, check_frame, peak
 from gpuferry.errors import EngineUnavailableError
 from gpuferry.models.registry import ModelSpec
 from gpuferry.models.weights import NcnnWeights, locate_ncnn_weights
@@ -73,8 +73,10 @@ class NcnnEngine(Engine):
     def _one(self, frame: np.ndarray) -> np.ndarray:
         check_frame(frame)
         chw = self._run_net(frame)
-        # float CHW 0..1 -> uint8 HWC, rounded (truncation would darken every pixel by half a step)
-        scaled = np.clip(chw * 255.0 + 0.5, 0.0, 255.0).astype(np.uint8)
+        # float CHW 0..1 -> HWC in the input's dtype, rounded (truncation would darken every pixel by
+        # half a step)
+        top = peak(frame)
+        scaled = np.clip(chw * float(top) + 0.5, 0.0, float(top)).astype(frame.dtype)
         out = np.ascontiguousarray(scaled.transpose(1, 2, 0))
         if not self.half:
             return out
@@ -93,8 +95,12 @@ class NcnnEngine(Engine):
         """The network's float CHW output (0..1) for one RGB frame."""
         ncnn = self._ncnn
         height, width = frame.shape[:2]
-        mat = ncnn.Mat.from_pixels(np.ascontiguousarray(frame), ncnn.Mat.PixelType.PIXEL_RGB, width, height)
-        mat.substract_mean_normalize([], self._norm)
+        if frame.dtype == np.uint16:  # deeper than 8 bits: a float input keeps the precision
+            mat = ncnn.Mat(width, height, 3)  # ncnn owns it, with its own aligned channel stride
+            np.asarray(mat)[...] = frame.transpose(2, 0, 1) * np.float32(1.0 / 65535.0)
+        else:
+            mat = ncnn.Mat.from_pixels(np.ascontiguousarray(frame), ncnn.Mat.PixelType.PIXEL_RGB, width, height)
+            mat.substract_mean_normalize([], self._norm)
         extractor = self._net.create_extractor()
         extractor.input("data", mat)
         status, out = extractor.extract("output")

@@ -19,7 +19,7 @@ from typing import Any
 
 import numpy as np
 
-from gpuferry.engines.base import Engine, black_while_input_is_not, check_frame
+from gpuferry.engines.base import Engine, black_while_input_is_not, check_frame, peak
 from gpuferry.engines.gpu_preflight import (
     MIN_TILE,
     TILE_STEP,
@@ -213,11 +213,14 @@ class TorchEngine(Engine):
 
     # --- inference ---------------------------------------------------------------------------------
 
-    def _to_uint8(self, tensor: Any) -> Any:
-        """float 0..1 -> uint8 on the device, rounded like the ncnn engine (x255 + 0.5, truncate)."""
+    def _to_pixels(self, tensor: Any) -> Any:
+        """float 0..1 -> integers on the device (uint8, or int32 holding 16-bit values), rounded like
+        the ncnn engine (x peak + 0.5, truncate)."""
         if self.precision != "float32":  # float32 is left to fall back to
             self._nonfinite |= ~self._torch.isfinite(tensor).all()
-        return tensor.float().clamp_(0.0, 1.0).mul_(255.0).add_(0.5).to(self._torch.uint8)
+        wide = self._peak > 255
+        out_dtype = self._torch.int32 if wide else self._torch.uint8
+        return tensor.float().clamp_(0.0, 1.0).mul_(float(self._peak)).add_(0.5).to(out_dtype)
 
     def _network(self, tile_input: Any) -> Any:
         torch = self._torch
@@ -229,23 +232,28 @@ class TorchEngine(Engine):
         height, width = frames[0].shape[:2]
         if self.forward_hook is not None:
             self.forward_hook(ForwardCall(len(frames), height, width, tile, self.precision))
-        host = torch.from_numpy(np.stack(frames))
+        stacked = np.stack(frames)
+        self._peak = peak(stacked)
+        # 16-bit values travel as int32 (torch has no uint16 arithmetic) and are scaled in float32
+        # (65535 overflows float16)
+        host = torch.from_numpy(stacked.astype(np.int32) if self._peak > 255 else stacked)
         if self.on_cuda:
             host = host.pin_memory()
         batch = (
             host.to(self.device, non_blocking=True)
             .permute(0, 3, 1, 2)
+            .float()
+            .div_(float(self._peak))
             .to(self._dtype())
-            .div_(255.0)
         )
         self._nonfinite = torch.zeros((), dtype=torch.bool, device=self.device)
         with torch.inference_mode():
             stitched = run_tiled(
-                self._network, batch, self.scale, tile, self.model.profile.tile_pad, self._to_uint8
+                self._network, batch, self.scale, tile, self.model.profile.tile_pad, self._to_pixels
             )
         if bool(self._nonfinite):
             raise _NonFiniteOutput("NaN/inf values")
-        out = stitched.permute(0, 2, 3, 1).contiguous().cpu().numpy()
+        out = stitched.permute(0, 2, 3, 1).contiguous().cpu().numpy().astype(stacked.dtype, copy=False)
         results = [out[index] for index in range(out.shape[0])]
         if self.precision != "float32" and any(
             black_while_input_is_not(source, result) for source, result in zip(frames, results, strict=True)
@@ -320,6 +328,7 @@ class TorchEngine(Engine):
                 end < len(frames)
                 and end - start < self.batch_size
                 and frames[end].shape == frames[start].shape
+                and frames[end].dtype == frames[start].dtype
             ):
                 end += 1
             chunk = [np.ascontiguousarray(frame) for frame in frames[start:end]]

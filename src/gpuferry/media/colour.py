@@ -111,13 +111,19 @@ def check_sdr(color_trc: int, path: str | None = None) -> None:
         )
 
 
+def bit_depth(frame: av.VideoFrame) -> int:
+    return max((component.bits for component in frame.format.components), default=8)
+
+
 def frame_to_rgb(frame: av.VideoFrame) -> np.ndarray:
-    """HxWx3 uint8 RGB from a decoded frame, through the frame's own matrix and range."""
+    """HxWx3 RGB from a decoded frame, through the frame's own matrix and range: uint8 for 8-bit
+    frames, uint16 (full 0..65535 scale) for deeper ones, so 10-bit precision reaches the model."""
+    rgb_format = "rgb48le" if bit_depth(frame) > 8 else "rgb24"
     if is_rgb_format(frame.format.name):
-        return frame.to_ndarray(format="rgb24")
+        return frame.to_ndarray(format=rgb_format)
     colour = frame_colour(frame)
     return frame.to_ndarray(
-        format="rgb24",
+        format=rgb_format,
         src_colorspace=colour.sws_matrix,
         src_color_range=colour.sws_range,
         dst_colorspace=colour.sws_matrix,
@@ -127,9 +133,14 @@ def frame_to_rgb(frame: av.VideoFrame) -> np.ndarray:
 
 
 def rgb_to_frame(rgb: np.ndarray, pix_fmt: str, colour: Colour) -> av.VideoFrame:
-    """An encoder-ready frame in ``pix_fmt`` from HxWx3 uint8 RGB, through ``colour``'s matrix and
-    range, tagged with them."""
-    return rgb_frame_to(av.VideoFrame.from_ndarray(rgb, format="rgb24"), pix_fmt, colour)
+    """An encoder-ready frame in ``pix_fmt`` from HxWx3 RGB (uint8, or uint16 on the 0..65535 scale),
+    through ``colour``'s matrix and range, tagged with them."""
+    return rgb_frame_to(array_to_frame(rgb), pix_fmt, colour)
+
+
+def array_to_frame(rgb: np.ndarray) -> av.VideoFrame:
+    """An RGB frame from an HxWx3 uint8 or uint16 array."""
+    return av.VideoFrame.from_ndarray(rgb, format="rgb48le" if rgb.dtype == np.uint16 else "rgb24")
 
 
 def rgb_frame_to(frame: av.VideoFrame, pix_fmt: str, colour: Colour) -> av.VideoFrame:

@@ -32,14 +32,14 @@ def iter_video_frames(
     start_pts: int | None = None,
     native: bool = False,
 ) -> Iterator[SourceFrame]:
-    """Yield frames ``start <= index < stop`` as HxWx3 uint8 RGB.
+    """Yield frames ``start <= index < stop`` as HxWx3 RGB: uint8, or uint16 for frames deeper than 8 bits.
 
     With ``start_pts`` (the timestamp of frame ``start``), decoding begins at the keyframe before
     it instead of at the first frame, and frames are told apart by timestamp: a segment in the
     middle of a long video costs one GOP of decoding, not everything before it.
     RGB comes through each frame's own matrix and range (BT.601/709/2020, limited or full; untagged
-    frames get the usual default for their size). Frames deeper than 8 bits are reduced to 8 bits
-    here: the models work on 8-bit RGB; HDR (PQ, HLG) is refused. With ``native`` the decoder's
+    frames get the usual default for their size). Frames deeper than 8 bits keep their precision
+    (16-bit RGB); HDR (PQ, HLG) is refused: the models are SDR. With ``native`` the decoder's
     frames are passed on untouched (no RGB conversion, full bit depth, HDR intact).
     """
     source = str(path)

@@ -23,6 +23,7 @@ from gpuferry.media.colour import (
     SPC_RGB,
     SPC_UNSPECIFIED,
     Colour,
+    array_to_frame,
     is_rgb_format,
     resolve_colour,
     rgb_frame_to,
@@ -257,7 +258,7 @@ class VideoWriter:
     def _from_rgb(self, rgb: np.ndarray) -> av.VideoFrame:
         """An RGB array as a frame in the output's pixel format, through the source's matrix and range."""
         if self._colour is None:
-            return av.VideoFrame.from_ndarray(rgb, format="rgb24")
+            return array_to_frame(rgb)
         return rgb_to_frame(rgb, self._stream.pix_fmt, self._colour)
 
     def _mux(self, packets: list[av.Packet]) -> None:
