@@ -147,3 +147,13 @@ def test_ten_bit_precision_reaches_the_model_and_the_output(tmp_path: Path) -> N
     lumas = [frame.to_ndarray()[8 : frame.height - 8, 8:-8].mean() for frame in frames]  # Y, inside
     assert abs(lumas[0] - 400) <= 6 * 4, "the grey itself is kept (6 8-bit levels)"
     assert abs(lumas[1] - lumas[0] - 1) <= 0.5, f"mean luma {lumas[0]:.2f} then {lumas[1]:.2f}"
+
+
+def test_constant_luminance_matrix_is_refused_by_the_models_and_kept_by_resample(tmp_path: Path) -> None:
+    source = tmp_path / "cl.mp4"
+    BarCase("BT.2020 CL", BT2020, False, tags=(10, 9, 14)).make(source)
+    with pytest.raises(BadInputError, match="constant luminance"):
+        upscale(source, tmp_path / "model.mp4", "ncnn")
+    assert not (tmp_path / "model.mp4").exists()
+    kept = upscale(source, tmp_path / "kept.mp4", "resample")
+    assert tags(kept)[1:] == (10, 1, 9, 14) and bars_error(source, kept) <= 1.0

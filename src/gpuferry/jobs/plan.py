@@ -9,6 +9,7 @@ from typing import Any
 from gpuferry.engines.base import check_size
 from gpuferry.hashing import file_sha256
 from gpuferry.jobs.store import JobRecord, JobStore
+from gpuferry.media.colour import check_sdr
 from gpuferry.media.probe import probe
 from gpuferry.media.segments import plan_segments, presentation_timestamps
 
@@ -31,6 +32,8 @@ def plan_job(
 
         raise BadInputError("remote jobs take videos; upscale images locally", path=str(source), step="plan")
     check_size(info.video.width, info.video.height, path=str(source))
+    if engine.get("engine") not in (None, "auto", "resample"):  # a model will run: HDR is refused now, not there
+        check_sdr(info.video.color_trc, str(source))
     digest = file_sha256(source)
     settings = {
         "engine": {key: value for key, value in engine.items() if value is not None},

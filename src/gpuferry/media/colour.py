@@ -24,11 +24,14 @@ _TO_YUV = Interpolation.BICUBIC | Interpolation.ACCURATE_RND
 #: matrix -> swscale's name for it (PyAV's Colorspace enum); BT.601's two names share one matrix
 _SWS_MATRIX = {
     SPC_BT709: "ITU709",
+    4: "FCC",
     SPC_BT470BG: "ITU601",
     SPC_SMPTE170M: "ITU601",
+    7: "SMPTE240M",
     SPC_BT2020_NCL: "BT2020",
 }
-MATRIX_NAMES = {SPC_BT709: "BT.709", SPC_BT470BG: "BT.601", SPC_SMPTE170M: "BT.601", SPC_BT2020_NCL: "BT.2020"}
+MATRIX_NAMES = {SPC_BT709: "BT.709", 4: "FCC", SPC_BT470BG: "BT.601", SPC_SMPTE170M: "BT.601",
+                7: "SMPTE 240M", SPC_BT2020_NCL: "BT.2020"}
 #: luma weights (Kr, Kb) of each matrix, for synthesising exact test pictures
 KR_KB = {SPC_BT709: (0.2126, 0.0722), SPC_SMPTE170M: (0.299, 0.114), SPC_BT470BG: (0.299, 0.114),
          SPC_BT2020_NCL: (0.2627, 0.0593)}

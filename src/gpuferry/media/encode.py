@@ -219,8 +219,11 @@ class VideoWriter:
         elif is_rgb_format(video.pix_fmt):  # RGB written as YUV: the usual matrix for its size, limited range
             self._colour = resolve_colour(SPC_UNSPECIFIED, RANGE_UNSPECIFIED, video.width, video.height, pix_fmt)
         else:
-            self._colour = resolve_colour(video.colorspace, video.color_range, video.width, video.height,
-                                          video.pix_fmt)
+            try:
+                self._colour = resolve_colour(video.colorspace, video.color_range, video.width,
+                                              video.height, video.pix_fmt)
+            except BadInputError:  # a matrix the models refuse (decoding says so); resample keeps it
+                self._colour = None
         if self._colour is not None:
             ctx.colorspace, ctx.color_range = self._colour.matrix, self._colour.range_tag
         if video.rotation:
