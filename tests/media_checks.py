@@ -41,3 +41,11 @@ def sha256(path: Path) -> str:
 
 def listing(directory: Path) -> set[str]:
     return {p.name for p in directory.iterdir()}
+
+
+def colour_tags(path: Path) -> tuple[str, int, int, int, int]:
+    """The first frame's pixel format, matrix, range, primaries and transfer, as decoded."""
+    with av.open(str(path)) as container:
+        frame = next(container.decode(video=0))
+        return (frame.format.name, int(frame.colorspace), int(frame.color_range),
+                int(frame.color_primaries), int(frame.color_trc))

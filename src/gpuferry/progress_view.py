@@ -131,6 +131,9 @@ class ProgressView:
             f"[green]done[/] {result.output}  {result.frames} frames in {result.seconds:.1f} s "
             f"({result.fps:.1f} fps, {result.engine})"
         )
+        skipped = getattr(result, "duplicates_skipped", 0)
+        if skipped:
+            self.console.print(f"  {skipped} frames repeated the one before them and reused its result")
 
     def close(self) -> None:
         if self._live:

@@ -13,10 +13,15 @@ from gpuferry.errors import BadInputError
 
 #: the smallest frame side an engine accepts; smaller inputs are bad input, not a crash
 MIN_SIDE = 4
+#: an output frame whose brightest value is at most this is black (8-bit levels)...
+BLACK_LEVEL = 2
+#: ...which is a fault when its input's brightest value is above this
+NOT_BLACK_LEVEL = 16
 
 
 class Engine(ABC):
-    """Upscales batches of HxWx3 uint8 RGB frames by ``scale``.
+    """Upscales batches of HxWx3 RGB frames by ``scale``: uint8, or uint16 (0..65535, from video
+    deeper than 8 bits), returned in the dtype they came in.
 
     Engines keep no per-video state, so one engine serves a whole job (and several inputs).
     ``batch_size`` is how many frames the pipeline should hand over per call.
@@ -40,6 +45,16 @@ class Engine(ABC):
     def describe(self) -> str:
         """One line naming the engine, device and model, for logs and progress."""
         return self.name
+
+    def notice(self, message: str) -> None:
+        """Remember a fallback the engine took (a precision change...) for the user to be told once."""
+        self.__dict__.setdefault("_notices", []).append(message)
+
+    def take_notices(self) -> list[str]:
+        """The fallbacks taken since the last call; each is handed out once."""
+        notices = self.__dict__.get("_notices", [])
+        self.__dict__["_notices"] = []
+        return notices
 
     def prepare(self, width: int, height: int) -> str | None:
         """Check, before any frame, that frames of this size fit (GPU memory); say how, or raise.
@@ -70,15 +85,33 @@ def check_size(width: int, height: int, path: str | None = None) -> None:
 
 def check_frame(frame: np.ndarray) -> None:
     """Refuse frames an engine cannot take, with a clear message instead of a native crash."""
-    if frame.ndim != 3 or frame.shape[2] != 3 or frame.dtype != np.uint8:
-        raise BadInputError(f"expected an HxWx3 uint8 RGB frame, got {frame.shape} {frame.dtype}")
+    if frame.ndim != 3 or frame.shape[2] != 3 or frame.dtype not in (np.uint8, np.uint16):
+        raise BadInputError(f"expected an HxWx3 uint8 or uint16 RGB frame, got {frame.shape} {frame.dtype}")
     check_size(frame.shape[1], frame.shape[0])
 
 
+def peak(frame: np.ndarray) -> int:
+    """The largest value a frame's dtype holds: 255 or 65535."""
+    return int(np.iinfo(frame.dtype).max)
+
+
+def black_while_input_is_not(source: np.ndarray, output: np.ndarray) -> bool:
+    """Half precision's failure on some GPUs: a black output for a picture that is not black."""
+    step = peak(source) // 255  # 1 for 8-bit, 257 for 16-bit
+    return int(output.max()) <= BLACK_LEVEL * step and int(source.max()) > NOT_BLACK_LEVEL * step
+
+
 def lanczos_resize(frame: np.ndarray, width: int, height: int) -> np.ndarray:
-    """Resize an RGB uint8 frame with Lanczos (Pillow), the proper way to change scale."""
+    """Resize an RGB uint8 or uint16 frame with Lanczos (Pillow), the proper way to change scale."""
     if frame.shape[1] == width and frame.shape[0] == height:
         return frame
+    if frame.dtype == np.uint16:  # Pillow has no 16-bit RGB: each channel as a float image
+        channels = [
+            np.asarray(Image.fromarray(frame[:, :, c].astype(np.float32), mode="F").resize(
+                (width, height), Image.Resampling.LANCZOS))
+            for c in range(3)
+        ]
+        return np.clip(np.stack(channels, axis=-1) + 0.5, 0, 65535).astype(np.uint16)
     image = Image.fromarray(frame, mode="RGB")
     return np.asarray(image.resize((width, height), Image.Resampling.LANCZOS))
 
@@ -107,6 +140,9 @@ class Rescaled(Engine):
 
     def prepare(self, width: int, height: int) -> str | None:
         return self.inner.prepare(width, height)
+
+    def take_notices(self) -> list[str]:
+        return self.inner.take_notices()
 
     def close(self) -> None:
         self.inner.close()

@@ -1,4 +1,7 @@
-"""Real-ESRGAN in PyTorch: CUDA (fp16, bf16/fp32 fallbacks) or CPU fp32, batched, tiled, OOM-proof.
+"""Real-ESRGAN in PyTorch: CUDA (fp16 first, fp32 fallback) or CPU fp32, batched, tiled, OOM-proof.
+
+A frame that comes out NaN/inf, or black while its input is not (fp16 on some GPUs), is redone in
+float32, and float32 is kept.
 
 torch is optional: this module imports it only when an engine is built, so gpuferry runs without it.
 On CUDA out-of-memory the tile is halved and the same frames are run again; no frame is ever skipped,
@@ -16,7 +19,7 @@ from typing import Any
 
 import numpy as np
 
-from gpuferry.engines.base import Engine, check_frame
+from gpuferry.engines.base import Engine, black_while_input_is_not, check_frame, peak
 from gpuferry.engines.gpu_preflight import (
     MIN_TILE,
     TILE_STEP,
@@ -210,11 +213,14 @@ class TorchEngine(Engine):
 
     # --- inference ---------------------------------------------------------------------------------
 
-    def _to_uint8(self, tensor: Any) -> Any:
-        """float 0..1 -> uint8 on the device, rounded like the ncnn engine (x255 + 0.5, truncate)."""
-        if self._precisions[-1] != self.precision:  # a wider precision is left to fall back to
+    def _to_pixels(self, tensor: Any) -> Any:
+        """float 0..1 -> integers on the device (uint8, or int32 holding 16-bit values), rounded like
+        the ncnn engine (x peak + 0.5, truncate)."""
+        if self.precision != "float32":  # float32 is left to fall back to
             self._nonfinite |= ~self._torch.isfinite(tensor).all()
-        return tensor.float().clamp_(0.0, 1.0).mul_(255.0).add_(0.5).to(self._torch.uint8)
+        wide = self._peak > 255
+        out_dtype = self._torch.int32 if wide else self._torch.uint8
+        return tensor.float().clamp_(0.0, 1.0).mul_(float(self._peak)).add_(0.5).to(out_dtype)
 
     def _network(self, tile_input: Any) -> Any:
         torch = self._torch
@@ -226,24 +232,34 @@ class TorchEngine(Engine):
         height, width = frames[0].shape[:2]
         if self.forward_hook is not None:
             self.forward_hook(ForwardCall(len(frames), height, width, tile, self.precision))
-        host = torch.from_numpy(np.stack(frames))
+        stacked = np.stack(frames)
+        self._peak = peak(stacked)
+        # 16-bit values travel as int32 (torch has no uint16 arithmetic) and are scaled in float32
+        # (65535 overflows float16)
+        host = torch.from_numpy(stacked.astype(np.int32) if self._peak > 255 else stacked)
         if self.on_cuda:
             host = host.pin_memory()
         batch = (
             host.to(self.device, non_blocking=True)
             .permute(0, 3, 1, 2)
+            .float()
+            .div_(float(self._peak))
             .to(self._dtype())
-            .div_(255.0)
         )
         self._nonfinite = torch.zeros((), dtype=torch.bool, device=self.device)
         with torch.inference_mode():
             stitched = run_tiled(
-                self._network, batch, self.scale, tile, self.model.profile.tile_pad, self._to_uint8
+                self._network, batch, self.scale, tile, self.model.profile.tile_pad, self._to_pixels
             )
         if bool(self._nonfinite):
-            raise _NonFiniteOutput(self.precision)
-        out = stitched.permute(0, 2, 3, 1).contiguous().cpu().numpy()
-        return [out[index] for index in range(out.shape[0])]
+            raise _NonFiniteOutput("NaN/inf values")
+        out = stitched.permute(0, 2, 3, 1).contiguous().cpu().numpy().astype(stacked.dtype, copy=False)
+        results = [out[index] for index in range(out.shape[0])]
+        if self.precision != "float32" and any(
+            black_while_input_is_not(source, result) for source, result in zip(frames, results, strict=True)
+        ):
+            raise _NonFiniteOutput("a black frame for a picture that is not black")
+        return results
 
     def _smaller_tile(self, tile: int, height: int, width: int) -> int:
         current = tile if 0 < tile < max(height, width) else max(height, width)
@@ -262,8 +278,8 @@ class TorchEngine(Engine):
         while True:
             try:
                 return self._infer(frames[: self.batch_size], self._tile)
-            except _NonFiniteOutput:
-                self._next_precision()
+            except _NonFiniteOutput as fault:
+                self._to_float32(str(fault))
                 continue
             except Exception as exc:
                 if not is_out_of_memory(exc):
@@ -290,10 +306,12 @@ class TorchEngine(Engine):
             step="upscale",
         )
 
-    def _next_precision(self) -> None:
-        position = self._precisions.index(self.precision)
-        self.stats.precision_changes.append(f"{self.precision}->{self._precisions[position + 1]}")
-        self.precision = self._precisions[position + 1]
+    def _to_float32(self, fault: str) -> None:
+        """Redo the frames in float32 after a narrower precision failed on them, and keep float32."""
+        self.stats.precision_changes.append(f"{self.precision}->float32")
+        self.notice(f"{self.name} gave {fault} in {self.precision}: the frames were redone in float32, "
+                    "and float32 is kept for the rest")
+        self.precision = "float32"
         self._place_model()
 
     def upscale(self, frames: Sequence[np.ndarray]) -> list[np.ndarray]:
@@ -310,6 +328,7 @@ class TorchEngine(Engine):
                 end < len(frames)
                 and end - start < self.batch_size
                 and frames[end].shape == frames[start].shape
+                and frames[end].dtype == frames[start].dtype
             ):
                 end += 1
             chunk = [np.ascontiguousarray(frame) for frame in frames[start:end]]
@@ -334,7 +353,7 @@ class TorchEngine(Engine):
 
 
 class _NonFiniteOutput(Exception):
-    """fp16 overflowed (NaN/inf in the output): rerun in the next precision."""
+    """A narrow precision failed (NaN/inf, or a black frame for a picture that is not): rerun in float32."""
 
 
 def torch_model_for(spec: ModelSpec, network_scale: int) -> LoadedModel:

@@ -11,6 +11,7 @@ from gpuferry.errors import BadInputError
 from gpuferry.hashing import file_sha256
 from gpuferry.jobs.store import JobRecord, JobStore
 from gpuferry.media.formats import default_codec_for
+from gpuferry.media.colour import check_sdr
 from gpuferry.media.probe import probe
 from gpuferry.media.segments import plan_segments, presentation_timestamps
 
@@ -37,6 +38,8 @@ def plan_job(
         )
     check_size(info.video.width, info.video.height, path=str(source))
     seen = source.stat()  # before hashing: a change while the hash is read shows as a newer mtime later
+    if engine.get("engine") not in (None, "auto", "resample"):  # a model will run: HDR is refused now, not there
+        check_sdr(info.video.color_trc, str(source))
     digest = file_sha256(source)
     if not encode.get("codec"):
         # the worker writes .mp4 segments: the codec must follow the final output's extension

@@ -10,6 +10,7 @@ import av
 import numpy as np
 
 from gpuferry.errors import BadInputError
+from gpuferry.media.colour import check_sdr, frame_to_rgb
 
 
 @dataclass(frozen=True)
@@ -31,13 +32,15 @@ def iter_video_frames(
     start_pts: int | None = None,
     native: bool = False,
 ) -> Iterator[SourceFrame]:
-    """Yield frames ``start <= index < stop`` as HxWx3 uint8 RGB.
+    """Yield frames ``start <= index < stop`` as HxWx3 RGB: uint8, or uint16 for frames deeper than 8 bits.
 
     With ``start_pts`` (the timestamp of frame ``start``), decoding begins at the keyframe before
     it instead of at the first frame, and frames are told apart by timestamp: a segment in the
     middle of a long video costs one GOP of decoding, not everything before it.
-    Frames deeper than 8 bits are reduced to 8 bits here: the models work on 8-bit RGB. With
-    ``native`` the decoder's frames are passed on untouched (no RGB conversion, full bit depth).
+    RGB comes through each frame's own matrix and range (BT.601/709/2020, limited or full; untagged
+    frames get the usual default for their size). Frames deeper than 8 bits keep their precision
+    (16-bit RGB); HDR (PQ, HLG) is refused: the models are SDR. With ``native`` the decoder's
+    frames are passed on untouched (no RGB conversion, full bit depth, HDR intact).
     """
     source = str(path)
     index = 0
@@ -62,7 +65,8 @@ def iter_video_frames(
                     if native:
                         yield SourceFrame(index=index, rgb=None, pts=frame.pts, frame=frame)
                     else:
-                        yield SourceFrame(index=index, rgb=frame.to_ndarray(format="rgb24"), pts=frame.pts)
+                        check_sdr(frame.color_trc, source)
+                        yield SourceFrame(index=index, rgb=frame_to_rgb(frame), pts=frame.pts)
                 index += 1
     except av.FFmpegError as exc:
         reason = getattr(exc, "strerror", None) or str(exc)

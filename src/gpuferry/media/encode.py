@@ -19,6 +19,17 @@ from gpuferry.errors import (
     OutputNotWritableError,
     UsageError,
 )
+from gpuferry.media.colour import (
+    RANGE_UNSPECIFIED,
+    SPC_RGB,
+    SPC_UNSPECIFIED,
+    Colour,
+    array_to_frame,
+    is_rgb_format,
+    resolve_colour,
+    rgb_frame_to,
+    rgb_to_frame,
+)
 from gpuferry.media.formats import default_codec_for
 from gpuferry.media.probe import MediaInfo, VideoInfo
 
@@ -205,6 +216,21 @@ class VideoWriter:
         ctx.color_trc = video.color_trc
         ctx.colorspace = video.colorspace
         ctx.color_range = video.color_range
+        # RGB frames are converted with the matrix and range the decoder read the source with, and the
+        # output is tagged with them, guessed or not: the tags say what the pixels are
+        self._colour: Colour | None = None
+        if is_rgb_format(pix_fmt):
+            ctx.colorspace = SPC_RGB
+        elif is_rgb_format(video.pix_fmt):  # RGB written as YUV: the usual matrix for its size, limited range
+            self._colour = resolve_colour(SPC_UNSPECIFIED, RANGE_UNSPECIFIED, video.width, video.height, pix_fmt)
+        else:
+            try:
+                self._colour = resolve_colour(video.colorspace, video.color_range, video.width,
+                                              video.height, video.pix_fmt)
+            except BadInputError:  # a matrix the models refuse (decoding says so); resample keeps it
+                self._colour = None
+        if self._colour is not None:
+            ctx.colorspace, ctx.color_range = self._colour.matrix, self._colour.range_tag
         if video.rotation:
             stream.set_display_rotation(video.rotation)
         settings: dict[str, str] = {}
@@ -220,8 +246,10 @@ class VideoWriter:
         index when the source has none)."""
         if isinstance(picture, av.VideoFrame):
             frame = picture
+            if self._colour is not None and is_rgb_format(frame.format.name):
+                frame = rgb_frame_to(frame, self._stream.pix_fmt, self._colour)
         else:
-            frame = av.VideoFrame.from_ndarray(picture, format="rgb24")
+            frame = self._from_rgb(picture)
         if self._frame_clock:
             pts = self.report.frames
         elif pts is None:
@@ -249,6 +277,12 @@ class VideoWriter:
                 exc, self.path, f"{name} refused its settings ({self._settings}, time base {self._time_base})",
                 ENCODER_HINTS)
         return map_write_error(exc, self.path, f"{name} refused video frame {index} ({when})", ENCODER_HINTS)
+
+    def _from_rgb(self, rgb: np.ndarray) -> av.VideoFrame:
+        """An RGB array as a frame in the output's pixel format, through the source's matrix and range."""
+        if self._colour is None:
+            return array_to_frame(rgb)
+        return rgb_to_frame(rgb, self._stream.pix_fmt, self._colour)
 
     def _mux(self, packets: list[av.Packet]) -> None:
         for packet in packets:

@@ -14,11 +14,12 @@ from PIL import Image, ImageOps
 from gpuferry.engines.base import Engine, lanczos_resize
 from gpuferry.errors import BadInputError, EncodeError
 from gpuferry.events import EventSink, ignore, make_event
+from gpuferry.media.colour import check_sdr
 from gpuferry.media.decode import SourceFrame, iter_video_frames
 from gpuferry.media.encode import EncodeOptions, VideoWriter, map_write_error
 from gpuferry.media.probe import MediaInfo, check_memory_budget, probe
 from gpuferry.pipeline.outputs import check_output, partial_output, publish
-from gpuferry.pipeline.stream import FrameProgress, run_stream
+from gpuferry.pipeline.stream import FrameProgress, StreamStats, run_stream
 
 log = logging.getLogger(__name__)
 
@@ -35,6 +36,8 @@ class FileResult:
     width: int
     height: int
     warnings: list[str] = field(default_factory=list)
+    #: frames identical to the one before them, which reused its result instead of running the model
+    duplicates_skipped: int = 0
 
     @property
     def fps(self) -> float:
@@ -51,6 +54,7 @@ class FileResult:
             "width": self.width,
             "height": self.height,
             "warnings": self.warnings,
+            "duplicates_skipped": self.duplicates_skipped,
         }
 
 
@@ -64,8 +68,11 @@ def upscale_file(
     emit: EventSink = ignore,
     cancel: threading.Event | None = None,
     info: MediaInfo | None = None,
+    skip_duplicates: bool = True,
 ) -> FileResult:
-    """Upscale ``source`` to ``output`` with ``engine``; nothing is left behind if it fails."""
+    """Upscale ``source`` to ``output`` with ``engine``; nothing is left behind if it fails.
+
+    With ``skip_duplicates`` a video frame identical to the previous one reuses its result."""
     info = info or probe(source)
     check_memory_budget(info, engine.scale)
     check_output(source, output, overwrite)
@@ -84,13 +91,16 @@ def upscale_file(
             engine=engine.describe(),
         )
     )
+    stats = StreamStats()
     with partial_output(output) as partial:
         if info.kind == "image":
             warnings = _upscale_image(source, partial, engine)
             frames = 1
             emit(make_event("progress", input=str(source), done=1, total=1, fps=0.0, eta_s=0.0))
         else:
-            frames, warnings = _upscale_video(info, partial, engine, encode, emit, cancel, width, height)
+            frames, warnings = _upscale_video(
+                info, partial, engine, encode, emit, cancel, width, height, skip=skip_duplicates, stats=stats
+            )
         for warning in warnings:
             emit(make_event("warning", input=str(source), message=warning))
         publish(partial, output, overwrite)
@@ -103,6 +113,7 @@ def upscale_file(
         width=width,
         height=height,
         warnings=warnings,
+        duplicates_skipped=stats.duplicates_skipped,
     )
 
 
@@ -115,8 +126,13 @@ def _upscale_video(
     cancel: threading.Event | None,
     width: int,
     height: int,
+    *,
+    skip: bool,
+    stats: StreamStats,
 ) -> tuple[int, list[str]]:
     assert info.video is not None
+    if not engine.accepts_video_frames:
+        check_sdr(info.video.color_trc, info.path)  # before anything is written
     writer = VideoWriter(partial, info, width, height, encode)
     try:
 
@@ -142,13 +158,15 @@ def _upscale_video(
             info.video.frames,
             on_progress=progress,
             cancel=cancel,
+            skip_duplicates=skip,
+            stats=stats,
         )
         report = writer.close()
     except BaseException:
         writer.abort()
         raise
     verify_video(partial, info, width, height)
-    return report.frames, [f"not copied: {item}" for item in report.dropped_streams]
+    return report.frames, [f"not copied: {item}" for item in report.dropped_streams] + engine.take_notices()
 
 
 def verify_video(partial: Path, info: MediaInfo, width: int, height: int) -> None:
@@ -205,4 +223,4 @@ def _upscale_image(source: Path, partial: Path, engine: Engine) -> list[str]:
     with Image.open(partial) as check:
         if check.size != (out.shape[1], out.shape[0]):
             raise EncodeError("the written image has the wrong size", path=str(partial), step="verify")
-    return []
+    return engine.take_notices()

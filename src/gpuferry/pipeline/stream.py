@@ -2,7 +2,8 @@
 
 Decoding and encoding run on their own threads so they overlap inference; the queues between the
 stages are small and bounded, so memory stays flat whatever the video's length. The engine runs on
-the calling thread so that Ctrl-C lands where it can stop everything.
+the calling thread so that Ctrl-C lands where it can stop everything. A frame identical to the one
+before it (animation on twos and threes) skips the engine and reuses the previous result.
 """
 
 from __future__ import annotations
@@ -40,6 +41,23 @@ class FrameProgress:
         if self.done == 0 or self.total <= 0:
             return None
         return max(0.0, (self.total - self.done) / self.fps) if self.fps else None
+
+
+@dataclass
+class StreamStats:
+    """What a stream did besides upscaling: frames that reused the previous frame's result."""
+
+    duplicates_skipped: int = 0
+
+
+def _same_picture(previous: np.ndarray | None, current: np.ndarray | None) -> bool:
+    """An exact test: same size and every byte equal (cheap next to any model)."""
+    return (
+        previous is not None
+        and current is not None
+        and previous.shape == current.shape
+        and np.array_equal(previous, current)
+    )
 
 
 class _Stage(threading.Thread):
@@ -88,12 +106,17 @@ def run_stream(
     on_progress: Callable[[FrameProgress], None] | None = None,
     cancel: threading.Event | None = None,
     queue_size: int = 8,
+    skip_duplicates: bool = True,
+    stats: StreamStats | None = None,
 ) -> int:
     """Upscale every frame from ``frames`` and hand each result to ``write`` in order.
 
     Returns the number of frames written. Any stage's exception stops the others and is re-raised
-    here; ``cancel`` stops the pipeline with CancelledError.
+    here; ``cancel`` stops the pipeline with CancelledError. With ``skip_duplicates`` an RGB frame
+    byte-identical to the previous one is not upscaled again: the previous result is written for it
+    (the output is the same as without skipping); ``stats`` counts those frames.
     """
+    stats = stats if stats is not None else StreamStats()
     failed = threading.Event()
     stop = threading.Event()
     decoded: queue.Queue = queue.Queue(maxsize=queue_size)
@@ -102,9 +125,12 @@ def run_stream(
 
     def decode_all() -> None:
         iterator: Iterator[SourceFrame] = iter(frames)
+        previous: np.ndarray | None = None
         try:
             for frame in iterator:
-                if not _put(decoded, frame, stop):
+                duplicate = skip_duplicates and _same_picture(previous, frame.rgb)
+                previous = frame.rgb
+                if not _put(decoded, (frame, duplicate), stop):
                     return
         finally:
             close = getattr(iterator, "close", None)
@@ -128,6 +154,7 @@ def run_stream(
     encoder.start()
     started = time.monotonic()
     processed = 0
+    last_output: object = None
     try:
         finished = False
         while not finished:
@@ -135,7 +162,7 @@ def run_stream(
                 raise CancelledError("cancelled", step="upscale")
             if failed.is_set():
                 break
-            batch: list[SourceFrame] = []
+            batch: list[tuple[SourceFrame, bool]] = []
             item = _get(decoded, failed)
             if item is _END:
                 finished = True
@@ -151,12 +178,20 @@ def run_stream(
                         break
                     batch.append(more)  # type: ignore[arg-type]
             if batch:
-                if engine.accepts_video_frames:
-                    outputs = engine.upscale_video_frames([frame.frame for frame in batch])
+                fresh = [frame for frame, duplicate in batch if not duplicate]
+                if not fresh:
+                    outputs = []
+                elif engine.accepts_video_frames:
+                    outputs = engine.upscale_video_frames([frame.frame for frame in fresh])
                 else:
-                    outputs = engine.upscale([frame.rgb for frame in batch])
-                for source, rgb in zip(batch, outputs, strict=True):
-                    if not _put(upscaled, (rgb, source), failed):
+                    outputs = engine.upscale([frame.rgb for frame in fresh])
+                results = iter(outputs)
+                for source, duplicate in batch:
+                    if duplicate:
+                        stats.duplicates_skipped += 1
+                    else:
+                        last_output = next(results)
+                    if not _put(upscaled, (last_output, source), failed):
                         break
                 processed += len(batch)
                 if on_progress is not None:

@@ -19,7 +19,7 @@ from gpuferry.media.decode import iter_video_frames
 from gpuferry.media.encode import EncodeOptions, VideoWriter
 from gpuferry.media.probe import MediaInfo, probe
 from gpuferry.media.segments import Segment
-from gpuferry.pipeline.stream import FrameProgress, run_stream
+from gpuferry.pipeline.stream import FrameProgress, StreamStats, run_stream
 from gpuferry.worker.heartbeat import Heartbeat, write_atomic
 from gpuferry.worker.layout import awaiting_download
 from gpuferry.worker.spec import (
@@ -87,6 +87,8 @@ def encode_segment(
     def progress(state: FrameProgress) -> None:
         heartbeat.update(segment_done=state.done, frames_done=base_done + state.done)
 
+    stats = StreamStats()
+
     try:
         frames = iter_video_frames(
             job_dir / spec.input,
@@ -102,6 +104,7 @@ def encode_segment(
             lambda rgb, source: writer.write(rgb, source.pts, source.index),
             segment.frames,
             on_progress=progress,
+            stats=stats,
         )
         report = writer.close()
     except BaseException:
@@ -122,6 +125,11 @@ def encode_segment(
         seconds=round(time.monotonic() - started, 3),
         engine=engine.describe(),
     )
+    for notice in engine.take_notices():
+        log.warning("segment %d: %s", segment.index, notice)
+    if stats.duplicates_skipped:
+        log.info("segment %d: %d repeated frames reused the previous result", segment.index,
+                 stats.duplicates_skipped)
     os.replace(partial, target)
     write_atomic(job_dir / segment_marker(segment), done.to_json())
     with (job_dir / COMPUTED_LOG).open("a") as ledger:
