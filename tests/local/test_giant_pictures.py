@@ -84,7 +84,7 @@ def test_a_decompression_bomb_is_a_clean_bad_input_and_the_batch_goes_on(tmp_pat
     Image.new("RGB", (32, 24), (200, 10, 10)).save(small)
     done, peak = run_bounded(["upscale", "--engine", "resample", str(bomb), str(small)], None, tmp_path)
     assert done.returncode == BadInputError.exit_code, done.stderr[-2000:]
-    assert "Traceback" not in done.stderr
+    assert "Traceback" not in done.stderr and "Warning" not in done.stderr
     assert "bomb.png" in done.stderr and ("Mpx" in done.stderr or "image decoder" in done.stderr)
     assert (tmp_path / "small_x2.png").exists(), "the next input of the batch was still upscaled"
     assert not list(tmp_path.glob("bomb_x2*"))
@@ -100,7 +100,7 @@ def test_an_upscale_over_the_memory_budget_is_refused_before_decoding(tmp_path, 
     assert source.stat().st_size < 1_000_000
     done, peak = run_bounded(["upscale", "--engine", "resample", str(source)], "2G", tmp_path)
     assert done.returncode == BadInputError.exit_code, done.stderr[-2000:]
-    assert "Traceback" not in done.stderr
+    assert "Traceback" not in done.stderr and "Warning" not in done.stderr
     assert "over this machine's budget" in done.stderr and "GPUFERRY_MEMORY_BUDGET" in done.stderr
     assert 0 < peak < PEAK_LIMIT, peak
     assert not list(tmp_path.glob("giant_x2*"))

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import warnings
 from dataclasses import asdict, dataclass, field
 from fractions import Fraction
 from pathlib import Path
@@ -181,6 +182,12 @@ def check_memory_budget(info: MediaInfo, scale: int) -> None:
 
 
 def _probe_image(source: Path) -> MediaInfo:
+    with warnings.catch_warnings():  # PIL's size warning: our own budget below decides, with a clear error
+        warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+        return _probe_image_checked(source)
+
+
+def _probe_image_checked(source: Path) -> MediaInfo:
     try:
         with Image.open(source) as image:
             check_pixels(*image.size, path=str(source))  # from the header, before any pixel is decoded
