@@ -37,6 +37,9 @@ class ProgressView:
         )
         self._tasks: dict[str, TaskID] = {}
         self._live = False
+        #: places the fallback chain passed over for the current file (stage, error kind), and where it runs
+        self._passed: list[tuple[str, str]] = []
+        self._where: str | None = None
 
     def __call__(self, event: Event) -> None:
         handler = getattr(self, f"_on_{event['event']}", None)
@@ -44,7 +47,19 @@ class ProgressView:
             handler(event)
 
     def _on_engine(self, event: Event) -> None:
-        self.console.print(f"engine: {event['engine']} — {event['reason']}")
+        reason = event["reason"]
+        if self._passed:
+            self._where = f"this machine ({event['engine']})"
+            # the chain asked for this engine only because every place before it failed
+            reason = "fallback: " + ", ".join(f"{stage} failed ({kind})" for stage, kind in self._passed)
+        self.console.print(f"engine: {event['engine']} — {reason}")
+
+    def _on_fallback(self, event: Event) -> None:
+        stage = str(event.get("stage"))
+        if event.get("engine"):
+            stage += f" {event['engine']}"
+        self._passed.append((stage, str(event.get("kind"))))
+        self.console.print(f"[yellow]warning:[/] passed over {stage}: {event.get('reason')}")
 
     def _on_started(self, event: Event) -> None:
         if not self._live and self.console.is_terminal:
@@ -82,6 +97,7 @@ class ProgressView:
 
     def _on_job(self, event: Event) -> None:
         how = "resuming" if event.get("resumed") else "starting"
+        self._where = str(event.get("target"))
         self.console.print(f"{how} job {event['job']} on {event.get('target')}")
 
     def _on_recovery(self, event: Event) -> None:
@@ -100,10 +116,14 @@ class ProgressView:
 
     def summary(self, result: Any) -> None:
         """One line per finished file: where the output is and how long it took."""
+        where = f" on {self._where}" if self._where else ""
+        if self._passed:
+            where += " after falling back from " + ", ".join(stage for stage, _ in self._passed)
         self.console.print(
             f"[green]done[/] {result.output}  {result.frames} frames in {result.seconds:.1f} s "
-            f"({result.fps:.1f} fps, {result.engine})"
+            f"({result.fps:.1f} fps, {result.engine}){where}"
         )
+        self._passed, self._where = [], None
 
     def close(self) -> None:
         if self._live:

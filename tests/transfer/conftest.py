@@ -154,7 +154,9 @@ class Rig:
         if self.proxy is not None:
             self.proxy.stall()
         elif self.cgpu is not None:
-            self.cgpu.set_faults(rate=12_000)
+            # slow enough that a chunk takes far past its deadline even when a loaded machine made the
+            # first chunk (which sets the deadline) slow too
+            self.cgpu.set_faults(rate=2_000)
 
     def heal(self) -> None:
         self.local_fault = None
