@@ -240,3 +240,19 @@ def test_output_mentioning_quota_is_not_an_error(fresh_cgpu_runtime) -> None:
     backend = fresh_cgpu_runtime.backend()
     text = "Insufficient quota to assign server\nCommand finished without reporting an exit code"
     assert backend.run(["printf", "%s", text], timeout=30).output == text
+
+
+def test_doctor_checks_the_session_and_says_how_to_log_in(fresh_cgpu_runtime) -> None:
+    from gpuferry.diagnostics.doctor import cgpu_checks, target_checks
+    from gpuferry.jobs.targets import TargetSpec
+
+    spec = TargetSpec("cgpu", fresh_cgpu_runtime.settings())
+    assert [(c.name, c.status) for c in cgpu_checks(spec)] == [
+        ("installed", "pass"), ("credentials", "pass"), ("session", "pass")]
+    checks = {c.name: c for c in target_checks("colab", spec)}
+    assert checks["reachable"].status == "pass" and checks["upload throughput"].status == "pass"
+    assert not any(p.name.startswith("gpuferry-doctor-probe") for p in fresh_cgpu_runtime.content.iterdir())
+    (fresh_cgpu_runtime.config / "state" / "session.json").unlink()
+    session = [c for c in cgpu_checks(spec) if c.name == "session"][0]
+    assert session.status == "fail" and "cgpu status" in session.fix
+    assert str(fresh_cgpu_runtime.config / "state" / "session.json") in session.detail
