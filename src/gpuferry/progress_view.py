@@ -6,6 +6,7 @@ import sys
 from typing import Any, TextIO
 
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import (
     BarColumn,
     MofNCompleteColumn,
@@ -49,7 +50,7 @@ class ProgressView:
     def _on_engine(self, event: Event) -> None:
         reason = event["reason"]
         if self._passed:
-            self._where = f"this machine ({event['engine']})"
+            self._where = "this machine"
             # the chain asked for this engine only because every place before it failed
             reason = "fallback: " + ", ".join(f"{stage} failed ({kind})" for stage, kind in self._passed)
         self.console.print(f"engine: {event['engine']} — {reason}")
@@ -59,7 +60,7 @@ class ProgressView:
         if event.get("engine"):
             stage += f" {event['engine']}"
         self._passed.append((stage, str(event.get("kind"))))
-        self.console.print(f"[yellow]warning:[/] passed over {stage}: {event.get('reason')}")
+        self.console.print(f"[yellow]warning:[/] passed over {escape(stage)}: {escape(str(event.get('reason')))}")
 
     def _on_started(self, event: Event) -> None:
         if not self._live and self.console.is_terminal:
@@ -101,7 +102,7 @@ class ProgressView:
         self.console.print(f"{how} job {event['job']} on {event.get('target')}")
 
     def _on_recovery(self, event: Event) -> None:
-        self.console.print(f"[yellow]recovering:[/] {event.get('message') or event.get('kind')}")
+        self.console.print(f"[yellow]recovering:[/] {escape(str(event.get('message') or event.get('kind')))}")
 
     def _on_reattached(self, event: Event) -> None:
         self.console.print(f"reattached to the running worker (pid {event['pid']})")

@@ -256,3 +256,31 @@ def test_doctor_checks_the_session_and_says_how_to_log_in(fresh_cgpu_runtime) ->
     session = [c for c in cgpu_checks(spec) if c.name == "session"][0]
     assert session.status == "fail" and "cgpu status" in session.fix
     assert str(fresh_cgpu_runtime.config / "state" / "session.json") in session.detail
+
+
+def test_stale_transfer_leftovers_are_swept_in_one_call(fresh_cgpu_runtime) -> None:
+    """A failed upload leaves a partial file, its chunk folder and manifest, and cgpu upload stages."""
+    from gpuferry.jobs.runtime_leftovers import leftover_folders, sweep_transfer_leftovers
+
+    content = fresh_cgpu_runtime.content
+    lib = content / "gpuferry" / "lib"
+    lib.mkdir(parents=True)
+    stale = [lib / "code.zip.gpuferry-part", lib / "code.zip.gpuferry-part.json", content / "gpuferry-stage-0123"]
+    for path in stale:
+        path.write_bytes(b"x")
+    (lib / "code.zip.gpuferry-part.chunks").mkdir()
+    (lib / "code.zip.gpuferry-part.chunks" / "00000000").write_bytes(b"x")
+    fresh = content / "gpuferry-stage-4567"  # an upload under way right now
+    fresh.write_bytes(b"y")
+    keep = lib / "code.zip"
+    keep.write_bytes(b"z")
+    for path in [*stale, lib / "code.zip.gpuferry-part.chunks"]:
+        os.utime(path, (time.time() - 7200, time.time() - 7200))
+    backend = fresh_cgpu_runtime.backend()
+    calls = []
+    original = backend._cgpu
+    backend._cgpu = lambda arguments, timeout, on_output=None: calls.append(arguments[0]) or original(arguments, timeout)
+    removed = sweep_transfer_leftovers(backend, leftover_folders(backend, str(content / "gpuferry" / "jobs" / "j1")))
+    assert sorted(removed) == sorted(str(p) for p in [*stale, lib / "code.zip.gpuferry-part.chunks"])
+    assert calls == ["run"]
+    assert fresh.exists() and keep.exists()
