@@ -87,7 +87,8 @@ class CgpuSettings:
     process_env: dict[str, str] = field(default_factory=dict)
 
 
-#: ``_run_framed``'s program name for the far-side helper, whose replies need no carrier encoding.
+#: ``_run_framed``'s program name for gpuferry's own far-side programs (the helper, the transfer agent),
+#: whose output is line-safe (JSON lines, base64 lines) and needs no carrier encoding.
 HELPER_PROGRAM = "gpuferry helper"
 
 
@@ -247,6 +248,12 @@ class CgpuBackend(FramedCommands):
 
     def _run_argv(self, argv: Sequence[str], timeout: float) -> CommandResult:
         return self._run_framed(argv, Framing(), timeout, HELPER_PROGRAM)
+
+    def run_program(self, argv: Sequence[str], timeout: float) -> CommandResult:
+        """gpuferry's own far-side programs print line-safe output: no carrier, so the transfer agent's base64
+        reads cross once, not base64 of base64."""
+        framing = Framing()
+        return self._run_framed(self._exec_argv(argv, framing, timeout), framing, timeout, HELPER_PROGRAM)
 
     def _failure(self, exit_code: int, output: str, what: str, path: str | None = None) -> GpuferryError:
         """The error for a cgpu call that failed before reaching the runtime (or a copy that failed)."""
