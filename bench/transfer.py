@@ -9,6 +9,7 @@ over one raw `cgpu copy`, its download over one raw `cgpu run "base64 FILE"` (cg
 Usage: python bench/transfer.py [--size-mb 256] [--rate-mb 32]
        python bench/transfer.py --real-cgpu [--size-mb 64]   # only cgpu: the `cgpu` on PATH, its own
                                                            # runtime (e.g. shared/tools/realcgpu's harness)
+       python bench/transfer.py --cgpu-only [--size-mb 64]   # only cgpu vs raw cgpu, on the stand-in
 """
 
 from __future__ import annotations
@@ -142,6 +143,26 @@ def real_cgpu_main(size_mb: int) -> None:
     print(f"RESULT cgpu_up_over_raw={ratio['up']:.2f} cgpu_down_over_raw={ratio['down']:.2f}")
 
 
+def fake_cgpu_main(size_mb: int, rate: float) -> None:
+    """Only cgpu vs raw cgpu, on the stand-in with its link at ``rate`` (no sshd or jupyter needed)."""
+    work = Path(tempfile.mkdtemp(prefix="gpuferry-bench-"))
+    try:
+        source = work / "source.bin"
+        source.write_bytes(os.urandom(size_mb * MB))
+        runtime, config = work / "cgpu" / "runtime", work / "cgpu" / "config"
+        remote = runtime / "content" / "gpuferry" / "bench"
+        remote.mkdir(parents=True)
+        write_cgpu_login(config)
+        (runtime / "faults.json").write_text('{"rate": %f}' % rate)
+        env = {**os.environ, "CGPU_FAKE_RUNTIME": str(runtime), "CGPU_CONFIG_DIR": str(config)}
+        ratio = cgpu_against_raw(lambda: CgpuBackend(executable=str(FAKE_CGPU), config_dir=str(config),
+                                                     remote_root=str(runtime), process_env=env),
+                                 str(FAKE_CGPU), env, source, work, str(runtime), str(remote))
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    print(f"RESULT cgpu_up_over_raw={ratio['up']:.2f} cgpu_down_over_raw={ratio['down']:.2f}")
+
+
 def resent_after_drop(link: Link, source: Path) -> tuple[int, float, int]:
     """Upload, drop the link at 90%, resume with a fresh backend: (bytes re-sent, chunks re-sent, chunk size).
 
@@ -196,9 +217,13 @@ def main() -> None:
     parser.add_argument("--size-mb", type=int, default=256)
     parser.add_argument("--rate-mb", type=float, default=32.0)
     parser.add_argument("--real-cgpu", action="store_true", help="only cgpu: the real client on PATH, vs raw cgpu")
+    parser.add_argument("--cgpu-only", action="store_true", help="only cgpu vs raw cgpu, on the stand-in")
     args = parser.parse_args()
     if args.real_cgpu:
         real_cgpu_main(args.size_mb)
+        return
+    if args.cgpu_only:
+        fake_cgpu_main(args.size_mb, args.rate_mb * MB)
         return
     rate = args.rate_mb * MB
     work = Path(tempfile.mkdtemp(prefix="gpuferry-bench-"))
