@@ -4,22 +4,33 @@ ssh and jupyter run against real servers behind the test fault proxy (token-buck
 cgpu runs the stand-in CLI with its own rate fault (one link shared by its concurrent calls).
 Efficiency = payload bytes/s / link bytes/s, so the base64-bound directions (jupyter uploads through
 the contents API, cgpu both ways) top out at 0.75; jupyter downloads are raw (ranged GETs of /files/).
+cgpu is also measured against the client itself on the same file in the same run: gpuferry's upload
+over one raw `cgpu copy`, its download over one raw `cgpu run "base64 FILE"` (cgpu has no download).
 Usage: python bench/transfer.py [--size-mb 256] [--rate-mb 32]
+       python bench/transfer.py --real-cgpu [--size-mb 64]   # only cgpu: the `cgpu` on PATH, its own
+                                                           # runtime (e.g. shared/tools/realcgpu's harness)
+       python bench/transfer.py --cgpu-only [--size-mb 64]   # only cgpu vs raw cgpu, on the stand-in
 """
 
 from __future__ import annotations
 
 import argparse
+import base64
 import os
+import shlex
 import shutil
+import subprocess
 import sys
 import tempfile
+import time
+import uuid
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "tests"))
 sys.path.insert(0, str(ROOT / "src"))
 
+from servers.fixtures import write_cgpu_login  # noqa: E402
 from servers.jupyter import running_jupyter  # noqa: E402
 from servers.proxy import running_proxy  # noqa: E402
 from servers.sshd import running_sshd  # noqa: E402
@@ -64,6 +75,92 @@ def measure(link: Link, source: Path, work: Path, rate: float) -> dict[str, floa
     (remote_dir / "bench.bin").unlink()
     return {"up": sent.bytes_sent / sent.seconds / rate, "down": received.bytes_sent / received.seconds / rate,
             "up_mbs": sent.bytes_sent / sent.seconds / MB, "down_mbs": received.bytes_sent / received.seconds / MB}
+
+
+def raw_cgpu(executable: str, env: dict[str, str], source: Path, remote_root: str, remote_dir: str) -> dict[str, float]:
+    """Bytes/s of the client itself on ``source``: one `cgpu copy` up, one `cgpu run "base64 FILE"` down."""
+    size = source.stat().st_size
+    remote = f"{remote_dir.rstrip('/')}/raw-{uuid.uuid4().hex[:8]}.bin"
+    destination = remote[len(remote_root.rstrip("/")) + 1:]  # cgpu copy's DEST: relative to the Jupyter root
+    started = time.monotonic()
+    subprocess.run([executable, "copy", str(source), destination], env=env, check=True, capture_output=True)
+    up = size / (time.monotonic() - started)
+    started = time.monotonic()
+    printed = subprocess.run([executable, "run", f"base64 {shlex.quote(remote)}"], env=env, check=True,
+                             capture_output=True).stdout
+    body = b"".join(line for line in printed.splitlines() if not line.startswith(b"Authenticated as"))
+    received = len(base64.b64decode(body))
+    down = size / (time.monotonic() - started)
+    subprocess.run([executable, "run", f"rm -f {shlex.quote(remote)}"], env=env, check=True, capture_output=True)
+    if received != size:
+        raise SystemExit(f"raw cgpu download returned {received} bytes of {size}")
+    return {"up_mbs": up / MB, "down_mbs": down / MB}
+
+
+def cgpu_against_raw(backend_factory, executable: str, env: dict[str, str], source: Path, work: Path,
+                     remote_root: str, remote_dir: str) -> dict[str, float]:
+    """gpuferry's cgpu upload and download rates over the raw client's on the same file, in one run."""
+    backend = backend_factory()
+    try:
+        started = time.monotonic()
+        sent = upload(backend, source, f"{remote_dir}/ferry.bin")
+        up = source.stat().st_size / (time.monotonic() - started)
+        back = work / "back-raw.bin"
+        started = time.monotonic()
+        received = download(backend, f"{remote_dir}/ferry.bin", back)
+        down = source.stat().st_size / (time.monotonic() - started)
+        assert received.sha256 == sent.sha256
+        back.unlink()
+        backend.remove(f"{remote_dir}/ferry.bin")
+    finally:
+        backend.close()
+    raw = raw_cgpu(executable, env, source, remote_root, remote_dir)
+    ferry = {"up_mbs": up / MB, "down_mbs": down / MB}
+    print(f"cgpu     gpuferry upload {ferry['up_mbs']:6.1f} MB/s, raw `cgpu copy` {raw['up_mbs']:6.1f} MB/s; "
+          f"gpuferry download {ferry['down_mbs']:6.1f} MB/s, raw `cgpu run base64` {raw['down_mbs']:6.1f} MB/s",
+          flush=True)
+    return {"up": ferry["up_mbs"] / raw["up_mbs"], "down": ferry["down_mbs"] / raw["down_mbs"]}
+
+
+def real_cgpu_main(size_mb: int) -> None:
+    """Only cgpu, against the `cgpu` on PATH and the runtime it reaches (defaults: Colab's layout)."""
+    executable = shutil.which("cgpu")
+    if executable is None:
+        raise SystemExit("--real-cgpu: no cgpu on PATH")
+    work = Path(tempfile.mkdtemp(prefix="gpuferry-bench-"))
+    remote_dir = f"/content/gpuferry-bench-{uuid.uuid4().hex[:8]}"
+    try:
+        source = work / "source.bin"
+        source.write_bytes(os.urandom(size_mb * MB))
+        backend = CgpuBackend()
+        backend.mkdir(remote_dir)
+        try:
+            ratio = cgpu_against_raw(CgpuBackend, executable, dict(os.environ), source, work, "/", remote_dir)
+        finally:
+            backend.remove(remote_dir, recursive=True)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    print(f"RESULT cgpu_up_over_raw={ratio['up']:.2f} cgpu_down_over_raw={ratio['down']:.2f}")
+
+
+def fake_cgpu_main(size_mb: int, rate: float) -> None:
+    """Only cgpu vs raw cgpu, on the stand-in with its link at ``rate`` (no sshd or jupyter needed)."""
+    work = Path(tempfile.mkdtemp(prefix="gpuferry-bench-"))
+    try:
+        source = work / "source.bin"
+        source.write_bytes(os.urandom(size_mb * MB))
+        runtime, config = work / "cgpu" / "runtime", work / "cgpu" / "config"
+        remote = runtime / "content" / "gpuferry" / "bench"
+        remote.mkdir(parents=True)
+        write_cgpu_login(config)
+        (runtime / "faults.json").write_text('{"rate": %f}' % rate)
+        env = {**os.environ, "CGPU_FAKE_RUNTIME": str(runtime), "CGPU_CONFIG_DIR": str(config)}
+        ratio = cgpu_against_raw(lambda: CgpuBackend(executable=str(FAKE_CGPU), config_dir=str(config),
+                                                     remote_root=str(runtime), process_env=env),
+                                 str(FAKE_CGPU), env, source, work, str(runtime), str(remote))
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    print(f"RESULT cgpu_up_over_raw={ratio['up']:.2f} cgpu_down_over_raw={ratio['down']:.2f}")
 
 
 def resent_after_drop(link: Link, source: Path) -> tuple[int, float, int]:
@@ -119,7 +216,15 @@ def main() -> None:
     # far-side steps (survey, final commit, whole-file hash: 0.3-0.5 s) would weigh 3-4x more at 64 MB
     parser.add_argument("--size-mb", type=int, default=256)
     parser.add_argument("--rate-mb", type=float, default=32.0)
+    parser.add_argument("--real-cgpu", action="store_true", help="only cgpu: the real client on PATH, vs raw cgpu")
+    parser.add_argument("--cgpu-only", action="store_true", help="only cgpu vs raw cgpu, on the stand-in")
     args = parser.parse_args()
+    if args.real_cgpu:
+        real_cgpu_main(args.size_mb)
+        return
+    if args.cgpu_only:
+        fake_cgpu_main(args.size_mb, args.rate_mb * MB)
+        return
     rate = args.rate_mb * MB
     work = Path(tempfile.mkdtemp(prefix="gpuferry-bench-"))
     try:
@@ -144,9 +249,12 @@ def main() -> None:
             known = work / "known_hosts"
             known.write_text(f"[127.0.0.1]:{ssh_proxy.port} {key_type} {key}\n")
             config = work / "cgpu" / "config"
-            config.mkdir()
-            (config / "config.json").write_text('{"fake_account": "Bench <bench@example.com>"}')
+            write_cgpu_login(config)
             faults = runtime / "faults.json"
+
+            def cgpu_backend() -> CgpuBackend:
+                return CgpuBackend(executable=str(FAKE_CGPU), config_dir=str(config), remote_root=str(runtime),
+                                   workdir=str(remote), process_env={"CGPU_FAKE_RUNTIME": str(runtime)})
 
             def cgpu_rate() -> None:
                 faults.write_text('{"rate": %f}' % rate)
@@ -163,10 +271,7 @@ def main() -> None:
                                                                        token=jupyter.token(),
                                                                        workdir=str(jupyter_remote)),
                      jupyter_proxy.cut_after, jupyter_proxy.reset, jupyter_proxy),
-                Link("cgpu", remote, lambda: CgpuBackend(executable=str(FAKE_CGPU), config_dir=str(config),
-                                                 remote_root=str(runtime / "content"), workdir=str(remote),
-                                                 process_env={"CGPU_FAKE_RUNTIME": str(runtime)}),
-                     cgpu_drop, cgpu_rate),
+                Link("cgpu", remote, cgpu_backend, cgpu_drop, cgpu_rate),
             ]
             cgpu_rate()
             print(f"file {args.size_mb} MB, link {args.rate_mb:g} MB/s per direction (raw bytes on the wire)")
@@ -179,12 +284,16 @@ def main() -> None:
                       f"download {row['down_mbs']:6.1f} MB/s eff {row['down']:.2f}   "
                       f"drop at 90%: re-sent {resent} bytes = {chunks:.2f} chunk of {chunk // (1 << 20)} MiB",
                       flush=True)
+            cgpu_env = {**os.environ, "CGPU_FAKE_RUNTIME": str(runtime), "CGPU_CONFIG_DIR": str(config)}
+            over_raw = cgpu_against_raw(cgpu_backend, str(FAKE_CGPU), cgpu_env, source, work, str(runtime),
+                                        str(remote))
     finally:
         shutil.rmtree(work, ignore_errors=True)
     eff = {kind: min(row["up"], row["down"]) for kind, row in results.items()}
     print("efficiency per backend = the lower of upload and download")
     print(f"RESULT ssh_eff={eff['ssh']:.2f} jupyter_eff={eff['jupyter']:.2f} cgpu_eff={eff['cgpu']:.2f} "
-          f"resent_chunks_max={max(resent_chunks.values()):.2f}")
+          f"resent_chunks_max={max(resent_chunks.values()):.2f} cgpu_up_over_raw={over_raw['up']:.2f} "
+          f"cgpu_down_over_raw={over_raw['down']:.2f}")
 
 
 if __name__ == "__main__":

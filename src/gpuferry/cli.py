@@ -108,7 +108,8 @@ def cli() -> None:
     multiple=True,
     metavar="KEY=VALUE",
     help="Setting for --backend, repeatable (ssh: host=, port=, username=, client_keys=; jupyter: url=, "
-    "token_file=; cgpu: executable=, config_dir=; any: workdir=). Tokens never on the command line.",
+    "token_file=; cgpu: executable=, config_dir=, config_file=, remote_root=; any: workdir=). Tokens never on "
+    "the command line.",
 )
 @click.option("--target", "target_name", default=None, help="A target from the config file ([targets.NAME]).")
 @click.option("--strict", is_flag=True, default=None, help="Fail with the first place's error instead of falling back (env GPUFERRY_STRICT).")

@@ -6,6 +6,7 @@ import sys
 from typing import Any, TextIO
 
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import (
     BarColumn,
     MofNCompleteColumn,
@@ -37,6 +38,9 @@ class ProgressView:
         )
         self._tasks: dict[str, TaskID] = {}
         self._live = False
+        #: places the fallback chain passed over for the current file (stage, error kind), and where it runs
+        self._passed: list[tuple[str, str]] = []
+        self._where: str | None = None
 
     def __call__(self, event: Event) -> None:
         handler = getattr(self, f"_on_{event['event']}", None)
@@ -44,7 +48,19 @@ class ProgressView:
             handler(event)
 
     def _on_engine(self, event: Event) -> None:
-        self.console.print(f"engine: {event['engine']} — {event['reason']}")
+        reason = event["reason"]
+        if self._passed:
+            self._where = "this machine"
+            # the chain asked for this engine only because every place before it failed
+            reason = "fallback: " + ", ".join(f"{stage} failed ({kind})" for stage, kind in self._passed)
+        self.console.print(f"engine: {event['engine']} — {reason}")
+
+    def _on_fallback(self, event: Event) -> None:
+        stage = str(event.get("stage"))
+        if event.get("engine"):
+            stage += f" {event['engine']}"
+        self._passed.append((stage, str(event.get("kind"))))
+        self.console.print(f"[yellow]warning:[/] passed over {escape(stage)}: {escape(str(event.get('reason')))}")
 
     def _on_started(self, event: Event) -> None:
         if not self._live and self.console.is_terminal:
@@ -82,10 +98,11 @@ class ProgressView:
 
     def _on_job(self, event: Event) -> None:
         how = "resuming" if event.get("resumed") else "starting"
+        self._where = str(event.get("target"))
         self.console.print(f"{how} job {event['job']} on {event.get('target')}")
 
     def _on_recovery(self, event: Event) -> None:
-        self.console.print(f"[yellow]recovering:[/] {event.get('message') or event.get('kind')}")
+        self.console.print(f"[yellow]recovering:[/] {escape(str(event.get('message') or event.get('kind')))}")
 
     def _on_reattached(self, event: Event) -> None:
         self.console.print(f"reattached to the running worker (pid {event['pid']})")
@@ -127,10 +144,14 @@ class ProgressView:
 
     def summary(self, result: Any) -> None:
         """One line per finished file: where the output is and how long it took."""
+        where = f" on {self._where}" if self._where else ""
+        if self._passed:
+            where += " after falling back from " + ", ".join(stage for stage, _ in self._passed)
         self.console.print(
             f"[green]done[/] {result.output}  {result.frames} frames in {result.seconds:.1f} s "
-            f"({result.fps:.1f} fps, {result.engine})"
+            f"({result.fps:.1f} fps, {result.engine}){where}"
         )
+        self._passed, self._where = [], None
         skipped = getattr(result, "duplicates_skipped", 0)
         if skipped:
             self.console.print(f"  {skipped} frames repeated the one before them and reused its result")

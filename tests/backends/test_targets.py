@@ -23,7 +23,7 @@ def test_check_targets_reports_each(sshd_server, cgpu_runtime, tmp_path: Path) -
         Target("colab", "cgpu", {"executable": str(tmp_path / "missing-cgpu")}),
         Target("colab-fake", "cgpu", {
             "executable": str(Path(__file__).resolve().parents[1] / "fakes" / "cgpu"),
-            "config_dir": str(cgpu_runtime.config), "remote_root": str(cgpu_runtime.content),
+            "config_dir": str(cgpu_runtime.config), "remote_root": str(cgpu_runtime.runtime),
             "process_env": cgpu_runtime.process_env()}),
     ]
     statuses = check_targets(targets)

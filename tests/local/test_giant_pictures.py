@@ -3,7 +3,6 @@ pixel is decoded: crafted inputs of a few KB claiming 20000x20000 run in a child
 
 from __future__ import annotations
 
-import json
 import os
 import struct
 import subprocess

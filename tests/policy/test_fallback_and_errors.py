@@ -58,6 +58,23 @@ def test_quota_on_cgpu_falls_back_to_this_machine_and_finishes(colab, cli, small
     assert probe(tmp_path / "in_x2.mp4").video.frames == 48
 
 
+def test_fallback_from_the_asked_target_is_loud_in_the_human_output(colab, cli, small_clip, tmp_path):
+    """Asked for one place and run elsewhere: each place passed over is a warning with its reason, and the
+    last line says where the work ran (never "as requested")."""
+    colab.set_faults(quota="max_runtimes")
+    source = Path(shutil.copy(small_clip, tmp_path / "in.mp4"))
+    completed = cli("upscale", "--target", "colab", str(source))
+    assert completed.returncode == 0, completed.stderr
+    lines = completed.stderr.splitlines()
+    warning = next(line for line in lines if line.startswith("warning: passed over target colab:"))
+    assert "maximum number of GPU runtimes" in warning
+    assert "as requested" not in completed.stderr
+    assert "fallback: target colab failed (quota_or_no_gpu)" in completed.stderr
+    done = [line for line in lines if line.startswith("done ")][-1]
+    assert "on this machine after falling back from target colab" in done
+    assert "[cgpu]" in warning  # the reason as it is, not eaten as markup
+
+
 def test_strict_fails_with_the_cgpu_error(colab, cli, small_clip, tmp_path):
     colab.set_faults(quota="no_gpu")
     source = Path(shutil.copy(small_clip, tmp_path / "in.mp4"))
@@ -74,8 +91,7 @@ def test_strict_fails_with_the_cgpu_error(colab, cli, small_clip, tmp_path):
     "faults, error, retries",
     [
         # session problems: re-authenticate once and retry (a wrong credential never heals)
-        ({"auth": "missing"}, NotAuthenticatedError, 1),
-        ({"auth": "expired"}, NotAuthenticatedError, 1),
+        ({"token": "invalid_grant"}, NotAuthenticatedError, 1),
         # no GPU for us there: no retry on that target (the chain would fall back; --strict stops)
         ({"quota": "blocked"}, QuotaError, 0),
         ({"quota": "max_runtimes"}, QuotaError, 0),

@@ -38,16 +38,29 @@ def jupyter_folder(jupyter_server: JupyterServer) -> Iterator[Path]:
     shutil.rmtree(folder, ignore_errors=True)
 
 
+def write_cgpu_login(config: Path, label: str = "Test User", email: str = "test@example.com") -> None:
+    """What a user has after logging in to cgpu 0.1.4 once: its config file and its session file."""
+    config.mkdir(parents=True, exist_ok=True)
+    (config / "config.json").write_text(json.dumps({
+        "clientId": "test-client.apps.googleusercontent.com", "clientSecret": "test-secret",
+        "colabApiDomain": "https://colab.research.google.com", "colabGapiDomain": "https://colab.googleapis.com"}))
+    (config / "state").mkdir(exist_ok=True)
+    (config / "state" / "session.json").write_text(json.dumps({
+        "id": "00000000-0000-4000-8000-000000000001", "refreshToken": "test-refresh-token",
+        "scopes": ["profile", "email", "https://www.googleapis.com/auth/colaboratory"],
+        "account": {"id": email, "label": label}}))
+
+
 class FakeCgpuRuntime:
-    """A runtime directory and a config directory for the stand-in cgpu."""
+    """A runtime directory (the runtime's "/", with content/ in it) and a config directory for the
+    stand-in cgpu."""
 
     def __init__(self, root: Path) -> None:
         self.root = root
         self.content = root / "runtime" / "content"
         self.config = root / "config"
         self.content.mkdir(parents=True)
-        self.config.mkdir()
-        (self.config / "config.json").write_text(json.dumps({"fake_account": "Test User <test@example.com>"}))
+        write_cgpu_login(self.config)
 
     @property
     def runtime(self) -> Path:
@@ -67,7 +80,7 @@ class FakeCgpuRuntime:
         options: dict[str, object] = {
             "executable": str(FAKE_CGPU),
             "config_dir": str(self.config),
-            "remote_root": str(self.content),
+            "remote_root": str(self.runtime),
             "process_env": self.process_env(),
             "call_overhead": 20.0,
         }

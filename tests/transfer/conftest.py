@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 from servers.jupyter import JupyterServer
+from servers.fixtures import write_cgpu_login
 from servers.proxy import FaultProxy, running_proxy
 from servers.sshd import SshServer
 
@@ -55,8 +56,7 @@ class FakeCgpuRuntime:
         self.content = self.runtime / "content"
         self.config = root / "config"
         self.content.mkdir(parents=True)
-        self.config.mkdir()
-        (self.config / "config.json").write_text(json.dumps({"fake_account": "Test User <test@example.com>"}))
+        write_cgpu_login(self.config)
 
     def set_faults(self, **faults: object) -> None:
         (self.runtime / "faults.json").write_text(json.dumps(faults))
@@ -65,7 +65,7 @@ class FakeCgpuRuntime:
         (self.runtime / "faults.json").unlink(missing_ok=True)
 
     def backend(self, workdir: Path) -> CgpuBackend:
-        return CgpuBackend(executable=str(FAKE_CGPU), config_dir=str(self.config), remote_root=str(self.content),
+        return CgpuBackend(executable=str(FAKE_CGPU), config_dir=str(self.config), remote_root=str(self.runtime),
                            process_env={"CGPU_FAKE_RUNTIME": str(self.runtime)}, call_overhead=20.0,
                            workdir=str(workdir))
 
@@ -154,7 +154,9 @@ class Rig:
         if self.proxy is not None:
             self.proxy.stall()
         elif self.cgpu is not None:
-            self.cgpu.set_faults(rate=12_000)
+            # slow enough that a chunk takes far past its deadline even when a loaded machine made the
+            # first chunk (which sets the deadline) slow too
+            self.cgpu.set_faults(rate=2_000)
 
     def heal(self) -> None:
         self.local_fault = None

@@ -94,7 +94,7 @@ def test_peak_memory_stays_bounded_through_every_remote_backend(kind: str, reque
         remote = runtime.content / "work"
         remote.mkdir()
         settings = {"executable": str(FAKE_CGPU), "config_dir": str(runtime.config),
-                    "remote_root": str(runtime.content), "workdir": str(remote),
+                    "remote_root": str(runtime.runtime), "workdir": str(remote),
                     "process_env": {"CGPU_FAKE_RUNTIME": str(runtime.runtime)}}
     encoded = json.dumps({key: str(value) if isinstance(value, Path) else value for key, value in settings.items()})
     assert_round_trip_within_bound(REMOTE_CHILD, [str(local), str(REMOTE_LARGE), kind, encoded], REMOTE_LARGE,

@@ -8,14 +8,14 @@ base64 chunks printed by the helper, and uploads are staged by ``cgpu copy`` the
 
 from __future__ import annotations
 
+import base64
 import os
-import re
+import posixpath
 import select
 import shlex
 import signal
 import subprocess
 import tempfile
-import threading
 import time
 import uuid
 from dataclasses import dataclass, field
@@ -24,48 +24,92 @@ from typing import Any, Callable, Sequence
 from ..errors import (
     CommandTimeoutError,
     ConnectionLostError,
+    GpuferryError,
     NotInstalledError,
     RemoteFileError,
 )
 from .base import CommandResult
-from .cgpu_messages import classify_failure
+from .cgpu_messages import LOGIN_PROMPTS, classify_failure, login_required
+from .cgpu_session import cgpu_session_file
+from .cgpu_slots import cgpu_slot, max_concurrency_from_env
 from .framed_commands import FramedCommands, FramedLines
 from .markers import Framing, parse_framed
 
 
-#: What cgpu prints once it has refreshed its token and rewritten its session file.
-LOGGED_IN = b"Authenticated as"
 READ_BLOCK = 1 << 20
-_LOGIN_LOCKS: dict[str | None, threading.Lock] = {}
-_LOGIN_LOCKS_GUARD = threading.Lock()
+#: The Jupyter root of a Colab runtime: where ``cgpu copy`` puts a relative destination.
+COLAB_ROOT = "/"
+#: Seconds given to a stopped cgpu process group to go before it is killed.
+STOP_GRACE = 2.0
+#: Far-side name prefix of an upload staged before it is spliced into place (plain: the contents API
+#: refuses hidden names); ``gpuferry clean`` and the next job on the runtime remove old ones.
+STAGE_PREFIX = "gpuferry-stage-"
+#: gets a call's output bytes as they arrive; returning False stops cgpu there (None goes on)
+OutputCallback = Callable[[bytes], 'bool | None']
 
 
-def login_lock(config_dir: str | None) -> threading.Lock:
-    """One cgpu login at a time per config folder. Every call refreshes the token and rewrites the session
-    file, and cgpu deletes that file whenever a refresh fails (a half-written file read by a second call
-    would be one): calls may overlap once logged in, never while logging in."""
-    with _LOGIN_LOCKS_GUARD:
-        return _LOGIN_LOCKS.setdefault(config_dir, threading.Lock())
-
-
-#: A path segment ``cgpu copy`` is trusted to keep as it is.
-PLAIN_NAME = re.compile(r"[A-Za-z0-9._-]+")
+def copyable_segment(name: str) -> bool:
+    """Whether ``cgpu copy`` and the Jupyter contents API keep a path segment as it is: not hidden (the
+    contents API refuses dot-names), not ``.``/``..`` (cgpu and the URL drop them), no backslash (cgpu
+    turns it into ``/``), no control characters, and text that survives UTF-8 (node's argv)."""
+    if not name or name.startswith(".") or "\\" in name or "/" in name:
+        return False
+    if any(ord(character) < 32 or ord(character) == 127 for character in name):
+        return False
+    try:
+        name.encode("utf-8")
+    except UnicodeEncodeError:  # a surrogate-escaped byte: node would see U+FFFD instead
+        return False
+    return True
 
 
 @dataclass
 class CgpuSettings:
-    """How to call cgpu. ``remote_root`` is where ``cgpu copy`` puts a relative destination."""
+    """How to call cgpu.
+
+    ``remote_root`` is the runtime's Jupyter root, where ``cgpu copy`` puts a relative destination
+    (``/`` on Colab); ``workdir`` defaults to ``<remote_root>/content``. ``config_dir`` is cgpu's
+    folder (passed as CGPU_CONFIG_DIR: config.json and state/session.json); ``config_file`` is what
+    cgpu's own ``-c`` takes, the config FILE.
+    """
 
     executable: str = "cgpu"
     config_dir: str | None = None
-    remote_root: str = "/content"
+    config_file: str | None = None
+    remote_root: str = COLAB_ROOT
     workdir: str | None = None
     python: str = "python3"
     new_runtime: bool = False
     #: seconds allowed on top of a command's own timeout for cgpu's login and runtime look-up
     call_overhead: float = 60.0
+    #: how many cgpu calls of this account may run at once, across processes (CGPU_MAX_CONCURRENCY)
+    max_concurrency: int = field(default_factory=max_concurrency_from_env)
     #: extra environment for the cgpu process itself (not for remote commands)
     process_env: dict[str, str] = field(default_factory=dict)
+
+
+#: ``_run_framed``'s program name for gpuferry's own far-side programs (the helper, the transfer agent),
+#: whose output is line-safe (JSON lines, base64 lines) and needs no carrier encoding.
+HELPER_PROGRAM = "gpuferry helper"
+
+
+def decode_carried(raw: str, carrier: Framing, framing: Framing) -> str:
+    """The framed output of a command carried as base64 lines between ``carrier``'s markers; ``raw`` itself
+    when the carrier never started (cgpu's own messages). Complete lines only: a cut line is dropped."""
+    found = parse_framed(raw, carrier)
+    if not found.started:
+        return raw
+    lines = [text.strip() for text in found.output.splitlines()]
+    usable = []
+    for text in lines:
+        if not text or len(text) % 4 or not all(c.isalnum() or c in "+/=" for c in text):
+            break
+        usable.append(text)
+    try:
+        decoded = base64.b64decode("".join(usable)).decode("utf-8", "replace")
+    except ValueError:
+        decoded = ""
+    return decoded if decoded.startswith(framing.begin) else framing.begin + "\n" + decoded
 
 
 class CgpuBackend(FramedCommands):
@@ -83,50 +127,60 @@ class CgpuBackend(FramedCommands):
 
     @property
     def workdir(self) -> str:
-        return self.settings.workdir or self.settings.remote_root
+        return self.settings.workdir or posixpath.join(self.settings.remote_root, "content")
 
     # --- the cgpu process -----------------------------------------------------------------------
 
-    def _cgpu(self, arguments: list[str], timeout: float,
-              on_output: Callable[[bytes], bool] | None = None) -> tuple[int, str]:
+    def _environment(self) -> dict[str, str]:
+        env = {**os.environ, **self.settings.process_env}
+        if self.settings.config_dir:
+            env["CGPU_CONFIG_DIR"] = self.settings.config_dir
+        return env
+
+    def session_file(self) -> str:
+        """Where cgpu keeps its session (``<config dir>/state/session.json`` unless the config moves it)."""
+        return cgpu_session_file(self.settings.config_dir, self.settings.config_file, self.settings.process_env)
+
+    def _cgpu(self, arguments: list[str], timeout: float, on_output: OutputCallback | None = None) -> tuple[int, str]:
         """Run cgpu with ``arguments``; its exit code and merged output.
 
-        ``on_output`` receives the output as it arrives; returning False stops cgpu there.
+        ``on_output`` gets the output bytes as they arrive. cgpu runs in its own process group, which is
+        stopped on every way out of here (timeout, login prompt, an exception or a signal in the caller).
         """
         argv = [self.settings.executable]
-        if self.settings.config_dir:
-            argv += ["-c", self.settings.config_dir]
+        if self.settings.config_file:
+            argv += ["-c", self.settings.config_file]
         if self._new_runtime_pending and arguments[0] in ("run", "copy"):
             arguments = [arguments[0], "--new-runtime", *arguments[1:]]
             self._new_runtime_pending = False
         argv += arguments
-        env = {**os.environ, **self.settings.process_env}
+        key = "\0".join((self.settings.executable, self.settings.config_dir or os.environ.get("CGPU_CONFIG_DIR", ""),
+                         self.settings.config_file or ""))
+        with cgpu_slot(key, self.settings.max_concurrency, timeout, arguments[0]):
+            return self._cgpu_process(argv, arguments[0], timeout, on_output)
+
+    def _cgpu_process(self, argv: list[str], what: str, timeout: float,
+                      on_output: OutputCallback | None) -> tuple[int, str]:
         deadline = time.monotonic() + timeout
-        login = login_lock(self.settings.config_dir)
-        if not login.acquire(timeout=timeout):
-            raise CommandTimeoutError(f"cgpu {arguments[0]} waited {timeout:g} s for another call's login",
-                                      step=self.kind)
-        logging_in = True
         try:
-            try:
-                process = subprocess.Popen(
-                    argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                    env=env, start_new_session=True,
-                )
-            except FileNotFoundError:
-                raise NotInstalledError(f"cgpu not found ({self.settings.executable!r})", step=self.kind) from None
-            except PermissionError:
-                raise NotInstalledError(f"cgpu is not executable ({self.settings.executable!r})",
-                                        step=self.kind) from None
-            assert process.stdout is not None
-            output = bytearray()
+            process = subprocess.Popen(
+                argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                env=self._environment(), start_new_session=True,
+            )
+        except FileNotFoundError:
+            raise NotInstalledError(f"cgpu not found ({self.settings.executable!r})", step=self.kind) from None
+        except PermissionError:
+            raise NotInstalledError(f"cgpu is not executable ({self.settings.executable!r})",
+                                    step=self.kind) from None
+        assert process.stdout is not None
+        output = bytearray()
+        try:
             with process.stdout:
                 while True:
                     remaining = deadline - time.monotonic()
                     if remaining <= 0:
-                        self._stop(process)
                         raise CommandTimeoutError(
-                            f"cgpu {arguments[0]} ran past {timeout:g} s (the remote command may still be running)",
+                            f"cgpu {what} ran past {timeout:g} s (the remote command may still be running)",
                             step=self.kind,
                         )
                     ready, _, _ = select.select([process.stdout], [], [], min(remaining, 1.0))
@@ -136,56 +190,113 @@ class CgpuBackend(FramedCommands):
                     if not data:
                         break
                     output += data
-                    if logging_in and LOGGED_IN in output:
-                        login.release()  # logged in: the next call may start its own login
-                        logging_in = False
-                    if on_output is not None and not on_output(data):
-                        self._stop(process)
-                        break
+                    if on_output is not None and on_output(data) is False:
+                        break  # the caller has what it wanted: the finally below stops cgpu
+                    # the login prompt comes before any remote output: only the head needs looking at
+                    head = bytes(output[:8192]).decode("utf-8", "replace")
+                    if LOGIN_PROMPTS.search(head) and not self._past_login(head):
+                        raise login_required(head, step=self.kind, session_file=self.session_file())
             process.wait()
         finally:
-            if logging_in:
-                login.release()
+            self._stop(process)
         return process.returncode, output.decode("utf-8", "replace")
 
     @staticmethod
+    def _past_login(head: str) -> bool:
+        """Whether cgpu had logged in before ``head``'s login-like text (then it is remote output)."""
+        return head.find("Authenticated as") != -1 and head.find("Authenticated as") < LOGIN_PROMPTS.search(head).start()
+
+    @staticmethod
     def _stop(process: subprocess.Popen[bytes]) -> None:
+        """Stop cgpu's whole process group (node and anything it started), politely first."""
+        if process.poll() is None:
+            try:
+                os.killpg(process.pid, signal.SIGTERM)
+                process.wait(STOP_GRACE)
+            except ProcessLookupError:
+                pass
+            except subprocess.TimeoutExpired:
+                pass
         try:
-            os.killpg(process.pid, signal.SIGKILL)
-        except ProcessLookupError:
+            os.killpg(process.pid, signal.SIGKILL)  # stragglers of the group, and a process that ignored TERM
+        except (ProcessLookupError, PermissionError):
             pass
         process.wait()
 
     streams_output = True
 
     def run_streaming(self, argv: Sequence[str], timeout: float, on_line: Callable[[str], bool]) -> CommandResult:
-        """cgpu relays a command's output line by line: one call for as long as the command runs."""
+        """cgpu relays a command's output line by line: one call for as long as the command runs. Only for
+        gpuferry's own far-side programs, whose lines cross cgpu's filter as they are (no base64 carrier)."""
         framing = Framing()
         lines = FramedLines(framing, on_line)
-        return self._run_framed(argv, framing, timeout, str(argv[0]), on_output=lines.feed,
+        return self._run_framed(argv, framing, timeout, HELPER_PROGRAM, on_output=lines.feed,
                                 stopped=lambda: lines.stopped)
 
     def _run_framed(self, argv: Sequence[str], framing: Framing, timeout: float, program: str,
-                    on_output: Callable[[bytes], bool] | None = None,
+                    on_output: OutputCallback | None = None,
                     stopped: Callable[[], bool] = lambda: False) -> CommandResult:
         line = framing.wrap(shlex.join(argv))
+        carrier: Framing | None = None
+        if program != HELPER_PROGRAM:
+            # cgpu drops empty lines, `\r`, ANSI codes, a `/# ` prefix and lines such as `exit` from what
+            # it relays: a command's own output crosses as base64 lines (the helper's replies are JSON
+            # lines, which cross as they are)
+            carrier = Framing()
+            line = f"{carrier.begin_line()}; {{ {line}; }} 2>&1 | base64 -w 76; {carrier.end_line('0')}"
         exit_code, raw = self._cgpu(["run", line], timeout + self.settings.call_overhead, on_output)
         if stopped():
             return CommandResult(0, parse_framed(raw, framing).output)
+        if carrier is not None:
+            raw = decode_carried(raw, carrier, framing)
         framed = parse_framed(raw, framing)
         if framed.timed_out:
             raise CommandTimeoutError(f"`{program}` ran past {timeout:g} s on the Colab runtime", step=self.kind)
         if framed.exit_code is not None:
             return CommandResult(framed.exit_code, framed.output)
-        known = classify_failure(raw if not framed.started else framed.output + raw[-500:], step=self.kind)
         if framed.started:
             raise ConnectionLostError(
                 f"cgpu lost the runtime while the command ran (outcome unknown): {raw.strip()[-300:]}",
                 step=self.kind,
             )
+        raise self._failure(exit_code, raw, "run")
+
+    def _run_argv(self, argv: Sequence[str], timeout: float) -> CommandResult:
+        return self._run_framed(argv, Framing(), timeout, HELPER_PROGRAM)
+
+    def run_program(self, argv: Sequence[str], timeout: float) -> CommandResult:
+        """gpuferry's own far-side programs print line-safe output: no carrier, so the transfer agent's base64
+        reads cross once, not base64 of base64."""
+        framing = Framing()
+        return self._run_framed(self._exec_argv(argv, framing, timeout), framing, timeout, HELPER_PROGRAM)
+
+    def _failure(self, exit_code: int, output: str, what: str, path: str | None = None) -> GpuferryError:
+        """The error for a cgpu call that failed before reaching the runtime (or a copy that failed)."""
+        known = classify_failure(output, step=self.kind)
         if known is not None:
-            raise known
-        raise ConnectionLostError(f"cgpu run failed (exit {exit_code}): {raw.strip()[-300:]}", step=self.kind)
+            return known
+        if exit_code != 0 and self._silent_after_login(output):
+            # cgpu 0.1.4 prints nothing when every accelerator was refused (its message goes to a spinner
+            # that only `run -v` shows): ask once with -v, which says why
+            return self._explain_silent_failure(what)
+        if path is not None:
+            return RemoteFileError(f"cgpu {what} failed (exit {exit_code}): {output.strip()[-300:]}",
+                                   path=path, step=self.kind, remote=True)
+        return ConnectionLostError(f"cgpu {what} failed (exit {exit_code}): {output.strip()[-300:]}", step=self.kind)
+
+    @staticmethod
+    def _silent_after_login(output: str) -> bool:
+        lines = [line for line in output.splitlines() if line.strip()]
+        return bool(lines) and all(line.startswith("Authenticated as") for line in lines)
+
+    def _explain_silent_failure(self, what: str) -> GpuferryError:
+        exit_code, output = self._cgpu(["run", "-v", "true"], self.settings.call_overhead)
+        known = classify_failure(output, step=self.kind)
+        if known is not None:
+            return known
+        return ConnectionLostError(
+            f"cgpu {what} exited {exit_code} without a message, and `cgpu run -v true` said: "
+            f"{output.strip()[-300:] or 'nothing'}", step=self.kind)
 
     # --- commands -------------------------------------------------------------------------------
 
@@ -199,24 +310,39 @@ class CgpuBackend(FramedCommands):
             # one cgpu call instead of two: copy replaces the whole file, which is what offset 0 asks for
             self._copy(data, direct, absolute)
             return
-        stage_name = f".gpuferry-stage-{uuid.uuid4().hex}"
-        self._copy(data, stage_name, absolute)
-        stage = f"{self.settings.remote_root.rstrip('/')}/{stage_name}"
+        stage = self._stage_path()
+        stage_destination = self._copy_destination(stage)
+        if stage_destination is None:
+            raise RemoteFileError(
+                f"cannot stage an upload: {posixpath.dirname(stage)} is not a folder cgpu copy can write "
+                "(hidden or unusual names in it, or outside the runtime's Jupyter root)",
+                path=absolute, step=self.kind, remote=True,
+                hints=["Use a plain workdir under /content (the default), e.g. --backend-opt workdir=/content."])
+        self._copy(data, stage_destination, absolute)
         try:
             self._splice_stage(stage, absolute, offset)
         except RemoteFileError:
             self.remove(stage)
             raise
 
+    def _stage_path(self) -> str:
+        """A fresh far-side name for an upload on its way elsewhere: plain (never hidden), in the workdir,
+        or in ``<remote_root>/content`` when cgpu copy cannot write into the workdir."""
+        name = f"{STAGE_PREFIX}{uuid.uuid4().hex}"
+        for folder in (self.workdir, posixpath.join(self.settings.remote_root, "content")):
+            if self._copy_destination(posixpath.join(folder, name)) is not None:
+                return posixpath.join(folder, name)
+        return posixpath.join(self.workdir, name)
+
     def _copy_destination(self, absolute: str) -> str | None:
-        """``absolute`` as a ``cgpu copy`` destination (relative to ``remote_root``), when copy can write
-        it as it is: inside ``remote_root`` and made of plain names only (the CLI rewrites ``..``
-        segments, and what it does with other characters is not ours to rely on)."""
+        """``absolute`` as a ``cgpu copy`` destination (relative to ``remote_root``, the Jupyter root),
+        when copy writes it as it is: inside ``remote_root`` and every segment kept by cgpu and the
+        contents API (see :func:`copyable_segment`)."""
         root = self.settings.remote_root.rstrip("/")
         if not absolute.startswith(root + "/"):
             return None
         relative = absolute[len(root) + 1:]
-        if all(PLAIN_NAME.fullmatch(part) and part not in (".", "..") for part in relative.split("/")):
+        if all(copyable_segment(part) for part in relative.split("/")):
             return relative
         return None
 
@@ -227,7 +353,5 @@ class CgpuBackend(FramedCommands):
             with open(local, "wb") as handle:
                 handle.write(data)
             exit_code, output = self._cgpu(["copy", local, destination], self.operation_timeout)
-        if "Uploaded:" not in output:
-            known = classify_failure(output, step=self.kind)
-            raise known or RemoteFileError(f"cgpu copy failed (exit {exit_code}): {output.strip()[-300:]}",
-                                           path=shown_path, step=self.kind)
+        if exit_code != 0 or "Uploaded:" not in output:
+            raise self._failure(exit_code, output, "copy", path=shown_path)

@@ -32,6 +32,11 @@ class FramedCommands(HelperOperations):
             raise UsageError("empty command")
         check_env_names(env)
         framing = Framing()
+        return self._run_framed(self._exec_argv(argv, framing, timeout, cwd, env), framing, timeout, argv[0])
+
+    def _exec_argv(self, argv: Sequence[str], framing: Framing, timeout: float, cwd: str | None = None,
+                   env: Mapping[str, str] | None = None) -> list[str]:
+        """The helper argv that runs ``argv`` (in ``cwd``, with ``env``) under ``timeout`` on the far side."""
         arguments = {
             "argv": list(argv),
             "cwd": self.resolve(cwd if cwd is not None else "."),
@@ -39,7 +44,7 @@ class FramedCommands(HelperOperations):
             "timeout": timeout,
             "timeout_marker": framing.timeout,
         }
-        return self._run_framed(self._helper_argv("exec", arguments), framing, timeout, argv[0])
+        return self._helper_argv("exec", arguments)
 
     #: ``run_program`` runs argv bare (no helper around it) when its line is at most this long; 0: never.
     #: The helper costs a second Python start and a relay of the output (about 65 ms a call on Jupyter).

@@ -34,11 +34,17 @@ class Framing:
     def timeout(self) -> str:
         return TIMEOUT + self.token + "__"
 
+    def begin_line(self) -> str:
+        """The shell command that prints the begin marker."""
+        return f"printf '%s%s__\\n' {BEGIN} {self.token}"
+
+    def end_line(self, status: str = '"$?"') -> str:
+        """The shell command that prints the end marker with ``status`` (a shell word)."""
+        return f"printf '\\n%s%s:%s\\n' {END} {self.token} {status}"
+
     def wrap(self, line: str) -> str:
         """``line`` in a subshell (so it cannot end the shell), stdin empty, between the markers."""
-        begin = f"printf '%s%s__\\n' {BEGIN} {self.token}"
-        end = f"printf '\\n%s%s:%s\\n' {END} {self.token} \"$?\""
-        return f"{begin}; ( {line} ) </dev/null; {end}"
+        return f"{self.begin_line()}; ( {line} ) </dev/null; {self.end_line()}"
 
 
 @dataclass(frozen=True)

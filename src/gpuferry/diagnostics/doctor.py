@@ -3,9 +3,9 @@ throughput) and say pass or fail with the fix."""
 
 from __future__ import annotations
 
-import os
 import shutil
 import time
+import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -73,23 +73,35 @@ def local_checks() -> Iterator[Check]:
 
 
 def cgpu_checks(spec: TargetSpec) -> Iterator[Check]:
-    """cgpu installed, credentials present and writable; the rest is the target's own checks."""
+    """cgpu installed, its config file and its session present (cgpu 0.1.4 only logs in from a browser)."""
+    from gpuferry.backends.cgpu_session import cgpu_config_file, cgpu_session_file
+
     executable = spec.settings.get("executable", "cgpu")
     found = shutil.which(executable)
     if not found:
         yield Check("cgpu", "installed", "fail", f"{executable!r} is not on PATH", "npm i -g cgpu")
         return
     yield Check("cgpu", "installed", "pass", found)
-    config_dir = Path(spec.settings.get("config_dir") or os.environ.get("CGPU_CONFIG_DIR")
-                      or Path.home() / ".config" / "cgpu")
-    credentials = config_dir / "config.json"
+    env = spec.settings.get("process_env") or {}
+    config_dir, config_file = spec.settings.get("config_dir"), spec.settings.get("config_file")
+    credentials = cgpu_config_file(config_dir, config_file, env)
+    if credentials.is_dir():
+        yield Check("cgpu", "credentials", "fail", f"{credentials} is a folder; cgpu's -c takes the config FILE",
+                    "set config_file= to the config.json (or config_dir= to its folder)")
+        return
     if not credentials.is_file():
-        yield Check("cgpu", "credentials", "fail", f"{credentials} is missing", "run `cgpu status` to log in")
-    elif not os.access(config_dir, os.W_OK):
-        yield Check("cgpu", "credentials", "fail", f"{config_dir} is not writable (cgpu rewrites its token there)",
-                    f"chmod u+w {config_dir}")
-    else:
-        yield Check("cgpu", "credentials", "pass", f"{credentials} present and writable")
+        yield Check("cgpu", "credentials", "fail", f"{credentials} is missing (cgpu's OAuth client)",
+                    "run `cgpu status` in an interactive terminal: it walks you through creating it")
+        return
+    yield Check("cgpu", "credentials", "pass", f"{credentials} present")
+    session = Path(cgpu_session_file(config_dir, config_file, env))
+    if not session.is_file():
+        yield Check("cgpu", "session", "fail",
+                    f"no cgpu session at {session} (never logged in, logged out, or a failed token refresh "
+                    "deleted it): cgpu would wait for a browser login",
+                    "log in once from an interactive terminal: `cgpu status` (finish the Google login in the browser)")
+        return
+    yield Check("cgpu", "session", "pass", f"{session} present")
 
 
 def target_checks(name: str, spec: TargetSpec,
@@ -137,7 +149,8 @@ def _throughput(stage: str, backend: Backend) -> Iterator[Check]:
     """Upload and download a small probe file through the verified transfer path."""
     from gpuferry.transfer.link_probe import measure_throughput
 
-    rates = measure_throughput(backend, PROBE_BYTES, ".gpuferry-doctor-probe")
+    # a plain name: a default jupyter_server (a Colab runtime) refuses hidden names in its contents API
+    rates = measure_throughput(backend, PROBE_BYTES, f"gpuferry-doctor-probe-{uuid.uuid4().hex[:8]}")
     for direction, rate in zip(("upload", "download"), rates, strict=True):
         yield Check(stage, f"{direction} throughput", "pass", f"{rate / 1e6:.1f} MB/s on a {human_size(PROBE_BYTES)} probe")
 

@@ -9,6 +9,7 @@ from gpuferry.backends.process_id import parse_pid_file
 from gpuferry.errors import GpuferryError
 from gpuferry.events import EventSink, ignore, make_event
 from gpuferry.jobs.lock import JobLock
+from gpuferry.jobs.runtime_leftovers import leftover_folders, sweep_transfer_leftovers
 from gpuferry.jobs.store import JobRecord, JobStore
 from gpuferry.jobs.targets import TargetSpec
 from gpuferry.worker.spec import EXIT_FILE, PID_FILE
@@ -30,8 +31,11 @@ def remove_job_leftovers(
                             backend.kill(pid, signal.SIGKILL)
                             on_event(make_event("worker_stopped", job=job.id, pid=pid))
                 backend.remove(job.remote_dir, recursive=True)
+                swept = sweep_transfer_leftovers(backend, leftover_folders(backend, job.remote_dir))
             store.set_remote_dir(job.id, None)
             on_event(make_event("removed", job=job.id, where=job.remote_dir))
+            for path in swept:
+                on_event(make_event("removed", job=job.id, where=path))
         except GpuferryError as exc:
             on_event(make_event("warning", job=job.id, message=f"remote folder kept: {exc.one_line()}"))
             return False

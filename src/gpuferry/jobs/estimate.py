@@ -314,6 +314,6 @@ def measure_link(stage: Stage, probe_bytes: int = 2 * 1024 * 1024) -> tuple[floa
     assert stage.target is not None
     backend = stage.target.connect()
     try:
-        return measure_throughput(backend, probe_bytes, ".gpuferry-plan-probe")
+        return measure_throughput(backend, probe_bytes)
     finally:
         backend.close()

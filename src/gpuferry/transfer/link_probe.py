@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import tempfile
+import uuid
 from pathlib import Path
 
 from gpuferry.backends.base import Backend
@@ -13,9 +14,10 @@ from .options import TransferOptions
 from .upload import upload
 
 
-def measure_throughput(backend: Backend, probe_bytes: int, name: str = ".gpuferry-link-probe") -> tuple[float, float]:
-    """Bytes per second (upload, download) of a ``probe_bytes`` file; the remote copy is removed."""
-    remote = backend.resolve(name)
+def measure_throughput(backend: Backend, probe_bytes: int, name: str | None = None) -> tuple[float, float]:
+    """Bytes per second (upload, download) of a ``probe_bytes`` file; the remote copy is removed. The
+    default name is plain and unique: a default jupyter_server (a Colab runtime) refuses hidden names."""
+    remote = backend.resolve(name or f"gpuferry-link-probe-{uuid.uuid4().hex[:8]}")
     with tempfile.TemporaryDirectory() as scratch:
         local = Path(scratch) / "probe.bin"
         local.write_bytes(os.urandom(probe_bytes))
