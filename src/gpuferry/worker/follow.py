@@ -57,6 +57,14 @@ def read_json(path: str) -> object | None:
         return None  # mid-write: the next look sees it whole
 
 
+def exit_code(text: str | None) -> int | None:
+    """The worker's exit code from its exit file; None without one (killed, or its runtime recycled)."""
+    if text is None:
+        return None
+    code = text.strip()
+    return int(code) if code.lstrip("-").isdigit() else 1
+
+
 def emit(**fields: object) -> None:
     sys.stdout.write(PREFIX + json.dumps(fields, separators=(",", ":")) + "\n")
     sys.stdout.flush()
@@ -100,9 +108,7 @@ def follow(job_dir: str, pid: int, interval: float, tick: float, lifetime: float
             fields["finished"] = finished
         ended = exit_text is not None or not running
         if ended:
-            code = exit_text.strip() if exit_text is not None else ""
-            fields.update(alive=False, exit=int(code) if code.lstrip("-").isdigit() else (None if exit_text is None else 1),
-                          error=read_json(os.path.join(job_dir, ERROR_FILE)))
+            fields.update(alive=False, exit=exit_code(exit_text), error=read_json(os.path.join(job_dir, ERROR_FILE)))
         now = time.monotonic()
         if fields or now - last_line >= tick:
             emit(**(fields or {"tick": round(now, 3)}))
