@@ -7,9 +7,12 @@ import os
 import stat
 import sys
 
+import pytest
+
 from job_shape import FRAMES
 
 from gpuferry.api import upscale_on_target
+from gpuferry.backends.cgpu_messages import LoginRequiredError
 from gpuferry.jobs.targets import TargetSpec
 from gpuferry.media import probe
 
@@ -45,3 +48,16 @@ def test_a_three_segment_cgpu_job_stays_within_twenty_calls(job_clip, tmp_path, 
     assert len(made) <= MAX_CALLS, f"{len(made)} cgpu calls: {made}"
     assert not os.listdir(fresh_cgpu_runtime.runtime / "content" / "gpuferry" / "jobs")
 
+
+def test_a_refused_refresh_ends_the_job_at_once_with_the_login_message(job_clip, tmp_path, fresh_cgpu_runtime,
+                                                                      remote_options):
+    calls, counting = counting_cgpu(tmp_path, fresh_cgpu_runtime)
+    fresh_cgpu_runtime.set_faults(token="invalid_grant")
+    target = TargetSpec("cgpu", fresh_cgpu_runtime.settings(executable=str(counting)))
+    events = []
+    with pytest.raises(LoginRequiredError) as caught:
+        upscale_on_target(job_clip, tmp_path / "out.mp4", target=target, remote=remote_options,
+                          engine="resample", on_event=events.append)
+    assert "log in" in caught.value.one_line().lower() or "login" in caught.value.one_line().lower()
+    assert not [e for e in events if e["event"] == "recovery"]  # not retried as a re-authentication
+    assert len(calls.read_text().split()) == 1  # the first call's prompt ends it
