@@ -8,7 +8,6 @@ import stat
 import sys
 
 import pytest
-
 from job_shape import FRAMES
 
 from gpuferry.api import upscale_on_target
