@@ -279,7 +279,7 @@ def test_stale_transfer_leftovers_are_swept_in_one_call(fresh_cgpu_runtime) -> N
     backend = fresh_cgpu_runtime.backend()
     calls = []
     original = backend._cgpu
-    backend._cgpu = lambda arguments, timeout, on_output=None: calls.append(arguments[0]) or original(arguments, timeout)
+    backend._cgpu = lambda arguments, *more, **named: calls.append(arguments[0]) or original(arguments, *more, **named)
     removed = sweep_transfer_leftovers(backend, leftover_folders(backend, str(content / "gpuferry" / "jobs" / "j1")))
     assert sorted(removed) == sorted(str(p) for p in [*stale, lib / "code.zip.gpuferry-part.chunks"])
     assert calls == ["run"]

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 from pathlib import Path
+from typing import Any
 
 from gpuferry.backends.cgpu import CgpuBackend
 from gpuferry.transfer import TransferOptions, upload
@@ -18,9 +19,9 @@ def counting_calls(backend: CgpuBackend) -> list[str]:
     calls: list[str] = []
     original = backend._cgpu
 
-    def counted(arguments: list[str], timeout: float) -> tuple[int, str]:
+    def counted(arguments: list[str], timeout: float, *more: Any, **named: Any) -> tuple[int, str]:
         calls.append(arguments[0])
-        return original(arguments, timeout)
+        return original(arguments, timeout, *more, **named)
 
     backend._cgpu = counted  # type: ignore[method-assign]
     return calls

@@ -180,6 +180,11 @@ class Backend(ABC):
     def remove(self, path: str, recursive: bool = False) -> None:
         """Remove a file or an empty directory (any directory when ``recursive``); missing is fine."""
 
+    def remove_many(self, paths: Sequence[str]) -> None:
+        """Remove several files (missing is fine); backends that pay per call do it in one."""
+        for path in paths:
+            self.remove(path)
+
     @abstractmethod
     def mkdir(self, path: str, mode: int = 0o755, parents: bool = False) -> None:
         """Create a directory; an existing directory is fine. ``parents`` creates missing parents."""

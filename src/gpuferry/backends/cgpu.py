@@ -141,8 +141,12 @@ class CgpuBackend(FramedCommands):
         """Where cgpu keeps its session (``<config dir>/state/session.json`` unless the config moves it)."""
         return cgpu_session_file(self.settings.config_dir, self.settings.config_file, self.settings.process_env)
 
-    def _cgpu(self, arguments: list[str], timeout: float, on_output: OutputCallback | None = None) -> tuple[int, str]:
+    def _cgpu(self, arguments: list[str], timeout: float, on_output: OutputCallback | None = None,
+              slotted: bool = True) -> tuple[int, str]:
         """Run cgpu with ``arguments``; its exit code and merged output.
+
+        ``slotted`` calls wait for one of CGPU_MAX_CONCURRENCY slots; the job's long-running watch (see
+        :meth:`run_streaming`) does not, or with the default of 1 it would keep every download waiting.
 
         ``on_output`` gets the output bytes as they arrive. cgpu runs in its own process group, which is
         stopped on every way out of here (timeout, login prompt, an exception or a signal in the caller).
@@ -156,6 +160,8 @@ class CgpuBackend(FramedCommands):
         argv += arguments
         key = "\0".join((self.settings.executable, self.settings.config_dir or os.environ.get("CGPU_CONFIG_DIR", ""),
                          self.settings.config_file or ""))
+        if not slotted:
+            return self._cgpu_process(argv, arguments[0], timeout, on_output)
         with cgpu_slot(key, self.settings.max_concurrency, timeout, arguments[0]):
             return self._cgpu_process(argv, arguments[0], timeout, on_output)
 
@@ -231,11 +237,11 @@ class CgpuBackend(FramedCommands):
         framing = Framing()
         lines = FramedLines(framing, on_line)
         return self._run_framed(argv, framing, timeout, HELPER_PROGRAM, on_output=lines.feed,
-                                stopped=lambda: lines.stopped)
+                                stopped=lambda: lines.stopped, slotted=False)
 
     def _run_framed(self, argv: Sequence[str], framing: Framing, timeout: float, program: str,
                     on_output: OutputCallback | None = None,
-                    stopped: Callable[[], bool] = lambda: False) -> CommandResult:
+                    stopped: Callable[[], bool] = lambda: False, slotted: bool = True) -> CommandResult:
         line = framing.wrap(shlex.join(argv))
         carrier: Framing | None = None
         if program != HELPER_PROGRAM:
@@ -244,7 +250,7 @@ class CgpuBackend(FramedCommands):
             # lines, which cross as they are)
             carrier = Framing()
             line = f"{carrier.begin_line()}; {{ {line}; }} 2>&1 | base64 -w 76; {carrier.end_line('0')}"
-        exit_code, raw = self._cgpu(["run", line], timeout + self.settings.call_overhead, on_output)
+        exit_code, raw = self._cgpu(["run", line], timeout + self.settings.call_overhead, on_output, slotted)
         if stopped():
             return CommandResult(0, parse_framed(raw, framing).output)
         if carrier is not None:

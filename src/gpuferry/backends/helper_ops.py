@@ -95,6 +95,10 @@ class HelperOperations(Backend):
         absolute = self.resolve(path)
         self._helper("remove", {"path": absolute, "recursive": recursive}, path=absolute)
 
+    def remove_many(self, paths: Sequence[str]) -> None:
+        absolute = [self.resolve(path) for path in paths]
+        self._helper("remove_many", {"paths": absolute}, path=absolute[0] if absolute else None)
+
     def mkdir(self, path: str, mode: int = 0o755, parents: bool = False) -> None:
         absolute = self.resolve(path)
         self._helper("mkdir", {"path": absolute, "mode": mode, "parents": parents}, path=absolute)

@@ -126,6 +126,12 @@ def op_listdir(args):
     return sorted(os.listdir(args["path"]))
 
 
+def op_remove_many(args):
+    """Remove several files or empty folders in one call; missing ones are fine."""
+    for path in args["paths"]:
+        op_remove({"path": path})
+
+
 def op_remove(args):
     path = args["path"]
     try:
@@ -339,7 +345,7 @@ def op_free_disk(args):
 
 OPERATIONS = {
     "info": op_info, "exec": op_exec, "stat": op_stat, "sha256": op_sha256, "read": op_read,
-    "splice": op_splice, "listdir": op_listdir, "remove": op_remove, "mkdir": op_mkdir,
+    "splice": op_splice, "listdir": op_listdir, "remove": op_remove, "remove_many": op_remove_many, "mkdir": op_mkdir,
     "private_dirs": op_private_dirs,
     "rename": op_rename, "spawn": op_spawn, "alive": op_alive, "kill": op_kill, "gpus": op_gpus,
     "free_disk": op_free_disk,

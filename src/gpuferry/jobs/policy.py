@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from typing import Literal
 
 from gpuferry import errors
+from gpuferry.backends.cgpu_messages import LoginRequiredError
 
 Action = Literal["fail", "reconnect", "relaunch", "retry", "fallback"]
 
@@ -61,6 +62,9 @@ POLICY: dict[type[errors.GpuferryError], Rule] = {
     # re-authenticate once per failure: a session that expired comes back; a wrong token or key never
     # will. The count starts again once the job moved on (an expiry after new progress is a new event)
     errors.NotAuthenticatedError: Rule("reconnect", limit=1),
+    # cgpu wants a browser login (a refresh failed: it deleted the session): nobody answers it in a job,
+    # and every later call would only prompt again. End at once with the login message.
+    LoginRequiredError: Rule("fail"),
     errors.ConnectionLostError: Rule("reconnect"),
     errors.StallError: Rule("relaunch"),
     WorkerEndedError: Rule("relaunch"),

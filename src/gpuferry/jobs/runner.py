@@ -149,6 +149,7 @@ class RemoteJobRunner:
         self._failures = 0
         self._moved_at: tuple[int, int] = (-1, -1)
         self._code_path: str | None = None
+        self._code_verified = False
         self._caps: Capabilities | None = None
         self._model_file: str | None = None
         #: set up on this target by this runner: a relaunch needs only a new job file while the input
@@ -389,6 +390,7 @@ class RemoteJobRunner:
         make_job_dir(backend, paths)
         code = worker_code()
         self._code_path = install_worker_code(backend, paths, code, options)
+        self._code_verified = True  # the upload checked its sha256 there: no second check before the spawn
         self._caps = ensure_dependencies(
             backend, self._python(backend), self._code_path, self.options.install_dependencies
         )
@@ -416,8 +418,7 @@ class RemoteJobRunner:
             heartbeat_s=self.options.heartbeat_s,
             max_lead=self.options.max_lead,
         )
-        for name in (EXIT_FILE, PID_FILE, PROGRESS_FILE):
-            backend.remove(paths.in_job(name))
+        backend.remove_many([paths.in_job(name) for name in (EXIT_FILE, PID_FILE, PROGRESS_FILE)])
         backend.write_bytes(paths.in_job(JOB_FILE + ".tmp"), spec.to_json().encode())
         backend.rename(paths.in_job(JOB_FILE + ".tmp"), paths.in_job(JOB_FILE))
 
@@ -447,7 +448,9 @@ class RemoteJobRunner:
 
     def _spawn(self, backend: Backend, paths: RemotePaths) -> int:
         assert self._code_path is not None
-        verify_worker_code(backend, self._code_path, worker_code())
+        if not self._code_verified:  # a relaunch on a reused setup: the code may have changed there since
+            verify_worker_code(backend, self._code_path, worker_code())
+        self._code_verified = False
         pid = backend.spawn(
             worker_argv(self._python(backend), paths.job_dir, self._caps),
             log_path=paths.in_job(LOG_FILE),

@@ -123,6 +123,7 @@ class StreamingSource:
         self.calls = 0
         self._queue: queue.Queue[Snapshot | BaseException] = queue.Queue()
         self._stop = threading.Event()
+        self._over = False  # the worker ended or its folder vanished: no new follower (each is a call)
         self._thread = threading.Thread(target=self._run, name="gpuferry-follow", daemon=True)
         self._thread.start()
 
@@ -140,12 +141,13 @@ class StreamingSource:
                             gone=bool(data.get("gone")))
         if data.get("alive") is False:
             snapshot.ended, snapshot.exit_code, snapshot.error = True, data.get("exit"), data.get("error")
+        self._over = snapshot.ended or snapshot.gone
         self._queue.put(snapshot)
-        return not (snapshot.ended or snapshot.gone)
+        return not self._over
 
     def _run(self) -> None:
         try:
-            while not self._stop.is_set():
+            while not self._stop.is_set() and not self._over:
                 self.calls += 1
                 started = time.monotonic()
                 result = self.backend.run_streaming(self.argv, self.lifetime + 60, self._on_line)

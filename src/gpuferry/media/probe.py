@@ -10,7 +10,6 @@ from pathlib import Path
 from typing import Any
 
 import av
-import psutil
 from PIL import Image, UnidentifiedImageError
 
 from gpuferry.errors import BadInputError, human_size
@@ -129,7 +128,17 @@ def memory_budget() -> int:
     configured = os.environ.get(MEMORY_BUDGET_ENV, "").strip()
     if configured:
         return _parse_bytes(configured)
-    return int(psutil.virtual_memory().available * MEMORY_SHARE)
+    return int(_available_memory() * MEMORY_SHARE)
+
+
+def _available_memory() -> int:
+    """Available memory in bytes: psutil where installed, else the OS's free pages (a far-side runtime may
+    lack psutil, and the worker must still run there)."""
+    try:
+        import psutil
+    except ImportError:
+        return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    return int(psutil.virtual_memory().available)
 
 
 def max_pixels() -> int:

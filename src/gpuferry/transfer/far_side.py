@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import hashlib
 import json
 import sys
 import uuid
@@ -45,6 +46,20 @@ class FarSide:
 
     def read_range(self, path: str, offset: int, length: int, timeout: float) -> bytes:
         """A file range through the command channel, as base64 lines (for backends whose reads are helper calls)."""
+        return self.read_range_reply(path, offset, length, timeout)[0]
+
+    def read_whole(self, path: str, limit: int, timeout: float) -> tuple[bytes, str] | None:
+        """A whole small file and the far side's sha256 of it in one call; None when it is over ``limit``
+        bytes or the reply lacks what proves it whole (then the chunked path does the work)."""
+        data, reply = self.read_range_reply(path, 0, limit, timeout)
+        if not isinstance(reply, dict) or reply.get("size") != len(data) or len(data) >= limit:
+            return None
+        if hashlib.sha256(data).hexdigest() != reply.get("sha256"):
+            raise ConnectionLostError(f"read of {path!r} arrived damaged", step=self.backend.kind)
+        return data, reply["sha256"]
+
+    def read_range_reply(self, path: str, offset: int, length: int, timeout: float) -> tuple[bytes, Any]:
+        """A file range and the agent's reply (length, sha256, the file's size)."""
         start = "GPUFERRY-DATA-" + uuid.uuid4().hex
         arguments = {"path": path, "offset": offset, "length": length, "start": start}
         result = self.backend.run_program([*self.program(), "read", json.dumps(arguments)], timeout)
@@ -54,9 +69,16 @@ class FarSide:
             self._reply("read", result, path)
             raise ConnectionLostError(f"read of {path!r} returned no data", step=self.backend.kind)
         body = output[begin + len(start) + 1:]
-        end = body.rfind("\n{")
+        # the reply is the last line; with no data lines before it (an empty range) it opens the body
+        end = 0 if body.startswith("{") else body.rfind("\n{")
+        reply = None
+        if end >= 0:
+            try:
+                reply = json.loads(body[end:].strip().splitlines()[0]).get("result")
+            except (ValueError, IndexError, AttributeError):
+                reply = None
         # b64decode drops the line breaks itself (non-alphabet characters are discarded)
-        return base64.b64decode(body[:end] if end >= 0 else body)
+        return base64.b64decode(body[:end] if end >= 0 else body), reply
 
     def call(self, operation: str, arguments: dict[str, Any], timeout: float, path: str | None = None) -> Any:
         argv = [*self.program(), operation, json.dumps(arguments)]

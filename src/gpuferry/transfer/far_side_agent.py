@@ -190,6 +190,7 @@ def op_read(args):
     import base64
 
     with open(args["path"], "rb") as handle:
+        size = os.fstat(handle.fileno()).st_size
         handle.seek(args["offset"])
         data = handle.read(args["length"])
     encoded = base64.b64encode(data)
@@ -199,7 +200,7 @@ def op_read(args):
     for position in range(0, len(encoded), width):
         out.write(encoded[position:position + width] + b"\n")
     out.flush()
-    return {"length": len(data), "sha256": hashlib.sha256(data).hexdigest()}
+    return {"length": len(data), "sha256": hashlib.sha256(data).hexdigest(), "size": size}
 
 
 OPERATIONS = {
