@@ -40,7 +40,7 @@ from servers.fixtures import FAKE_CGPU  # noqa: E402
 
 from gpuferry.media.synth import make_clip  # noqa: E402
 
-KINDS = ("drop_command", "drop_transfer", "expiry", "recycle_compute", "hang", "worker_kill", "expiry",
+KINDS = ("drop_command", "drop_transfer", "recycle_compute", "hang", "worker_kill",
          "recycle_download", "unreachable", "slow_link", "client_kill", "recycle_assembly")
 
 
@@ -175,8 +175,10 @@ def run_job(args: argparse.Namespace, clip: Path, output: Path, home: Path, runt
         elif fault == "drop_transfer":
             runtime.faults(disconnect_after_bytes=3000, once=True)
         elif fault == "expiry":
-            runtime.faults(auth="expired")
-            expired = True
+            # the real cgpu 0.1.4 deletes its session on a failed refresh and then waits for a browser
+            # login: no expiry a job can survive without a person exists there, so none is made here
+            raise SystemExit("soak: 'expiry' is not a fault the real cgpu client can survive (see issue 11); "
+                             "leave it out of --faults")
         elif fault in ("recycle_compute", "recycle_assembly"):
             runtime.recycle()
         elif fault == "recycle_download":

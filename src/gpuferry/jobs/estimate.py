@@ -67,7 +67,8 @@ class PlaceEstimate:
     download_s: float | None = None
 
     def to_json(self) -> dict[str, Any]:
-        return {key: (round(value, 2) if isinstance(value, float) else value) for key, value in asdict(self).items()}
+        # 4 significant digits: a small file over a fast link moves in milliseconds, not 0.00 s
+        return {key: (float(f"{value:.4g}") if isinstance(value, float) else value) for key, value in asdict(self).items()}
 
 
 @dataclass
