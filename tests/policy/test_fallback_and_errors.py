@@ -81,7 +81,8 @@ def test_strict_fails_with_the_cgpu_error(colab, cli, small_clip, tmp_path):
     completed = cli("upscale", "--strict", str(source))
     assert completed.returncode == QuotaError.exit_code
     first = next(line for line in completed.stderr.splitlines() if line.startswith("error: "))
-    assert str(source) in first and "KB)" in first and "[cgpu]" in first
+    # a place that has no GPU for us names the place, not the input (which is fine)
+    assert "[cgpu]" in first and str(source) not in first
     assert "No eligible GPU" in first
     assert "  1. Check the account with `cgpu status`" in completed.stderr
     assert not (tmp_path / "in_x2.mp4").exists()
@@ -90,8 +91,8 @@ def test_strict_fails_with_the_cgpu_error(colab, cli, small_clip, tmp_path):
 @pytest.mark.parametrize(
     "faults, error, retries",
     [
-        # session problems: re-authenticate once and retry (a wrong credential never heals)
-        ({"token": "invalid_grant"}, NotAuthenticatedError, 1),
+        # a refused refresh: cgpu deleted its session and waits for a browser login, so no retry helps
+        ({"token": "invalid_grant"}, NotAuthenticatedError, 0),
         # no GPU for us there: no retry on that target (the chain would fall back; --strict stops)
         ({"quota": "blocked"}, QuotaError, 0),
         ({"quota": "max_runtimes"}, QuotaError, 0),
@@ -106,7 +107,8 @@ def test_each_cgpu_failure_maps_to_its_class_and_exit_code(colab, cli, small_cli
     events = json_events(completed)
     failed = [e for e in events if e["event"] == "failed"][-1]["error"]
     assert failed["kind"] == error.kind and failed["hints"] and failed["step"]
-    assert failed["path"] == str(small_clip) and failed["size"] == small_clip.stat().st_size
+    # the session, the link or the place failed, not the input: the error names no file of the user's
+    assert failed["path"] is None and str(small_clip) not in failed["message"]
     assert len([e for e in events if e["event"] == "recovery"]) == retries
 
 

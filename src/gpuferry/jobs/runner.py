@@ -210,7 +210,7 @@ class RemoteJobRunner:
         """Attempts until every segment is verified; the policy table decides what a failure gets."""
         retrying = tenacity.Retrying(
             retry=tenacity.retry_if_exception(lambda error: is_retried(error, self._retried.get(_kind(error), 0))),
-            stop=lambda state: self._failures >= self.options.max_recoveries,
+            stop=lambda state: self._failures > self.options.max_recoveries,  # the budget counts retries
             wait=lambda state: backoff_seconds(self._failures, self.options.backoff_initial, self.options.backoff_max),
             before_sleep=self._before_retry,
             reraise=True,
