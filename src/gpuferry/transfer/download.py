@@ -21,6 +21,9 @@ REPAIR_ROUNDS = 3
 #: backends whose reads travel as text through a terminal: read through the agent's base64 lines
 #: (their own read_bytes prints one long line, which line-based relays such as cgpu handle slowly)
 LINE_BASED_KINDS = ("cgpu", "jupyter")
+#: where a small file comes whole through the far-side agent in one call; not Jupyter, whose files inside
+#: its root come over plain HTTP (``read_direct``) and must never cross its terminal
+WHOLE_IN_ONE_CALL_KINDS = ("cgpu",)
 
 
 def download(
@@ -72,7 +75,7 @@ def _download_small(probe: TransferSession, source: str, local_path: Path,
     backend, options = probe.backend, probe.options
     assert options.chunk_size is not None
     part = local_path.with_name(local_path.name + PART_SUFFIX)
-    if backend.kind not in LINE_BASED_KINDS or part.exists() or local_path.exists():
+    if backend.kind not in WHOLE_IN_ONE_CALL_KINDS or part.exists() or local_path.exists():
         return None
     try:
         whole = probe.retrying(lambda: probe.far.read_whole(source, options.chunk_size,
