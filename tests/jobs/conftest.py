@@ -36,7 +36,7 @@ def remote_options() -> RemoteOptions:
     return RemoteOptions(
         segment_seconds=SEGMENT_SECONDS,
         poll_interval=0.25,
-        stall_timeout=4.0,
+        stall_timeout=15.0,  # a hang is still caught; a slow first frame on a busy 2-core machine is not one
         attempt_timeout=300.0,
         python=sys.executable,
         heartbeat_s=0.2,
