@@ -134,7 +134,6 @@ def run_job(args: argparse.Namespace, clip: Path, output: Path, home: Path, runt
     injected: list[str] = []
     waited = 0.0
     job = None
-    expired = False
     segments_seen = 0
     exit_code = None
     rng = random.Random(args.seed)
@@ -154,9 +153,6 @@ def run_job(args: argparse.Namespace, clip: Path, output: Path, home: Path, runt
             break
         kind = event.get("event")
         job = job or event.get("job")
-        if kind == "recovery" and event.get("kind") == "not_authenticated" and expired:
-            runtime.clear()  # logging in again works: the next call finds a fresh session
-            expired = False
         if kind == "segment":
             segments_seen += 1
         if not (pending and job):
