@@ -1,7 +1,7 @@
 """Soak: one long job through the stand-in cgpu while a seeded schedule of faults hits it, no human.
 
 Faults (each made from outside: the stand-in's faults.json, signals, the runtime's folder): link drops
-(during a command, during a transfer), session expiry (twice), runtime recycle (during compute, during a
+(during a command, during a transfer), runtime recycle (during compute, during a
 download, during assembly), hang (SIGSTOP of the worker), worker kill -9, target unreachable for a
 while, slow link, and client kill -9 followed by `gpuferry resume`. (GPU out of memory is not made:
 neither the stand-in nor the OS can make one without a hook in the worker.)
