@@ -36,7 +36,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 
 import av  # noqa: E402
-from servers.fixtures import FAKE_CGPU  # noqa: E402
+from servers.fixtures import FAKE_CGPU, write_cgpu_login  # noqa: E402
 
 from gpuferry.media.synth import make_clip  # noqa: E402
 
@@ -52,8 +52,7 @@ class Runtime:
         self.content = self.runtime / "content"
         self.config = root / "config"
         self.content.mkdir(parents=True)
-        self.config.mkdir()
-        (self.config / "config.json").write_text(json.dumps({"fake_account": "Soak <soak@example.com>"}))
+        write_cgpu_login(self.config, label="Soak", email="soak@example.com")
 
     def faults(self, **faults: object) -> None:
         (self.runtime / "faults.json").write_text(json.dumps(faults))
@@ -62,7 +61,7 @@ class Runtime:
         (self.runtime / "faults.json").unlink(missing_ok=True)
 
     def options(self) -> list[str]:
-        pairs = {"executable": str(FAKE_CGPU), "config_dir": str(self.config), "remote_root": str(self.content),
+        pairs = {"executable": str(FAKE_CGPU), "config_dir": str(self.config), "remote_root": str(self.runtime),
                  "workdir": str(self.content), "call_overhead": "20"}
         return [word for key, value in pairs.items() for word in ("--backend-opt", f"{key}={value}")]
 

@@ -19,6 +19,8 @@ from gpuferry.pipeline.outputs import default_output
 
 #: how often the watcher looks at files still settling when nothing else happens (seconds)
 TICK = 0.25
+#: how often the whole drop folder is looked at again, for files no event announced (seconds)
+RESCAN = 5.0
 
 
 @dataclass
@@ -46,14 +48,17 @@ class DropFolder:
         self.run_one, self.scale, self.settle, self.globs, self.emit = run_one, scale, settle, globs, emit
         self.settings = {**settings, "watch": True, "globs": list(globs)}
         self._settling: dict[Path, _Settling] = {}
+        self._handled: dict[Path, tuple[int, int]] = {}  # (size, mtime) of each file taken
         self.processed = 0
 
-    def _wanted(self, path: Path) -> bool:
+    def _inside(self, path: Path) -> bool:
+        """Under the drop folder, and not in its failed folder or an output folder placed inside it."""
         if not path.is_relative_to(self.in_dir) or path.is_relative_to(self.failed_dir):
             return False
-        if self.out_dir.is_relative_to(self.in_dir) and path.is_relative_to(self.out_dir):
-            return False
-        return wanted(self.in_dir, path, self.globs)
+        return not (self.out_dir.is_relative_to(self.in_dir) and path.is_relative_to(self.out_dir))
+
+    def _wanted(self, path: Path) -> bool:
+        return self._inside(path) and wanted(self.in_dir, path, self.globs)
 
     def run(self, stop: threading.Event | None = None, idle_exit: float | None = None) -> int:
         """Watch until ``stop`` is set, Ctrl-C, or (with ``idle_exit``) that many seconds with nothing
@@ -71,14 +76,18 @@ class DropFolder:
                 batches.set_state(batch.id, RUNNING)
                 self.emit(make_event("watching", batch=batch.id, root=str(self.in_dir), output_root=str(self.out_dir),
                                      failed_dir=str(self.failed_dir), settle_s=self.settle))
-                now = time.monotonic()
-                for path in sorted(self.in_dir.rglob("*")):  # what was dropped while nobody watched
-                    self._seen(path, now)
-                last_busy = time.monotonic()
+                self._scan(self.in_dir, time.monotonic())  # what was dropped while nobody watched
+                last_busy = last_scan = time.monotonic()
+                first = True
                 for changes in watchfiles.watch(self.in_dir, stop_event=stop, yield_on_timeout=True,
                                                 rust_timeout=int(TICK * 1000), debounce=int(TICK * 1000),
                                                 step=50, recursive=True):
                     now = time.monotonic()
+                    if first or now - last_scan >= RESCAN:
+                        # the scan above ran before the watch was live, and an event can be lost (a queue
+                        # overflow): a whole look now and then catches what no event announced
+                        self._scan(self.in_dir, now)
+                        first, last_scan = False, now
                     for _change, name in changes:
                         self._seen(Path(name), now)
                     ready = self._ready(time.monotonic())
@@ -94,17 +103,30 @@ class DropFolder:
             store.close()
         return self.processed
 
+    def _scan(self, folder: Path, now: float) -> None:
+        """Every file under ``folder``, as if each had just been announced."""
+        for path in sorted(folder.rglob("*")):
+            if not path.is_dir():
+                self._seen(path, now)
+
     def _seen(self, path: Path, now: float) -> None:
         """A file appeared or changed: it settles from now on (a deleted one is forgotten)."""
+        if path.is_dir():
+            if self._inside(path) and not any(part.startswith(".") for part in path.relative_to(self.in_dir).parts):
+                self._scan(path, now)  # a folder moved in whole: no event names the files inside it
+            return
         if not self._wanted(path):
             return
         try:
             stat = path.stat()
         except FileNotFoundError:
             self._settling.pop(path, None)
+            self._handled.pop(path, None)
             return
         if not path.is_file():
             return
+        if self._handled.get(path) == (stat.st_size, stat.st_mtime_ns):
+            return  # taken already, and not changed since (a rescan sees it again)
         known = self._settling.get(path)
         if known is None or (known.size, known.mtime_ns) != (stat.st_size, stat.st_mtime_ns):
             self._settling[path] = _Settling(stat.st_size, stat.st_mtime_ns, now)
@@ -122,6 +144,7 @@ class DropFolder:
                 self._settling[path] = _Settling(stat.st_size, stat.st_mtime_ns, now)
             elif now - known.since >= self.settle and stat.st_size > 0:
                 ready.append(path)
+                self._handled[path] = (stat.st_size, stat.st_mtime_ns)
                 del self._settling[path]
         return sorted(ready)
 

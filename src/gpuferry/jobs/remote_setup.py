@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from gpuferry.backends.base import Backend
-from gpuferry.errors import NotInstalledError, RemoteFileError, TransferIntegrityError
+from gpuferry.errors import GpuferryError, NotInstalledError, RemoteFileError, TransferIntegrityError
 from gpuferry.jobs.worker_code import WorkerCode
 from gpuferry.transfer import TransferOptions, upload
 from gpuferry.worker.spec import SEGMENTS_DIR
@@ -112,7 +112,10 @@ def make_job_dir(backend: Backend, paths: RemotePaths) -> None:
 
 def verify_worker_code(backend: Backend, remote: str, code: WorkerCode) -> None:
     """The zip about to run is still the one we shipped (checked just before each start, not only at upload)."""
-    found = backend.sha256(remote) if backend.stat(remote) is not None else None
+    try:  # one call when the zip is there (each cgpu call is seconds)
+        found: str | None = backend.sha256(remote)
+    except GpuferryError:  # a missing zip, or a lost link (then the look below raises that again)
+        found = backend.sha256(remote) if backend.stat(remote) is not None else None
     if found != code.sha256:
         raise TransferIntegrityError(
             f"the worker code on the target changed since it was sent (sha256 {str(found)[:16]}, expected "

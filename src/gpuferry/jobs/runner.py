@@ -33,6 +33,7 @@ from gpuferry.errors import (
     GpuferryError,
     GpuOutOfMemoryError,
     StallError,
+    TransferIntegrityError,
     error_class_for_kind,
 )
 from gpuferry.events import EventSink, ignore, make_event
@@ -149,7 +150,6 @@ class RemoteJobRunner:
         self._failures = 0
         self._moved_at: tuple[int, int] = (-1, -1)
         self._code_path: str | None = None
-        self._code_verified = False
         self._caps: Capabilities | None = None
         self._model_file: str | None = None
         #: set up on this target by this runner: a relaunch needs only a new job file while the input
@@ -390,7 +390,6 @@ class RemoteJobRunner:
         make_job_dir(backend, paths)
         code = worker_code()
         self._code_path = install_worker_code(backend, paths, code, options)
-        self._code_verified = True  # the upload checked its sha256 there: no second check before the spawn
         self._caps = ensure_dependencies(
             backend, self._python(backend), self._code_path, self.options.install_dependencies
         )
@@ -448,9 +447,12 @@ class RemoteJobRunner:
 
     def _spawn(self, backend: Backend, paths: RemotePaths) -> int:
         assert self._code_path is not None
-        if not self._code_verified:  # a relaunch on a reused setup: the code may have changed there since
+        # checked just before every start: the input's upload (minutes) left time to swap it
+        try:
             verify_worker_code(backend, self._code_path, worker_code())
-        self._code_verified = False
+        except TransferIntegrityError:
+            self._ready = False  # the next attempt sends the code afresh
+            raise
         pid = backend.spawn(
             worker_argv(self._python(backend), paths.job_dir, self._caps),
             log_path=paths.in_job(LOG_FILE),
