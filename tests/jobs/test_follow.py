@@ -70,3 +70,26 @@ def test_streamed_lines_arrive_while_the_command_runs(kind, tmp_path, request):
 
     backend.run_streaming([sys.executable, "-c", script], timeout=60, on_line=on_line)
     assert arrived == ["line 0", "line 1"], "the second line stopped it: the third never came"
+
+
+def test_a_follower_that_cannot_start_costs_speed_only(job_clip, tmp_path, remote_options, monkeypatch):
+    """Its code missing on the far side (say, a stale zip): the job watches by polling and finishes."""
+    from job_shape import FRAMES
+
+    from gpuferry.api import upscale_on_target
+    from gpuferry.jobs import watch
+    from gpuferry.jobs.targets import TargetSpec
+    from gpuferry.media import probe
+
+    started = watch.StreamingSource.__init__
+
+    def broken_follower(self, *args, **kwargs):
+        started(self, *args, **kwargs)
+        self.argv = [word.replace("gpuferry.worker.follow", "gpuferry.worker.no_such_follower") for word in self.argv]
+
+    monkeypatch.setattr(watch.StreamingSource, "__init__", broken_follower)
+    root = tmp_path / "far side"
+    root.mkdir()
+    result = upscale_on_target(job_clip, tmp_path / "out.mp4", target=TargetSpec("local", {"workdir": str(root)}),
+                               remote=remote_options, engine="resample")
+    assert probe(result.output).video.frames == FRAMES

@@ -278,7 +278,8 @@ class RemoteJobRunner:
         if self.options.stream and backend.streams_output and self._code_path:
             source: PollingSource | StreamingSource = StreamingSource(
                 backend, paths, pid, self._python(backend), self._code_path, lifetime=self.options.follow_lifetime,
-                tick=min(1.0, self.options.poll_interval))
+                tick=min(1.0, self.options.poll_interval),
+                fallback=lambda: PollingSource(backend, paths, pid, self.options.poll_interval))
         else:
             source = PollingSource(backend, paths, pid, self.options.poll_interval)
         try:

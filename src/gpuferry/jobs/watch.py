@@ -10,6 +10,7 @@ Two ways to look, chosen by a capability of the backend (``streams_output``), ne
 from __future__ import annotations
 
 import json
+import logging
 import queue
 import threading
 import time
@@ -22,6 +23,12 @@ from gpuferry.errors import CommandTimeoutError, StallError
 from gpuferry.jobs.policy import RuntimeRecycledError
 from gpuferry.jobs.remote_setup import RemotePaths
 from gpuferry.worker.layout import ERROR_FILE, EXIT_FILE, PROGRESS_FILE, SEGMENTS_DIR, marker_index
+
+log = logging.getLogger(__name__)
+
+
+class FollowerFailed(Exception):
+    """The far-side follower could not run (its code is missing or refused): look by polling instead."""
 
 FOLLOW_PREFIX = "GPUFERRY-FOLLOW "
 
@@ -116,7 +123,8 @@ class StreamingSource:
     """One follower per attempt, read on its own thread; a new one when it ends before the worker does."""
 
     def __init__(self, backend: Backend, paths: RemotePaths, pid: int, python: str, code_path: str,
-                 lifetime: float = 600.0, tick: float = 1.0) -> None:
+                 lifetime: float = 600.0, tick: float = 1.0,
+                 fallback: Callable[[], PollingSource] | None = None) -> None:
         self.argv = ["env", f"PYTHONPATH={code_path}", python, "-m", "gpuferry.worker.follow", paths.job_dir,
                      str(pid), "--tick", f"{tick:g}", "--lifetime", f"{lifetime:g}"]
         self.backend, self.lifetime = backend, lifetime
@@ -124,6 +132,8 @@ class StreamingSource:
         self._queue: queue.Queue[Snapshot | BaseException] = queue.Queue()
         self._stop = threading.Event()
         self._over = False  # the worker ended or its folder vanished: no new follower (each is a call)
+        self._fallback = fallback
+        self._polling: PollingSource | None = None
         self._thread = threading.Thread(target=self._run, name="gpuferry-follow", daemon=True)
         self._thread.start()
 
@@ -152,23 +162,31 @@ class StreamingSource:
                 started = time.monotonic()
                 result = self.backend.run_streaming(self.argv, self.lifetime + 60, self._on_line)
                 if result.exit_code not in (0, None) and not self._stop.is_set():
-                    raise RuntimeError(f"the follower exited with {result.exit_code}: {result.output[-300:]}")
+                    raise FollowerFailed(f"the follower exited with {result.exit_code}: {result.output[-300:]}")
                 if time.monotonic() - started < 1.0:
                     time.sleep(1.0)  # a follower that ends at once (worker gone) must not spin
         except BaseException as error:  # noqa: BLE001 - handed to the watching thread
             self._queue.put(error)
 
     def next(self, timeout: float) -> Snapshot | None:
+        if self._polling is not None:
+            return self._polling.next(timeout)
         try:
             item = self._queue.get(timeout=timeout)
         except queue.Empty:
             return None
+        if isinstance(item, FollowerFailed) and self._fallback is not None:
+            # the worker's own start checks its code; a follower that cannot start costs only speed
+            log.warning("%s; watching the worker by polling for the rest of this attempt", item)
+            self._polling = self._fallback()
+            return self._polling.next(timeout)
         if isinstance(item, BaseException):
             raise item
         return item
 
     def forget(self, index: int) -> None:
-        pass  # every new follower reports every marker
+        if self._polling is not None:
+            self._polling.forget(index)  # every new follower reports every marker; polling remembers
 
     def close(self) -> None:
         self._stop.set()  # the reader stops at the follower's next line (a tick at most)
@@ -214,14 +232,19 @@ def watch_worker(
             if settle():
                 return WorkerOutcome(exit_code=0, last_progress=progress)
             return WorkerOutcome(snapshot.exit_code, last_progress=progress, error=snapshot.error)
-        # starting (loading the engine) or waiting for downloads: no frames move, the heartbeat ticks
-        waiting = progress.get("state") in ("starting", "waiting")
+        # starting (loading the engine) or waiting for downloads: no frames move, the heartbeat ticks.
+        # A worker waiting while nothing here downloads waits for nobody: that is a stall too.
+        state = progress.get("state")
+        waiting = state == "starting" or (state == "waiting" and downloads_busy())
         key = (progress.get("pid"), progress.get("frames_done"), progress.get("segment"), finished,
                progress.get("time") if waiting else None)
         now = time.monotonic()
         if key != last_key:
             last_key, last_change = key, now
         if now - last_change > stall_timeout:
+            if state == "waiting":
+                raise StallError(f"the worker waited {stall_timeout:g} s for downloads while none ran here "
+                                 f"({finished} finished segments reported)", step="watch")
             raise StallError(
                 f"the worker made no progress for {stall_timeout:g} s "
                 f"(segment {progress.get('segment')}, {progress.get('frames_done', 0)} frames done)",
