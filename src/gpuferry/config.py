@@ -12,6 +12,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, Field, ValidationError, field_validator
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
+from gpuferry.backends.registry import BACKEND_KINDS
 from gpuferry.backends.secrets import redact_url, redact_urls, url_secrets
 from gpuferry.errors import UsageError
 
@@ -49,9 +50,16 @@ def config_path() -> Path:
 class TargetConfig(BaseModel):
     """One named target from the TOML file's ``[targets.NAME]`` table."""
 
-    kind: Literal["ssh", "jupyter", "cgpu", "local"]
+    kind: str
     settings: dict[str, Any] = Field(default_factory=dict)
     enabled: bool = True
+
+    @field_validator("kind")
+    @classmethod
+    def _registered_kind(cls, value: str) -> str:
+        if value not in BACKEND_KINDS:
+            raise ValueError(f"kind must be one of {', '.join(BACKEND_KINDS)}")
+        return value
 
 
 class Settings(BaseSettings):
