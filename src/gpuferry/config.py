@@ -14,6 +14,7 @@ from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, Settings
 
 from gpuferry.backends.registry import BACKEND_KINDS
 from gpuferry.backends.secrets import redact_url, redact_urls, url_secrets
+from gpuferry.data_home import config_path
 from gpuferry.errors import UsageError
 
 #: where each setting is read from the environment (the original names are kept as they were)
@@ -39,12 +40,6 @@ ENV_NAMES: dict[str, str] = {
 SECRET_FIELDS = frozenset({"jupyter_token"})
 DEFAULT_FALLBACK = ("cgpu", "targets", "local-gpu", "local-cpu", "resample")
 FALLBACK_STAGES = frozenset(DEFAULT_FALLBACK)
-
-
-def config_path() -> Path:
-    """GPUFERRY_CONFIG, default ~/.config/gpuferry/config.toml."""
-    configured = os.environ.get("GPUFERRY_CONFIG")
-    return Path(configured).expanduser() if configured else Path.home() / ".config" / "gpuferry" / "config.toml"
 
 
 class TargetConfig(BaseModel):

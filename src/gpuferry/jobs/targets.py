@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Any
 from gpuferry.backends.base import Backend
 from gpuferry.backends.registry import backend_entry, require_kind
 from gpuferry.backends.secrets import redact_url, split_url_secret, url_secrets
+from gpuferry.data_home import data_home
 from gpuferry.errors import NotAuthenticatedError, UsageError
 
 if TYPE_CHECKING:
@@ -98,6 +99,4 @@ def refuse_url_with_secret(url: str, step: str) -> None:
 
 
 def _default_local_root() -> Path:
-    from gpuferry.jobs.store import gpuferry_home
-
-    return gpuferry_home() / "local-target"
+    return data_home() / "local-target"
