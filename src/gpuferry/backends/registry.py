@@ -22,6 +22,7 @@ MODULES: dict[str, str] = {
     "ssh": "gpuferry.backends.ssh",
     "jupyter": "gpuferry.backends.jupyter",
     "cgpu": "gpuferry.backends.cgpu",
+    "memory": "gpuferry.backends.memory",
 }
 BACKEND_KINDS = tuple(MODULES)
 _TRUE, _FALSE = ("1", "true", "yes", "on"), ("0", "false", "no", "off")
