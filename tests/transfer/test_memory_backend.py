@@ -20,14 +20,13 @@ FAST = TransferOptions(backoff_initial=0.01, backoff_max=0.05)
 
 @pytest.fixture
 def far(tmp_path: Path) -> Path:
-    folder = tmp_path / "far"
-    folder.mkdir()
-    return folder
+    """The folder that stands for the far side."""
+    return Path(os.path.realpath(tmp_path))
 
 
 @pytest.fixture
-def source(tmp_path: Path) -> Path:
-    path = tmp_path / "source.bin"
+def source(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    path = tmp_path_factory.mktemp("here") / "source.bin"
     path.write_bytes(os.urandom(5 * CHUNK + 1234))
     return path
 
@@ -42,12 +41,12 @@ def test_a_drop_inside_a_chunk_is_continued_not_sent_again(far, source):
     assert backend.faults.bytes_written == source.stat().st_size
 
 
-def test_a_corrupted_download_chunk_is_fetched_again(far, source, tmp_path):
+def test_a_corrupted_download_chunk_is_fetched_again(far, source):
     (far / "in.bin").write_bytes(source.read_bytes())
     with open_backend("memory", workdir=str(far)) as backend:
         backend.faults.corrupt(1)
-        report = download(backend, "in.bin", tmp_path / "back.bin", options=FAST)
-    assert (tmp_path / "back.bin").read_bytes() == source.read_bytes()
+        report = download(backend, "in.bin", source.with_name("back.bin"), options=FAST)
+    assert source.with_name("back.bin").read_bytes() == source.read_bytes()
     assert report.resent_chunks == 1
 
 
