@@ -61,3 +61,11 @@ def test_backend_options_are_typed_by_the_backends_settings() -> None:
         TargetSpec.from_pairs("ssh", ["port=22x"])
     with pytest.raises(UsageError, match="is not yes or no"):
         TargetSpec.from_pairs("jupyter", ["verify_tls=maybe"])
+
+
+def test_a_config_file_target_with_an_unknown_setting_is_refused_naming_the_known_ones(tmp_path: Path) -> None:
+    from gpuferry.jobs.targets import TargetSpec
+
+    with pytest.raises(UsageError, match="has no setting 'workdri'") as refused:
+        TargetSpec("local", {"workdri": str(tmp_path)}).connect()
+    assert "workdir" in refused.value.hints[0]

@@ -289,8 +289,4 @@ class LocalSettings:
     workdir: str = "."
 
 
-def _open_local(**settings: object) -> LocalBackend:
-    return LocalBackend(**vars(LocalSettings(**settings)))  # type: ignore[arg-type]
-
-
-ENTRY = BackendEntry("local", LocalSettings, _open_local, LocalBackend.features)
+ENTRY = BackendEntry("local", LocalSettings, LocalBackend, LocalBackend.features)

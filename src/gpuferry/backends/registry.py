@@ -49,12 +49,20 @@ class BackendEntry:
 
     def open(self, **settings: Any) -> Backend:
         """A connected backend built from ``settings`` (the settings class's field names)."""
+        unknown = set(settings) - self.known_keys()
+        if unknown:
+            raise UsageError(f"the {self.kind} backend has no setting {', '.join(map(repr, sorted(unknown)))}",
+                             step="target", hints=[f"Its settings: {', '.join(sorted(self.known_keys()))}."])
         return self.factory(**settings)
+
+    def known_keys(self) -> set[str]:
+        """The setting names a target of this kind may hold."""
+        return {f.name for f in dataclasses.fields(self.settings)} | set(self.extra_keys)
 
     def options(self, pairs: Sequence[str], flag: str = "--backend-opt") -> dict[str, Any]:
         """Settings from ``KEY=VALUE`` strings, each converted to its field's type."""
         hints = typing.get_type_hints(self.settings)
-        known = {f.name for f in dataclasses.fields(self.settings)} | set(self.extra_keys)
+        known = self.known_keys()
         values: dict[str, Any] = {}
         for pair in pairs:
             key, sep, text = pair.partition("=")
