@@ -3,7 +3,9 @@ folder); the fast lane for transfer and policy tests, and the proof that a backe
 
 from __future__ import annotations
 
+import os
 import shutil
+import signal
 import threading
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
@@ -11,6 +13,7 @@ from pathlib import Path
 
 from ..errors import ConnectionLostError
 from .base import CommandResult
+from .process_id import ProcessId
 from .features import BackendFeatures, ChunkShape
 from .local import LocalBackend
 from .registry import BackendEntry
@@ -31,6 +34,8 @@ class FolderFaults:
         self._stay_down = False
         self._down = False
         self._corrupt = 0
+        #: process groups started in the folder (a lost folder takes them with it, as a recycle does)
+        self.spawned: list[ProcessId] = []
         #: bytes that reached the folder through ``write_bytes`` and left it through ``read_bytes``
         self.bytes_written = 0
         self.bytes_read = 0
@@ -51,7 +56,14 @@ class FolderFaults:
             self._corrupt += moves
 
     def lose_folder(self) -> None:
-        """Everything in the folder is gone, as on a recycled runtime (the folder itself is there, empty)."""
+        """Everything in the folder is gone and its processes killed, as on a recycled runtime (the folder
+        itself is there, empty)."""
+        for pid in self.spawned:
+            try:
+                os.killpg(pid, signal.SIGKILL)
+            except (ProcessLookupError, PermissionError):
+                pass
+        self.spawned.clear()
         shutil.rmtree(self.folder, ignore_errors=True)
         self.folder.mkdir(parents=True, exist_ok=True)
 
@@ -115,6 +127,13 @@ class MemoryBackend(LocalBackend):
     def run_streaming(self, argv: Sequence[str], timeout: float, on_line: Callable[[str], bool]) -> CommandResult:
         self._admit_whole()
         return super().run_streaming(argv, timeout, on_line)
+
+    def spawn(self, argv: Sequence[str], log_path: str, exit_code_path: str, pid_path: str,
+              cwd: str | None = None, env: Mapping[str, str] | None = None) -> ProcessId:
+        self._admit_whole()
+        pid = super().spawn(argv, log_path, exit_code_path, pid_path, cwd=cwd, env=env)
+        self.faults.spawned.append(pid)
+        return pid
 
     def write_bytes(self, path: str, data: bytes, offset: int = 0) -> None:
         cut, damaged = self.faults.admit(len(data))
