@@ -13,9 +13,9 @@ from pathlib import Path
 
 from ..errors import ConnectionLostError
 from .base import CommandResult
-from .process_id import ProcessId
 from .features import BackendFeatures, ChunkShape
 from .local import LocalBackend
+from .process_id import ProcessId
 from .registry import BackendEntry
 
 #: the longest a stalled call waits for ``heal`` before it ends as a dropped link (bounds every test)
