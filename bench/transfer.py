@@ -37,6 +37,7 @@ from servers.sshd import running_sshd  # noqa: E402
 
 from gpuferry.backends.cgpu import CgpuBackend  # noqa: E402
 from gpuferry.backends.jupyter import JupyterBackend  # noqa: E402
+from gpuferry.backends.registry import features_of  # noqa: E402
 from gpuferry.backends.ssh import SshBackend  # noqa: E402
 from gpuferry.errors import GpuferryError  # noqa: E402
 from gpuferry.transfer import TransferOptions, TransferProgress, download, upload  # noqa: E402
@@ -175,7 +176,7 @@ def resent_after_drop(link: Link, source: Path) -> tuple[int, float, int]:
     wire_before = link.wire_up()
     size = source.stat().st_size
     fired: list[int] = []
-    options = TransferOptions(backoff_initial=0.1).for_backend(link.kind)
+    options = TransferOptions(backoff_initial=0.1).for_backend(features_of(link.kind))
     chunk = options.chunk_size or 1
 
     def hook(progress: TransferProgress) -> None:

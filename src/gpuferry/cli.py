@@ -26,7 +26,8 @@ from gpuferry.api import (
 )
 from gpuferry.config import Settings, load_settings
 from gpuferry.jobs.fallback import Stage, build_chain
-from gpuferry.backends.targets import BACKEND_KINDS, Target, check_targets
+from gpuferry.backends.registry import BACKEND_KINDS, features_of
+from gpuferry.backends.targets import Target, check_targets
 from gpuferry.jobs.runner import RemoteOptions
 from gpuferry.jobs.targets import TargetSpec
 from gpuferry.engines.select import DEVICE_NAMES, ENGINE_NAMES
@@ -260,8 +261,9 @@ def _chain_for(
 ) -> list[Stage]:
     """The places to try, or [] for a plain in-process run."""
     configured = [(name, TargetSpec(t.kind, t.settings)) for name, t in config.targets.items()
-                  if t.enabled and t.kind != "cgpu"]
-    cgpu_configured = next((TargetSpec("cgpu", t.settings) for t in config.targets.values() if t.kind == "cgpu"), None)
+                  if t.enabled and not features_of(t.kind).own_fallback_step]
+    cgpu_configured = next((TargetSpec(t.kind, t.settings) for t in config.targets.values()
+                            if features_of(t.kind).own_fallback_step), None)
     if backend is not None:
         explicit = [(f"{backend}", TargetSpec.from_pairs(backend, backend_opts))]
     elif target_name is not None:
@@ -552,10 +554,11 @@ def targets(as_json: bool) -> None:
         _print_error(exc)
         sys.exit(exc.exit_code)
     listed = [Target(name, t.kind, dict(t.settings)) for name, t in config.targets.items()]
-    if config.cgpu_gpu_enabled and not any(t.kind == "cgpu" for t in listed):
-        listed.append(Target("cgpu", "cgpu", {}))
-    # connect through TargetSpec so that tokens come from the environment or token files
-    opener = lambda kind, **settings: TargetSpec(kind, settings).connect()  # noqa: E731
+    if config.cgpu_gpu_enabled:  # a backend switched on by its own setting needs no [targets.NAME] table
+        kinds = {t.kind for t in listed}
+        listed += [Target(k, k, {}) for k in BACKEND_KINDS if features_of(k).own_fallback_step and k not in kinds]
+    # connect through TargetSpec so that tokens come from the settings or token files
+    opener = lambda kind, **settings: TargetSpec(kind, settings).connect(config)  # noqa: E731
     results = [status.to_json() for status in check_targets(listed, opener=opener)]
     if as_json:
         click.echo(json.dumps(results, indent=2))

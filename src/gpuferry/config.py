@@ -12,7 +12,9 @@ from typing import Any, Literal
 from pydantic import BaseModel, Field, ValidationError, field_validator
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
+from gpuferry.backends.registry import BACKEND_KINDS
 from gpuferry.backends.secrets import redact_url, redact_urls, url_secrets
+from gpuferry.data_home import config_path
 from gpuferry.errors import UsageError
 
 #: where each setting is read from the environment (the original names are kept as they were)
@@ -40,18 +42,19 @@ DEFAULT_FALLBACK = ("cgpu", "targets", "local-gpu", "local-cpu", "resample")
 FALLBACK_STAGES = frozenset(DEFAULT_FALLBACK)
 
 
-def config_path() -> Path:
-    """GPUFERRY_CONFIG, default ~/.config/gpuferry/config.toml."""
-    configured = os.environ.get("GPUFERRY_CONFIG")
-    return Path(configured).expanduser() if configured else Path.home() / ".config" / "gpuferry" / "config.toml"
-
-
 class TargetConfig(BaseModel):
     """One named target from the TOML file's ``[targets.NAME]`` table."""
 
-    kind: Literal["ssh", "jupyter", "cgpu", "local"]
+    kind: str
     settings: dict[str, Any] = Field(default_factory=dict)
     enabled: bool = True
+
+    @field_validator("kind")
+    @classmethod
+    def _registered_kind(cls, value: str) -> str:
+        if value not in BACKEND_KINDS:
+            raise ValueError(f"kind must be one of {', '.join(BACKEND_KINDS)}")
+        return value
 
 
 class Settings(BaseSettings):

@@ -46,3 +46,26 @@ def test_jupyter_target_token_not_in_status(jupyter_server) -> None:
 def test_unknown_kind() -> None:
     with pytest.raises(UsageError):
         open_backend("carrier-pigeon")
+
+
+def test_backend_options_are_typed_by_the_backends_settings() -> None:
+    from gpuferry.jobs.targets import TargetSpec
+
+    spec = TargetSpec.from_pairs("ssh", ["host=gpu-box", "port=2222", "accept-new-host-key=yes", "client_keys=a,b"])
+    assert spec.settings == {"host": "gpu-box", "port": 2222, "accept_new_host_key": True, "client_keys": ["a", "b"]}
+    assert TargetSpec.from_pairs("cgpu", ["max_concurrency=3"]).settings == {"max_concurrency": 3}
+    with pytest.raises(UsageError, match="has no setting 'hots'") as unknown:
+        TargetSpec.from_pairs("ssh", ["hots=gpu-box"])
+    assert "host" in unknown.value.hints[0]
+    with pytest.raises(UsageError, match="port='22x' is not a number"):
+        TargetSpec.from_pairs("ssh", ["port=22x"])
+    with pytest.raises(UsageError, match="is not yes or no"):
+        TargetSpec.from_pairs("jupyter", ["verify_tls=maybe"])
+
+
+def test_a_config_file_target_with_an_unknown_setting_is_refused_naming_the_known_ones(tmp_path: Path) -> None:
+    from gpuferry.jobs.targets import TargetSpec
+
+    with pytest.raises(UsageError, match="has no setting 'workdri'") as refused:
+        TargetSpec("local", {"workdri": str(tmp_path)}).connect()
+    assert "workdir" in refused.value.hints[0]

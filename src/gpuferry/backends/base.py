@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import posixpath
+import sys
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
 from types import TracebackType
 from typing import Callable, Mapping, Sequence
 
 from ..errors import RemoteCommandError
+from .features import BackendFeatures
 
 
 @dataclass(frozen=True)
@@ -49,8 +51,18 @@ class Backend(ABC):
     Failures come out as classes of :mod:`gpuferry.errors`.
     """
 
-    #: short name of the backend kind ("local", "ssh", "jupyter", "cgpu")
+    #: short name of the backend kind ("local", "ssh", "jupyter", "cgpu"): for messages and records only;
+    #: what the backend can do is in ``features``
     kind: str = "backend"
+    #: what this backend can do (see backends/registry.py, where each kind declares it)
+    features: BackendFeatures = BackendFeatures()
+
+    @property
+    def far_python(self) -> str:
+        """The python that runs our far-side programs: the target's ``python`` setting, else the kind's default
+        (this interpreter when the far side is this machine)."""
+        configured = getattr(self, "python", None)
+        return str(configured or self.features.default_python or sys.executable)
 
     @property
     @abstractmethod
@@ -86,9 +98,11 @@ class Backend(ABC):
         """
         return self.run(argv, timeout=timeout)
 
-    #: whether ``run_streaming`` hands over output lines as they arrive; when False it hands them over
-    #: only once the command ended, and callers that watch something poll with short commands instead
-    streams_output: bool = False
+    @property
+    def streams_output(self) -> bool:
+        """Whether ``run_streaming`` hands over output lines as they arrive; when False it hands them over
+        only once the command ended, and callers that watch something poll with short commands instead."""
+        return self.features.streams_output
 
     def run_streaming(self, argv: Sequence[str], timeout: float, on_line: Callable[[str], bool]) -> CommandResult:
         """``run_program``, giving each output line (without its newline) to ``on_line`` as it arrives.

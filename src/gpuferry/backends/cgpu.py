@@ -30,10 +30,12 @@ from ..errors import (
 )
 from .base import CommandResult
 from .cgpu_messages import LOGIN_PROMPTS, classify_failure, login_required
-from .cgpu_session import cgpu_session_file
+from .cgpu_session import cgpu_session_file, preflight_checks
 from .cgpu_slots import cgpu_slot, max_concurrency_from_env
+from .features import MIB, BackendFeatures, ChunkShape
 from .framed_commands import FramedCommands, FramedLines
 from .markers import Framing, parse_framed
+from .registry import BackendEntry
 
 
 READ_BLOCK = 1 << 20
@@ -116,6 +118,15 @@ class CgpuBackend(FramedCommands):
     """Runs commands on a Colab runtime through the cgpu CLI."""
 
     kind = "cgpu"
+    #: every cgpu call costs a process, a login and a runtime look-up. Uploads: one copy at a time (a cut
+    #: costs the copy in flight), large chunks, committed 256 MiB per call from the uploading thread.
+    #: Downloads: the agent's base64 lines (a small file whole in one call), two reads at a time so one
+    #: call's start-up and decoding run while the other's bytes are on the link, in chunks small enough
+    #: that two of them (their base64 text, a copy of it, the bytes) stay well inside the client's memory
+    #: bound. Switched on by CGPU_GPU_ENABLED, with a step of its own in the fallback order.
+    features = BackendFeatures(upload=ChunkShape(16 * MIB), download=ChunkShape(8 * MIB, 2),
+                               commit_batch_bytes=256 * MIB, line_based_reads=True, whole_small_downloads=True,
+                               streams_output=True, own_fallback_step=True)
 
     def __init__(self, settings: CgpuSettings | None = None, **options: Any) -> None:
         self.settings = settings or CgpuSettings(**options)
@@ -228,8 +239,6 @@ class CgpuBackend(FramedCommands):
         except (ProcessLookupError, PermissionError):
             pass
         process.wait()
-
-    streams_output = True
 
     def run_streaming(self, argv: Sequence[str], timeout: float, on_line: Callable[[str], bool]) -> CommandResult:
         """cgpu relays a command's output line by line: one call for as long as the command runs. Only for
@@ -361,3 +370,7 @@ class CgpuBackend(FramedCommands):
             exit_code, output = self._cgpu(["copy", local, destination], self.operation_timeout)
         if exit_code != 0 or "Uploaded:" not in output:
             raise self._failure(exit_code, output, "copy", path=shown_path)
+
+
+ENTRY = BackendEntry("cgpu", CgpuSettings, CgpuBackend, CgpuBackend.features,
+                     app_settings={"max_concurrency": "cgpu_max_concurrency"}, preflight=preflight_checks)

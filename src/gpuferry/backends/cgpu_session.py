@@ -1,11 +1,15 @@
-"""Where cgpu 0.1.4 keeps its config file and its session, as its own config.ts decides."""
+"""Where cgpu 0.1.4 keeps its config file and its session, as its own config.ts decides; checked before use."""
 
 from __future__ import annotations
 
 import json
 import os
-from collections.abc import Mapping
+import shutil
+from collections.abc import Iterator, Mapping
 from pathlib import Path
+from typing import Any
+
+from .features import PreflightCheck
 
 
 def cgpu_config_dir(config_dir: str | None = None, env: Mapping[str, str] | None = None) -> Path:
@@ -38,3 +42,34 @@ def cgpu_session_file(config_dir: str | None = None, config_file: str | None = N
     if isinstance(storage, str) and storage:
         return str(Path(storage).expanduser().resolve() / "session.json")
     return str(cgpu_config_dir(config_dir, env) / "state" / "session.json")
+
+
+def preflight_checks(settings: Mapping[str, Any]) -> Iterator[PreflightCheck]:
+    """cgpu installed, its config file and its session present (cgpu 0.1.4 only logs in from a browser)."""
+    executable = settings.get("executable", "cgpu")
+    found = shutil.which(executable)
+    if not found:
+        yield PreflightCheck("installed", "fail", f"{executable!r} is not on PATH", "npm i -g cgpu")
+        return
+    yield PreflightCheck("installed", "pass", found)
+    env = settings.get("process_env") or {}
+    config_dir, config_file = settings.get("config_dir"), settings.get("config_file")
+    credentials = cgpu_config_file(config_dir, config_file, env)
+    if credentials.is_dir():
+        yield PreflightCheck("credentials", "fail", f"{credentials} is a folder; cgpu's -c takes the config FILE",
+                             "set config_file= to the config.json (or config_dir= to its folder)")
+        return
+    if not credentials.is_file():
+        yield PreflightCheck("credentials", "fail", f"{credentials} is missing (cgpu's OAuth client)",
+                             "run `cgpu status` in an interactive terminal: it walks you through creating it")
+        return
+    yield PreflightCheck("credentials", "pass", f"{credentials} present")
+    session = Path(cgpu_session_file(config_dir, config_file, env))
+    if not session.is_file():
+        yield PreflightCheck("session", "fail",
+                             f"no cgpu session at {session} (never logged in, logged out, or a failed token "
+                             "refresh deleted it): cgpu would wait for a browser login",
+                             "log in once from an interactive terminal: `cgpu status` (finish the Google login "
+                             "in the browser)")
+        return
+    yield PreflightCheck("session", "pass", f"{session} present")

@@ -9,6 +9,7 @@ import signal
 import subprocess
 import sys
 import threading
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Mapping, Sequence
 
@@ -16,8 +17,10 @@ import psutil
 
 from ..errors import CommandTimeoutError, RemoteCommandError, RemoteFileError, UsageError
 from .base import Backend, CommandResult, FileStat, GpuInfo
+from .features import MIB, BackendFeatures, ChunkShape
 from .helper_call import local_helper_argv, parse_reply
 from .process_id import ProcessId, from_spawn_reply, started_of
+from .registry import BackendEntry
 from .remote_helper import is_same_process, op_private_dirs
 from .shell_line import check_env_names
 
@@ -28,6 +31,8 @@ class LocalBackend(Backend):
     """Runs on this machine; ``workdir`` is where relative paths and commands start."""
 
     kind = "local"
+    features = BackendFeatures(upload=ChunkShape(32 * MIB), download=ChunkShape(32 * MIB), streams_output=True,
+                               far_is_here=True, default_python=None)
 
     def __init__(self, workdir: str | os.PathLike[str] = ".") -> None:
         self._workdir = str(Path(workdir).resolve())
@@ -74,8 +79,6 @@ class LocalBackend(Backend):
             raise CommandTimeoutError(f"`{argv[0]}` ran past {timeout:g} s", step=self.kind) from None
         code = process.returncode
         return CommandResult(128 - code if code < 0 else code, output.decode("utf-8", "replace"))
-
-    streams_output = True
 
     def run_streaming(self, argv: Sequence[str], timeout: float, on_line: Callable[[str], bool]) -> CommandResult:
         try:
@@ -277,3 +280,13 @@ class LocalBackend(Backend):
             return shutil.disk_usage(absolute).free
         except OSError as error:
             raise self._file_error(error, "free_disk", absolute) from error
+
+
+@dataclass
+class LocalSettings:
+    """Where the far side's files live on this machine."""
+
+    workdir: str = "."
+
+
+ENTRY = BackendEntry("local", LocalSettings, LocalBackend, LocalBackend.features)

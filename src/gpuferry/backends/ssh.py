@@ -20,8 +20,10 @@ from ..errors import (
 )
 from .base import CommandResult, FileStat
 from .event_loop_thread import EventLoopThread
+from .features import MIB, BackendFeatures, ChunkShape
 from .helper_ops import HelperOperations
-from .secrets import Secret
+from .registry import BackendEntry
+from .secrets import Secret, as_secret
 from .shell_line import shell_line
 
 
@@ -124,6 +126,12 @@ class SshBackend(HelperOperations):
     """One ssh connection (with an sftp session) held open until ``close``; opened again after a drop."""
 
     kind = "ssh"
+    #: sftp pipelines requests inside one write, so one chunk at a time fills the link (and a drop cuts at
+    #: most one chunk); far-side commits run beside the next move. Downloads: two chunks at a time, so one
+    #: chunk's hash and write here run while the other's bytes arrive (one at a time left the link idle for
+    #: those: 0.85-0.89 of it against 0.94 at 256 MB)
+    features = BackendFeatures(upload=ChunkShape(32 * MIB), download=ChunkShape(16 * MIB, 2),
+                               background_commits=True, streams_output=True)
 
     def __init__(self, settings: SshSettings | None = None, **options: Any) -> None:
         self.settings = settings or SshSettings(**options)
@@ -305,8 +313,6 @@ class SshBackend(HelperOperations):
         output = completed.stdout or b""
         return CommandResult(exit_code, output.decode("utf-8", "replace"))
 
-    streams_output = True
-
     def run_streaming(self, argv: Sequence[str], timeout: float, on_line: Callable[[str], bool]) -> CommandResult:
         if not argv:
             raise UsageError("empty command")
@@ -485,3 +491,11 @@ class SshBackend(HelperOperations):
 
         self._with_sftp("rename", source, work)
 
+
+def _open_ssh(**settings: Any) -> SshBackend:
+    if "passphrase" in settings:
+        settings["passphrase"] = as_secret(settings["passphrase"])
+    return SshBackend(**settings)
+
+
+ENTRY = BackendEntry("ssh", SshSettings, _open_ssh, SshBackend.features)

@@ -6,35 +6,11 @@ import time
 from dataclasses import dataclass, field
 from typing import Any, Callable, Iterable
 
-from ..errors import GpuferryError, UsageError
+from ..errors import GpuferryError
 from .base import Backend
-from .secrets import as_secret
+from .registry import BACKEND_KINDS, open_backend
 
-BACKEND_KINDS = ("local", "ssh", "jupyter", "cgpu")
-
-
-def open_backend(kind: str, **settings: Any) -> Backend:
-    """A connected backend of ``kind`` ("local", "ssh", "jupyter", "cgpu") built from ``settings``."""
-    if kind == "local":
-        from .local import LocalBackend
-
-        return LocalBackend(**settings)
-    if kind == "ssh":
-        from .ssh import SshBackend
-
-        if "passphrase" in settings:
-            settings["passphrase"] = as_secret(settings["passphrase"])
-        return SshBackend(**settings)
-    if kind == "jupyter":
-        from .jupyter import JupyterBackend
-
-        return JupyterBackend(**settings)
-    if kind == "cgpu":
-        from .cgpu import CgpuBackend
-
-        return CgpuBackend(**settings)
-    raise UsageError(f"unknown backend kind {kind!r} (choose from {', '.join(BACKEND_KINDS)})")
-
+__all__ = ["BACKEND_KINDS", "Target", "TargetStatus", "check_target", "check_targets", "open_backend"]
 
 @dataclass
 class Target:

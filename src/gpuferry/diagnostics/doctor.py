@@ -3,14 +3,13 @@ throughput) and say pass or fail with the fix."""
 
 from __future__ import annotations
 
-import shutil
 import time
 import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass
-from pathlib import Path
 
 from gpuferry.backends.base import Backend
+from gpuferry.backends.registry import BACKEND_KINDS, backend_entry
 from gpuferry.config import Settings
 from gpuferry.errors import GpuferryError, human_size
 from gpuferry.jobs.remote_setup import probe_capabilities
@@ -72,36 +71,15 @@ def local_checks() -> Iterator[Check]:
         yield Check("local", "engine torch", "pass", "PyTorch installed; CUDA driver " + ("present" if cuda else "absent"))
 
 
-def cgpu_checks(spec: TargetSpec) -> Iterator[Check]:
-    """cgpu installed, its config file and its session present (cgpu 0.1.4 only logs in from a browser)."""
-    from gpuferry.backends.cgpu_session import cgpu_config_file, cgpu_session_file
+def preflight_checks(spec: TargetSpec) -> Iterator[Check]:
+    """The checks a backend runs on this machine before connecting (cgpu: installed, credentials, session)."""
+    preflight = backend_entry(spec.kind).preflight
+    for check in preflight(spec.settings) if preflight is not None else ():
+        yield Check(spec.kind, check.name, check.status, check.detail, check.fix)
 
-    executable = spec.settings.get("executable", "cgpu")
-    found = shutil.which(executable)
-    if not found:
-        yield Check("cgpu", "installed", "fail", f"{executable!r} is not on PATH", "npm i -g cgpu")
-        return
-    yield Check("cgpu", "installed", "pass", found)
-    env = spec.settings.get("process_env") or {}
-    config_dir, config_file = spec.settings.get("config_dir"), spec.settings.get("config_file")
-    credentials = cgpu_config_file(config_dir, config_file, env)
-    if credentials.is_dir():
-        yield Check("cgpu", "credentials", "fail", f"{credentials} is a folder; cgpu's -c takes the config FILE",
-                    "set config_file= to the config.json (or config_dir= to its folder)")
-        return
-    if not credentials.is_file():
-        yield Check("cgpu", "credentials", "fail", f"{credentials} is missing (cgpu's OAuth client)",
-                    "run `cgpu status` in an interactive terminal: it walks you through creating it")
-        return
-    yield Check("cgpu", "credentials", "pass", f"{credentials} present")
-    session = Path(cgpu_session_file(config_dir, config_file, env))
-    if not session.is_file():
-        yield Check("cgpu", "session", "fail",
-                    f"no cgpu session at {session} (never logged in, logged out, or a failed token refresh "
-                    "deleted it): cgpu would wait for a browser login",
-                    "log in once from an interactive terminal: `cgpu status` (finish the Google login in the browser)")
-        return
-    yield Check("cgpu", "session", "pass", f"{session} present")
+
+#: the name the cgpu checks had before every backend could declare its own
+cgpu_checks = preflight_checks
 
 
 def target_checks(name: str, spec: TargetSpec,
@@ -131,7 +109,7 @@ def target_checks(name: str, spec: TargetSpec,
         free = backend.free_disk(backend.workdir)
         yield Check(stage, "disk", "pass" if free > 2e9 else "warn", f"{human_size(free)} free in {backend.workdir}",
                     "" if free > 2e9 else "free space on the target: a job holds its input and the segments")
-        python = str(getattr(backend, "python", None) or "python3")
+        python = backend.far_python
         caps = probe_capabilities(backend, python, backend.resolve("."))
         missing = caps.missing_modules()
         yield Check(stage, "python", "pass" if not missing else "warn",
@@ -165,16 +143,22 @@ def run_doctor(settings: Settings, only: str | None = None,
         if only is not None and name != only:
             continue
         spec = TargetSpec(target.kind, target.settings)
-        if target.kind == "cgpu":
-            checks.extend(cgpu_checks(spec))
-            if any(c.status == "fail" for c in checks if c.stage == "cgpu"):
-                continue
+        if not _preflight_passes(spec, checks):
+            continue
         checks.extend(target_checks(name, spec, connect=connect))
-    if settings.cgpu_gpu_enabled and only in (None, "cgpu") and not any(
-        t.kind == "cgpu" for t in settings.targets.values()
-    ):
-        spec = TargetSpec("cgpu", {})
-        checks.extend(cgpu_checks(spec))
-        if not any(c.status == "fail" for c in checks if c.stage == "cgpu"):
-            checks.extend(target_checks("cgpu", spec, connect=connect))
+    if settings.cgpu_gpu_enabled:
+        # the backends switched on by a setting of their own, with no [targets.NAME] table for them
+        configured = {t.kind for t in settings.targets.values()}
+        for k in BACKEND_KINDS:
+            if only in (None, k) and backend_entry(k).features.own_fallback_step and k not in configured:
+                spec = TargetSpec(k, {})
+                if _preflight_passes(spec, checks):
+                    checks.extend(target_checks(k, spec, connect=connect))
     return checks
+
+
+def _preflight_passes(spec: TargetSpec, checks: list[Check]) -> bool:
+    """Run the backend's checks on this machine into ``checks``; whether none failed."""
+    found = list(preflight_checks(spec))
+    checks.extend(found)
+    return not any(c.status == "fail" for c in found)

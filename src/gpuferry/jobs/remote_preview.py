@@ -5,7 +5,6 @@ from __future__ import annotations
 import io
 import json
 import secrets
-import sys
 
 import numpy as np
 from PIL import Image
@@ -39,8 +38,7 @@ def remote_runner(target: TargetSpec, *, engine: str = "auto", device: str = "au
         try:
             make_job_dir(backend, paths)
             code_path = install_worker_code(backend, paths, worker_code(), TransferOptions())
-            interpreter = python or (sys.executable if backend.kind == "local" else
-                                     str(getattr(backend, "python", None) or "python3"))
+            interpreter = python or backend.far_python
             ensure_dependencies(backend, interpreter, code_path, allow_install=False)
             names = []
             for i, frame in enumerate(frames):

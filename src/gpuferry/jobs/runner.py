@@ -15,7 +15,6 @@ from __future__ import annotations
 import logging
 import posixpath
 import signal
-import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -440,11 +439,7 @@ class RemoteJobRunner:
         return remote
 
     def _python(self, backend: Backend) -> str:
-        if self.options.python:
-            return self.options.python
-        if backend.kind == "local":
-            return sys.executable
-        return str(getattr(backend, "python", None) or "python3")
+        return self.options.python or backend.far_python
 
     def _spawn(self, backend: Backend, paths: RemotePaths) -> int:
         assert self._code_path is not None

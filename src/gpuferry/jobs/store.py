@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from gpuferry.backends.secrets import redact_urls
+from gpuferry.data_home import data_home, private_dir
 from gpuferry.errors import JobNotFoundError
 from gpuferry.media.segments import Segment
 
@@ -58,26 +59,11 @@ CREATE INDEX IF NOT EXISTS events_by_job ON events (job_id, time);
 ADDED_COLUMNS = {"jobs": {"input_mtime_ns": "INTEGER"}}
 
 #: the store holds input paths, remote folders and segments of the user's videos: owner only
-PRIVATE_DIR, PRIVATE_FILE = 0o700, 0o600
+PRIVATE_FILE = 0o600
 
 # job states
 PLANNED, RUNNING, DONE, FAILED, CANCELLED = "planned", "running", "done", "failed", "cancelled"
 UNFINISHED = (PLANNED, RUNNING, FAILED)
-
-
-def gpuferry_home() -> Path:
-    """GPUFERRY_HOME, default ~/.local/share/gpuferry; private to its owner (mode 0700)."""
-    configured = os.environ.get("GPUFERRY_HOME")
-    home = Path(configured) if configured else Path.home() / ".local" / "share" / "gpuferry"
-    return private_dir(home)
-
-
-def private_dir(path: Path) -> Path:
-    """``path`` as a folder only its owner can enter (created, or narrowed when it is wider)."""
-    path.mkdir(mode=PRIVATE_DIR, parents=True, exist_ok=True)
-    if path.stat().st_mode & 0o077:
-        path.chmod(PRIVATE_DIR)
-    return path
 
 
 def _private_file(path: Path) -> None:
@@ -129,7 +115,7 @@ class JobStore:
     """A small SQLite database; one connection per store, safe across processes (WAL)."""
 
     def __init__(self, home: Path | None = None) -> None:
-        self.home = home or gpuferry_home()
+        self.home = home or data_home()
         self.path = self.home / "jobs.sqlite3"
         if not self.path.exists():
             # created private: sqlite itself would make it (and its -wal, -shm) 0644 under a usual umask

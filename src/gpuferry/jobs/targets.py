@@ -1,26 +1,27 @@
 """Where a job runs, as stored with the job: backend kind and settings, secrets kept out.
 
 Secrets (a Jupyter token, a key passphrase) are never stored or passed on the command line: they
-come from the environment (GPUFERRY_JUPYTER_TOKEN) or a file named in the settings (token_file).
+come from the settings (GPUFERRY_JUPYTER_TOKEN, or ``jupyter_token`` in the config file) or a file named
+in the target's settings (token_file). What each kind takes, and from which app setting, is its registry
+entry's business (backends/registry.py).
 """
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from gpuferry.backends.base import Backend
+from gpuferry.backends.registry import backend_entry, require_kind
 from gpuferry.backends.secrets import redact_url, split_url_secret, url_secrets
-from gpuferry.backends.targets import BACKEND_KINDS, open_backend
+from gpuferry.data_home import data_home
 from gpuferry.errors import NotAuthenticatedError, UsageError
 
+if TYPE_CHECKING:
+    from gpuferry.config import Settings
+
 SECRET_KEYS = frozenset({"token", "passphrase", "password"})
-_INT_KEYS = frozenset({"port", "upload_chunk_size"})
-_FLOAT_KEYS = frozenset({"call_overhead", "request_timeout", "connect_timeout", "keepalive_interval"})
-_LIST_KEYS = frozenset({"client_keys", "config_files"})
-_BOOL_KEYS = frozenset({"accept_new_host_key", "verify_tls", "new_runtime"})
 
 
 @dataclass(frozen=True)
@@ -31,8 +32,7 @@ class TargetSpec:
     settings: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
-        if self.kind not in BACKEND_KINDS:
-            raise UsageError(f"unknown backend {self.kind!r}; choose one of {', '.join(BACKEND_KINDS)}")
+        require_kind(self.kind)
         leaked = SECRET_KEYS & set(self.settings)
         if leaked:
             raise UsageError(
@@ -44,24 +44,9 @@ class TargetSpec:
 
     @classmethod
     def from_pairs(cls, kind: str, pairs: list[str] | tuple[str, ...]) -> TargetSpec:
-        """Settings from ``KEY=VALUE`` strings (``--target host=gpu-box --target port=2222``)."""
-        settings: dict[str, Any] = {}
-        for pair in pairs:
-            key, sep, value = pair.partition("=")
-            if not sep or not key:
-                raise UsageError(f"--target expects KEY=VALUE, got {pair!r}", step="target")
-            key = key.strip().replace("-", "_")
-            if key in _INT_KEYS:
-                settings[key] = int(value)
-            elif key in _FLOAT_KEYS:
-                settings[key] = float(value)
-            elif key in _LIST_KEYS:
-                settings[key] = [item for item in value.split(",") if item]
-            elif key in _BOOL_KEYS:
-                settings[key] = value.lower() in ("1", "true", "yes", "on")
-            else:
-                settings[key] = value
-        return cls(kind, settings)
+        """Settings from ``KEY=VALUE`` strings (``--backend-opt host=gpu-box --backend-opt port=2222``),
+        each converted to the type the backend's settings declare for it."""
+        return cls(kind, backend_entry(kind).options(pairs))
 
     def to_json(self) -> dict[str, Any]:
         return {"kind": self.kind, "settings": dict(self.settings)}
@@ -70,23 +55,32 @@ class TargetSpec:
     def from_json(cls, data: dict[str, Any]) -> TargetSpec:
         return cls(data["kind"], dict(data.get("settings") or {}))
 
-    def connect(self) -> Backend:
-        """Open the backend, adding secrets from the environment or a token file."""
-        settings = dict(self.settings)
-        token_file = settings.pop("token_file", None)
-        if self.kind == "jupyter":
-            token = os.environ.get("GPUFERRY_JUPYTER_TOKEN")
+    def connect(self, settings: Settings | None = None) -> Backend:
+        """Open the backend: what the target leaves unset comes from ``settings`` (the loaded settings
+        when None): its token (or the target's token_file), and the app settings its entry names."""
+        from gpuferry.config import ENV_NAMES, load_settings
+
+        entry = backend_entry(self.kind)
+        if settings is None:
+            settings = load_settings().settings
+        values = dict(self.settings)
+        token_file = values.pop("token_file", None)
+        if entry.token_setting is not None:
+            token = getattr(settings, entry.token_setting)
             if token_file:
                 token = Path(token_file).expanduser().read_text().strip()
             if not token:
                 raise NotAuthenticatedError(
-                    "no Jupyter token: set GPUFERRY_JUPYTER_TOKEN or token_file=PATH", step="connect"
+                    f"no {self.kind} token: set {ENV_NAMES[entry.token_setting]} ({entry.token_setting} in the "
+                    "config file) or token_file=PATH", step="connect"
                 )
-            settings["token"] = token
-        if self.kind == "local":
-            workdir = Path(settings.setdefault("workdir", str(_default_local_root())))
+            values["token"] = token
+        for key, name in entry.app_settings.items():
+            values.setdefault(key, getattr(settings, name))
+        if entry.features.far_is_here:
+            workdir = Path(values.setdefault("workdir", str(_default_local_root())))
             workdir.mkdir(parents=True, exist_ok=True)
-        return open_backend(self.kind, **settings)
+        return entry.open(**values)
 
 
 def refuse_url_with_secret(url: str, step: str) -> None:
@@ -105,6 +99,4 @@ def refuse_url_with_secret(url: str, step: str) -> None:
 
 
 def _default_local_root() -> Path:
-    from gpuferry.jobs.store import gpuferry_home
-
-    return gpuferry_home() / "local-target"
+    return data_home() / "local-target"

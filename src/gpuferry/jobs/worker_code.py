@@ -18,8 +18,8 @@ from functools import lru_cache
 from pathlib import Path
 
 import gpuferry
+from gpuferry.data_home import data_home, private_dir
 from gpuferry.hashing import file_sha256
-from gpuferry.jobs.store import gpuferry_home, private_dir
 
 _FIXED_TIME = (2020, 1, 1, 0, 0, 0)
 
@@ -58,7 +58,7 @@ def worker_code() -> WorkerCode:
             archive.writestr(info, path.read_bytes())
     data = buffer.getvalue()
     digest = hashlib.sha256(data).hexdigest()
-    target_dir = private_dir(gpuferry_home() / "worker-code")
+    target_dir = private_dir(data_home() / "worker-code")
     code = WorkerCode(path=target_dir / "unused", sha256=digest, version=gpuferry.__version__)
     path = target_dir / code.remote_name
     if not _holds(path, digest):

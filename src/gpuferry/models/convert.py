@@ -13,6 +13,7 @@ from pathlib import Path
 
 import numpy as np
 
+from gpuferry.data_home import data_home
 from gpuferry.errors import BadInputError
 from gpuferry.models.ncnn_format import LayerWeights, NcnnGraph, parse_param, read_weights
 from gpuferry.models.registry import ModelSpec
@@ -39,10 +40,8 @@ class ConvertedWeights:
 
 
 def cache_dir() -> Path:
-    """Where converted weights live: $GPUFERRY_HOME/converted-weights or ~/.cache/gpuferry/converted-weights."""
-    home = os.environ.get("GPUFERRY_HOME")
-    base = Path(home) if home else Path.home() / ".cache" / "gpuferry"
-    return base / CACHE_SUBDIR
+    """Where converted weights live: ``converted-weights`` in the one data folder (data_home.py)."""
+    return data_home() / CACHE_SUBDIR
 
 
 def _structure_error(graph: NcnnGraph, what: str) -> BadInputError:

@@ -18,14 +18,6 @@ from .workers import ChunkWorkers
 
 REPAIR_ROUNDS = 3
 
-#: backends whose reads travel as text through a terminal: read through the agent's base64 lines
-#: (their own read_bytes prints one long line, which line-based relays such as cgpu handle slowly)
-LINE_BASED_KINDS = ("cgpu", "jupyter")
-#: where a small file comes whole through the far-side agent in one call; not Jupyter, whose files inside
-#: its root come over plain HTTP (``read_direct``) and must never cross its terminal
-WHOLE_IN_ONE_CALL_KINDS = ("cgpu",)
-
-
 def download(
     backend: Backend,
     remote_path: str,
@@ -40,7 +32,7 @@ def download(
     side's whole-file sha256, and only then is ``<local_path>.gpuferry-part`` renamed into place.
     """
     local_path = Path(local_path)
-    options = options.for_backend(backend.kind, "download")
+    options = options.for_backend(backend.features, "download")
     assert options.chunk_size is not None and options.parallel is not None
     source = backend.resolve(remote_path)
     probe = TransferSession(backend, options, 0, 0, None)
@@ -75,7 +67,7 @@ def _download_small(probe: TransferSession, source: str, local_path: Path,
     backend, options = probe.backend, probe.options
     assert options.chunk_size is not None
     part = local_path.with_name(local_path.name + PART_SUFFIX)
-    if backend.kind not in WHOLE_IN_ONE_CALL_KINDS or part.exists() or local_path.exists():
+    if not backend.features.whole_small_downloads or part.exists() or local_path.exists():
         return None
     try:
         whole = probe.retrying(lambda: probe.far.read_whole(source, options.chunk_size,
@@ -151,7 +143,7 @@ class ChunkFetcher:
         direct = backend.read_direct(self.source, chunk.offset, chunk.length)
         if direct is not None:
             return direct
-        if backend.kind in LINE_BASED_KINDS:
+        if backend.features.line_based_reads:
             return self.session.far.read_range(self.source, chunk.offset, chunk.length,
                                                self.session.options.far_timeout(chunk.length))
         return backend.read_bytes(self.source, chunk.offset, chunk.length)

@@ -5,7 +5,6 @@ from __future__ import annotations
 import base64
 import hashlib
 import json
-import sys
 import uuid
 from functools import lru_cache
 from pathlib import Path
@@ -24,9 +23,7 @@ def agent_source() -> str:
 
 def far_python(backend: Backend) -> str:
     """The python that runs the agent where ``backend`` runs commands."""
-    if backend.kind == "local":
-        return sys.executable
-    return str(getattr(backend, "python", None) or "python3")
+    return backend.far_python
 
 
 class FarSide:

@@ -38,7 +38,7 @@ def upload(
         info = local_path.stat()
     except OSError as error:
         raise BadInputError(f"cannot read the file to upload: {error.strerror}", path=str(local_path)) from None
-    options = options.for_backend(backend.kind)
+    options = options.for_backend(backend.features)
     assert options.chunk_size is not None and options.parallel is not None
     plan = ChunkPlan(info.st_size, options.chunk_size)
     session = TransferSession(backend, options, info.st_size, plan.count, on_progress)
@@ -79,20 +79,6 @@ def upload(
     return session.finish(whole_sha)
 
 
-#: backends whose stage writes land as ordered pieces (jupyter: 512 KiB contents PUTs, each size-checked),
-#: so a cut leaves a prefix of the chunk that the next try continues from instead of sending it again
-#: (an sftp write is pipelined out of order, so a cut there can leave holes: ssh starts the chunk afresh)
-PIECEWISE_KINDS = ("jupyter",)
-#: backends whose far-side commits run on a thread beside the next chunk's move (cgpu commits in large
-#: batches from the uploading thread instead: each of its calls costs a process and a login)
-BACKGROUND_COMMIT_KINDS = ("ssh", "jupyter")
-#: backends whose calls cost (cgpu: a process, a login, a runtime look-up; jupyter: a Python start beside
-#: a server that is busy decoding): chunks are committed a batch of this many bytes per call, and the
-#: last batch by the call that finishes the upload
-#: (jupyter's batch is small enough that what is left for the finishing call stays a short typed line)
-BATCHED_COMMIT_BYTES = {"cgpu": 256 * 1024 * 1024, "jupyter": 16 * 1024 * 1024}
-
-
 class ChunkSender:
     """Moves one chunk into a staged file; the committer then has the far side check and commit it."""
 
@@ -100,8 +86,8 @@ class ChunkSender:
         self.session = session
         self.names = names
         self.backend = session.backend
-        kind = self.backend.kind
-        self.committer = Committer(session, names, kind in BACKGROUND_COMMIT_KINDS, BATCHED_COMMIT_BYTES.get(kind))
+        features = self.backend.features
+        self.committer = Committer(session, names, features.background_commits, features.commit_batch_bytes)
         #: chunk index -> bytes an interrupted upload left staged, to continue from
         self.partly_staged: dict[int, int] = {}
 
@@ -121,7 +107,7 @@ class ChunkSender:
         entry = self.entry(chunk, sha256)
         stage = str(entry["stage"])
         session = self.session
-        piecewise = self.backend.kind in PIECEWISE_KINDS
+        piecewise = self.backend.features.piecewise_upload
         tries = 0
 
         def attempt() -> None:
@@ -154,7 +140,7 @@ class ChunkSender:
         remember the ones it staged in part, to be continued (piecewise backends)."""
         unverified = {index: size for index, size in staged.items() if index < plan.count and index not in verified}
         candidates = [index for index, size in unverified.items() if size == plan.chunk(index).length]
-        if self.backend.kind in PIECEWISE_KINDS:
+        if self.backend.features.piecewise_upload:
             self.partly_staged = {index: size for index, size in unverified.items()
                                   if 0 < size < plan.chunk(index).length}
         if not candidates:

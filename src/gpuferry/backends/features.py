@@ -1,0 +1,58 @@
+"""What a backend can do, declared once per kind: how bytes move, how commands travel, where the far side is."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+MIB = 1024 * 1024
+
+
+@dataclass(frozen=True)
+class ChunkShape:
+    """The chunk size and how many chunks move at once, for one direction of one backend."""
+
+    chunk_size: int
+    parallel: int = 1
+
+
+@dataclass(frozen=True)
+class BackendFeatures:
+    """A backend's declared abilities. Transfers, jobs, doctor and the CLI ask these, never the kind's name."""
+
+    #: chunk size and parallel chunks for uploads and downloads
+    upload: ChunkShape = ChunkShape(8 * MIB)
+    download: ChunkShape = ChunkShape(8 * MIB)
+    #: stage writes land as ordered, size-checked pieces: a cut leaves a prefix of the chunk that the next
+    #: try continues from (an sftp write is pipelined out of order, so a cut can leave holes: not piecewise)
+    piecewise_upload: bool = False
+    #: far-side commits run on a thread beside the next chunk's move (else from the uploading thread)
+    background_commits: bool = False
+    #: calls cost (a process, a login, a Python start): chunks are committed this many bytes per call,
+    #: the last batch by the call that finishes the upload; None commits each chunk as it lands
+    commit_batch_bytes: int | None = None
+    #: reads travel as text through a terminal or a line relay: read through the transfer agent's base64
+    #: lines (the backend's own read_bytes prints one long line, which such relays handle slowly)
+    line_based_reads: bool = False
+    #: a file under one chunk comes whole through the transfer agent in ONE call (size and sha256 with it)
+    whole_small_downloads: bool = False
+    #: commands are typed as lines into a terminal (each line must fit its input buffer)
+    typed_lines: bool = False
+    #: ``run_streaming`` hands over output lines as they arrive (else only once the command ended)
+    streams_output: bool = False
+    #: the far side is this machine (its python is this interpreter, its work folder is in our data folder)
+    far_is_here: bool = False
+    #: the python the far side runs when the target's settings name none (None: this interpreter)
+    default_python: str | None = "python3"
+    #: switched on by a setting of its own (CGPU_GPU_ENABLED) and tried at its own step of the fallback
+    #: order, before the configured targets; it is then usable without a ``[targets.NAME]`` table
+    own_fallback_step: bool = False
+
+
+@dataclass(frozen=True)
+class PreflightCheck:
+    """One check a backend runs on this machine before connecting (a CLI installed, its login present)."""
+
+    name: str
+    status: str  # pass, warn, fail
+    detail: str
+    fix: str = ""
