@@ -411,7 +411,8 @@ class RemoteJobRunner:
             video_index=int(self.job.settings["video_index"]),
             segments=[record.segment for record in self.store.segments(self.job.id)],
             todo=[segment.index for segment in self._pending()],
-            engine=self.engine_settings,
+            # the far side gets the model file by its shipped name (model_file), never this machine's path
+            engine={k: v for k, v in self.engine_settings.items() if k not in ("model_path", "model_sha256")},
             encode=dict(self.job.settings["encode"]),
             model_file=self._model_file,
             heartbeat_s=self.options.heartbeat_s,
@@ -422,12 +423,15 @@ class RemoteJobRunner:
         backend.rename(paths.in_job(JOB_FILE + ".tmp"), paths.in_job(JOB_FILE))
 
     def _upload_weights_if_needed(self, backend: Backend, paths: RemotePaths) -> str | None:
-        """The far side runs torch (CUDA, or CPU without ncnn): ship converted weights, verified."""
+        """The user's model file (--model-path), checked to be the one planned; or, when the far side
+        runs torch (CUDA, or CPU without ncnn), the converted default weights. Shipped verified."""
+        if self.engine_settings.get("model_path"):
+            return self._upload_model_file(backend, paths)
         caps = self._caps
         assert caps is not None
         engine = self.engine_settings.get("engine", "auto")
         wants_torch = engine == "torch" or (engine == "auto" and (caps.cuda or not caps.ncnn_ready))
-        if not wants_torch or self.engine_settings.get("model_path"):
+        if not wants_torch:
             return None
         from gpuferry.models.convert import converted_weights
         from gpuferry.models.registry import get_model, resolve_scale
@@ -436,6 +440,23 @@ class RemoteJobRunner:
         converted = converted_weights(spec, resolve_scale(spec, int(self.engine_settings["scale"])))
         remote = f"weights-{converted.sha256[:16]}.safetensors"
         upload(backend, converted.cache_path, posixpath.join(paths.job_dir, remote), options=self.options.transfer)
+        return remote
+
+    def _upload_model_file(self, backend: Backend, paths: RemotePaths) -> str:
+        """The job's own model file goes to the far side under its hash; a file changed since the job
+        was planned is refused (the job would run another model than the one asked for)."""
+        local = Path(self.engine_settings["model_path"])
+        planned = self.engine_settings.get("model_sha256")
+        if not local.is_file() or file_sha256(local) != planned:
+            raise BadInputError(
+                "the model file is missing or changed since the job was planned",
+                path=str(local), step="upload model",
+                hints=["Put the planned file back and run `gpuferry resume` again, or",
+                       "start a new job with `gpuferry upscale --model-path ...`."],
+            )
+        remote = f"weights-{str(planned)[:16]}{local.suffix.lower()}"
+        self.emit(make_event("setup", job=self.job.id, step="upload model", path=str(local)))
+        upload(backend, local, posixpath.join(paths.job_dir, remote), options=self.options.transfer)
         return remote
 
     def _python(self, backend: Backend) -> str:
