@@ -88,3 +88,24 @@ def test_the_python_api_follows_the_config_file_and_reports_where_it_ran(env, ti
     assert result.job in [row["id"] for row in gpuferry.list_jobs()]
     image = gpuferry.upscale(picture, engine="resample", on_event=events.append)  # the file's scale = 3
     assert image.place == "local" and image.job is None and (image.width, image.height) == (96, 72)
+
+
+def test_the_request_is_typed_from_the_job_record_to_the_worker():
+    """A job stored by an older version loads as the same typed request; a key this version does not
+    know is refused, not dropped; the worker's job file never holds a path of this machine."""
+    from gpuferry.engines import EngineRequest
+    from gpuferry.errors import UsageError
+    from gpuferry.jobs.plan import request_from_record
+    from gpuferry.media.encode import EncodeOptions
+    from gpuferry.worker.spec import JobSpec
+
+    stored = {"engine": "auto", "model": "realesr-animevideov3", "scale": 2, "device": "auto", "tile": 0}
+    assert request_from_record(stored) == EngineRequest()
+    with pytest.raises(UsageError, match="future_setting"):
+        request_from_record({**stored, "future_setting": 1})
+    request = EngineRequest(engine="torch", scale=4, model_path=Path("/home/me/model.pth"), model_sha256="ab" * 32)
+    spec = JobSpec(input="input.mp4", video_index=0, segments=[], todo=[], engine=request,
+                   encode=EncodeOptions(crf=20), model_file="weights-abab.pth")
+    back = JobSpec.from_json(spec.to_json())
+    assert "/home/me" not in spec.to_json()
+    assert back.engine == EngineRequest(engine="torch", scale=4) and back.encode == EncodeOptions(crf=20)

@@ -212,7 +212,8 @@ def run_file(
     says where it ran (``place``, and ``job`` for a job); the ``finished`` event follows."""
     remote = remote or RemoteOptions()
     encode = encode or EncodeOptions()
-    stages, passed = chain, []
+    stages: list[Stage] = chain
+    passed: list[PassedOver] = []
     if probe(source).video is None:
         stages, passed = image_stages(chain, request)
         for item in passed:

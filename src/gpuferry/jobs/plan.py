@@ -3,13 +3,13 @@ unfinished job with the same input, settings and target, to resume it)."""
 
 from __future__ import annotations
 
-from dataclasses import asdict
+from dataclasses import asdict, fields
 from pathlib import Path
 from typing import Any
 
 from gpuferry.engines import EngineRequest
 from gpuferry.engines.base import check_size
-from gpuferry.errors import BadInputError
+from gpuferry.errors import BadInputError, UsageError
 from gpuferry.hashing import file_sha256
 from gpuferry.jobs.store import JobRecord, JobStore
 from gpuferry.media.colour import check_sdr
@@ -88,3 +88,25 @@ def engine_record(request: EngineRequest) -> dict[str, Any]:
         record["model_path"] = str(model_file)
         record["model_sha256"] = file_sha256(model_file)
     return record
+
+
+def request_from_record(record: dict[str, Any]) -> EngineRequest:
+    """The typed request of a stored job (older records hold a subset of these keys and load as they
+    are); a key this version does not know is refused, never dropped."""
+    known = {item.name for item in fields(EngineRequest)}
+    unknown = sorted(set(record) - known)
+    if unknown:
+        raise UsageError(
+            f"the job's stored engine settings hold {', '.join(unknown)}, unknown to this gpuferry version",
+            step="resume", hints=["Resume it with the gpuferry version that started it, or",
+                                  "start it again with `gpuferry upscale`."],
+        )
+    values = {key: value for key, value in record.items() if value is not None}
+    if "model_path" in values:
+        values["model_path"] = Path(values["model_path"])
+    return EngineRequest(**values)
+
+
+def encode_from_record(record: dict[str, Any]) -> EncodeOptions:
+    """The typed encoding of a stored job."""
+    return EncodeOptions(**record)
