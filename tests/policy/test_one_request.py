@@ -71,6 +71,24 @@ def test_a_model_file_runs_on_the_far_side_shipped_and_verified(cli, env, tiny_c
     assert probe(tmp_path / "in_x4.mp4").video.width == 128
 
 
+def test_a_model_file_falls_back_to_torch_on_this_machine(env, tiny_clip, tmp_path, monkeypatch):
+    """The chain's CPU stage is ncnn, which cannot load a user's file: the file runs on torch here
+    rather than the stage failing (or the default model running instead)."""
+    from safetensors.numpy import save_file
+
+    from gpuferry.api import upscale_with_fallback
+    from gpuferry.jobs.fallback import LocalEngine, build_chain
+    from gpuferry.models.convert import converted_weights
+    from gpuferry.models.registry import get_model
+
+    monkeypatch.setenv("GPUFERRY_HOME", env["GPUFERRY_HOME"])
+    weights = tmp_path / "mine.safetensors"
+    save_file(converted_weights(get_model("realesr-animevideov3"), 2).state_dict, str(weights))
+    chain = build_chain(("local-cpu",), cgpu_enabled=False, cgpu_target=None, targets=[], engine=LocalEngine())
+    result = upscale_with_fallback(tiny_clip, tmp_path / "out.mp4", chain=chain, model_path=weights)
+    assert "torch" in result.engine and "mine.safetensors" in result.engine and result.place == "local-cpu"
+
+
 def test_the_python_api_follows_the_config_file_and_reports_where_it_ran(env, tiny_clip, picture, monkeypatch):
     """gpuferry.upscale(path) with a target in the config file runs there as a job, like the CLI;
     keywords override settings; the callback gets the CLI's --json events; jobs are listed."""

@@ -170,6 +170,8 @@ class FileChain:
         return run_job(self.store, job, self.remote, self.emit, self.overwrite)
 
     def _here(self, attempt: Attempt, engine: LocalEngine) -> FileResult:
+        if self.request.model_path is not None and engine.engine == "ncnn":
+            engine = LocalEngine("torch", engine.device)  # a model file loads into torch only
         request = replace(self.request, engine=engine.engine, device=engine.device)
         previous = attempt.previous_job
         if previous and any(r.state == "verified" for r in self.store.segments(previous)):
