@@ -213,7 +213,7 @@ def upscale(
 
         if folder is not None:
             places = {"places": [stage.name for stage in chain], "engine": engine,
-                      "model_path": str(model_path) if model_path else None}
+                      **({"model_path": str(model_path)} if model_path else {})}  # batches before keep their identity
             sys.exit(_run_folder(folder, output, globs, config, encode, places, run_chain_for, overwrite, view, sink))
         sys.exit(_each_input(targets, run_chain_for, view, as_json, sink))
     upscaler = Upscaler(
