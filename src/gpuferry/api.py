@@ -6,11 +6,11 @@ import logging
 import os
 import threading
 from collections.abc import Iterable
-from dataclasses import asdict
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from gpuferry.config import load_settings
+from gpuferry.config import Settings, load_settings
 from gpuferry.engines import EngineChoice, EngineRequest, create_engine
 from gpuferry.engines.base import check_size
 from gpuferry.errors import (
@@ -133,6 +133,32 @@ class Upscaler:
         self.close()
 
 
+@dataclass(frozen=True)
+class _Configured:
+    """The settings as the CLI would use them, with this call's keywords over them, and the chain."""
+
+    config: Settings
+    chain: list[Stage]
+    encode: EncodeOptions
+
+
+def _configured(source: object, *, scale: int | None, model: str | None, engine: str, device: str | None,
+                tile: int | None, crf: int | None, preset: str, codec: str | None, pix_fmt: str | None,
+                backend: str | None, backend_opts: Iterable[str], target: str | None, strict: bool | None,
+                on_event: EventSink) -> _Configured:
+    try:
+        config = load_settings({"scale": scale, "model": model, "device": device, "crf": crf, "tile": tile,
+                                "strict": strict}).settings
+        if not config.upscale:
+            raise UsageError("upscaling is turned off (UPSCALE=false)", step="config")
+        chain = places_from_settings(config, backend=backend, backend_opts=tuple(backend_opts), target_name=target,
+                                     engine=LocalEngine(engine, config.device))
+    except GpuferryError as exc:
+        on_event(make_event("failed", input=str(source), error=exc.to_json()))
+        raise
+    return _Configured(config, chain, EncodeOptions(codec=codec, crf=config.crf, preset=preset, pix_fmt=pix_fmt))
+
+
 def upscale(
     source: PathLike,
     output: PathLike | None = None,
@@ -161,24 +187,17 @@ def upscale(
     given here overriding its setting. With a cloud GPU or targets configured (or ``backend``/``target``)
     the work runs through the fallback chain as a resumable job; else in this process. The result says
     where it ran (``place``, ``job``); ``on_event`` gets the same events as the CLI's ``--json``."""
-    try:
-        config = load_settings({"scale": scale, "model": model, "device": device, "crf": crf, "tile": tile,
-                                "strict": strict}).settings
-        if not config.upscale:
-            raise UsageError("upscaling is turned off (UPSCALE=false)", step="config")
-        chain = places_from_settings(config, backend=backend, backend_opts=tuple(backend_opts), target_name=target,
-                                     engine=LocalEngine(engine, config.device))
-    except GpuferryError as exc:
-        on_event(make_event("failed", input=str(source), error=exc.to_json()))
-        raise
-    encode = EncodeOptions(codec=codec, crf=config.crf, preset=preset, pix_fmt=pix_fmt)
-    if not chain:
+    setup = _configured(source, scale=scale, model=model, engine=engine, device=device, tile=tile, crf=crf,
+                        preset=preset, codec=codec, pix_fmt=pix_fmt, backend=backend, backend_opts=backend_opts,
+                        target=target, strict=strict, on_event=on_event)
+    config = setup.config
+    if not setup.chain:
         with Upscaler(scale=config.scale, model=config.model, engine=engine, device=config.device, tile=config.tile,
-                      threads=threads, model_path=model_path, encode=encode, on_event=on_event) as upscaler:
+                      threads=threads, model_path=model_path, encode=setup.encode, on_event=on_event) as upscaler:
             return upscaler.upscale(source, output, overwrite=overwrite)
-    return upscale_with_fallback(source, output, chain=chain, remote=remote or remote_options(config),
+    return upscale_with_fallback(source, output, chain=setup.chain, remote=remote or remote_options(config),
                                  scale=config.scale, model=config.model, model_path=model_path, engine=engine,
-                                 device=config.device, tile=config.tile, threads=threads, encode=encode,
+                                 device=config.device, tile=config.tile, threads=threads, encode=setup.encode,
                                  overwrite=overwrite, strict=config.strict, on_event=on_event)
 
 
@@ -380,20 +399,48 @@ def upscale_folder(
     output_dir: PathLike | None = None,
     *,
     globs: tuple[str, ...] = (),
-    scale: int = 2,
-    model: str = DEFAULT_MODEL,
+    scale: int | None = None,
+    model: str | None = None,
+    model_path: PathLike | None = None,
     engine: str = "auto",
-    device: str = "auto",
-    encode: EncodeOptions = EncodeOptions(),
+    device: str | None = None,
+    tile: int | None = None,
+    threads: int | None = None,
+    crf: int | None = None,
+    preset: str = "medium",
+    codec: str | None = None,
+    pix_fmt: str | None = None,
+    backend: str | None = None,
+    backend_opts: Iterable[str] = (),
+    target: str | None = None,
+    strict: bool | None = None,
+    remote: RemoteOptions | None = None,
     overwrite: bool = False,
     on_event: EventSink = ignore,
 ) -> BatchReport:
-    """Upscale a folder here, one engine for all files; run it again to resume after a crash."""
-    settings = {"scale": scale, "model": model, "engine": engine, "device": device, "encode": asdict(encode)}
-    with Upscaler(scale=scale, model=model, engine=engine, device=device, encode=encode,
-                  on_event=on_event) as upscaler:
+    """Upscale a folder as ``gpuferry upscale FOLDER`` does with the same settings (see ``upscale``):
+    one engine here for every file, or each file through the fallback chain. Run it again to resume."""
+    setup = _configured(folder, scale=scale, model=model, engine=engine, device=device, tile=tile, crf=crf,
+                        preset=preset, codec=codec, pix_fmt=pix_fmt, backend=backend, backend_opts=backend_opts,
+                        target=target, strict=strict, on_event=on_event)
+    config, encode = setup.config, setup.encode
+    settings: dict[str, Any] = {"scale": config.scale, "model": config.model, "encode": asdict(encode),
+                                "engine": engine}
+    if model_path is not None:
+        settings["model_path"] = str(model_path)
+    if setup.chain:
+        settings["places"] = [stage.name for stage in setup.chain]
+        options = remote or remote_options(config)
+        return run_folder(folder, output_dir, run_one=lambda s, t: upscale_with_fallback(
+            s, t, chain=setup.chain, remote=options, scale=config.scale, model=config.model, model_path=model_path,
+            engine=engine, device=config.device, tile=config.tile, threads=threads, encode=encode,
+            overwrite=overwrite, strict=config.strict, on_event=on_event),
+            scale=config.scale, settings=settings, globs=globs, overwrite=overwrite, on_event=on_event)
+    settings["device"] = config.device
+    with Upscaler(scale=config.scale, model=config.model, engine=engine, device=config.device, tile=config.tile,
+                  threads=threads, model_path=model_path, encode=encode, on_event=on_event) as upscaler:
         return run_folder(folder, output_dir, run_one=lambda s, t: upscaler.upscale(s, t, overwrite=overwrite),
-                          scale=scale, settings=settings, globs=globs, overwrite=overwrite, on_event=on_event)
+                          scale=config.scale, settings=settings, globs=globs, overwrite=overwrite, on_event=on_event)
 
 
 def list_batches(limit: int = 50) -> list[dict[str, Any]]:

@@ -127,3 +127,23 @@ def test_the_request_is_typed_from_the_job_record_to_the_worker():
     back = JobSpec.from_json(spec.to_json())
     assert "/home/me" not in spec.to_json()
     assert back.engine == EngineRequest(engine="torch", scale=4) and back.encode == EncodeOptions(crf=20)
+
+
+def test_a_folder_from_python_follows_the_config_file_too(env, tiny_clip, picture, tmp_path, monkeypatch):
+    """gpuferry.upscale_folder with a target configured: the video runs there as a job, the picture
+    here with the reason; the batch table counts both done."""
+    for key in [k for k in list(os.environ) if k.startswith(("CGPU_", "UPSCALE", "USE_GPU"))]:
+        monkeypatch.delenv(key)
+    monkeypatch.setenv("GPUFERRY_HOME", env["GPUFERRY_HOME"])
+    monkeypatch.setenv("GPUFERRY_CONFIG", env["GPUFERRY_CONFIG"])
+    write_config(Path(env["GPUFERRY_CONFIG"]), {"box": {"kind": "local"}}, poll_interval=0.25)
+    folder = tmp_path / "folder"
+    folder.mkdir()
+    tiny_clip.rename(folder / "clip.mp4")
+    picture.rename(folder / "pic.png")
+    events: list[dict] = []
+    report = gpuferry.upscale_folder(folder, engine="resample", on_event=events.append)
+    assert report.count("done") == 2 and report.count("failed") == 0
+    finished = {Path(e["input"]).name: e["place"] for e in events if e["event"] == "finished"}
+    assert finished == {"clip.mp4": "target box", "pic.png": "local"}
+    assert probe(tmp_path / "folder_x2" / "clip_x2.mp4").video.width == 64
