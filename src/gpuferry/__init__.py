@@ -11,13 +11,16 @@ except PackageNotFoundError:  # pragma: no cover - running from a source tree wi
 
 __all__ = ["__version__"]
 
-__all__ += ["UpscaleResult", "Upscaler", "upscale", "upscale_on_target", "resume_job", "preview"]
+#: the public API (gpuferry.api), imported on first use
+API = ("Upscaler", "UpscaleResult", "upscale", "upscale_on_target", "upscale_with_fallback", "upscale_folder",
+       "resume_job", "cancel_job", "list_jobs", "clean_jobs", "preview", "plan")
+__all__ += list(API)
 
 
 def __getattr__(name: str) -> object:
     """The API is imported on first use: the remote worker imports this package too, and must not
     pull in the client's dependencies (ssh, http) that a GPU host may lack."""
-    if name in ("Upscaler", "UpscaleResult", "upscale", "upscale_on_target", "resume_job", "preview"):
+    if name in API:
         from gpuferry import api
 
         return getattr(api, name)

@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import logging
 import os
-import sqlite3
 import threading
 from collections.abc import Iterable
-from dataclasses import asdict
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+from gpuferry.config import Settings, load_settings
 from gpuferry.engines import EngineChoice, EngineRequest, create_engine
 from gpuferry.engines.base import check_size
 from gpuferry.errors import (
@@ -24,17 +24,24 @@ from gpuferry.errors import (
 )
 from gpuferry.jobs.cleanup import remove_job_leftovers
 from gpuferry.jobs.batch import BatchReport, RunOne, run_batch
-from gpuferry.jobs.estimate import JobPlan, LinkProbe, check_estimate, make_plan
-from gpuferry.jobs.fallback import Stage, adopt_segments, run_chain
-from gpuferry.jobs.plan import plan_job
-from gpuferry.jobs.runner import RemoteJobRunner, RemoteOptions
-from gpuferry.jobs.store import CANCELLED, DONE, FAILED, BatchRecords, JobRecord, JobStore
+from gpuferry.jobs.chain import (
+    check_estimate_quietly,
+    places_from_settings,
+    remote_options,
+    run_file,
+    run_here,
+    run_job,
+)
+from gpuferry.jobs.estimate import JobPlan, LinkProbe, make_plan
+from gpuferry.jobs.fallback import LocalEngine, Stage
+from gpuferry.jobs.runner import RemoteOptions
+from gpuferry.jobs.store import CANCELLED, DONE, FAILED, BatchRecords, JobStore
 from gpuferry.jobs.targets import TargetSpec
 from gpuferry.events import EventSink, ignore, make_event
 from gpuferry.media.encode import EncodeOptions
 from gpuferry.media.probe import probe
 from gpuferry.models.registry import DEFAULT_MODEL, get_model
-from gpuferry.pipeline.files import FileResult, upscale_file
+from gpuferry.pipeline.files import FileResult
 from gpuferry.pipeline.outputs import check_output, default_output
 from gpuferry.pipeline.preview import PreviewResult, local_runner, make_preview
 
@@ -101,23 +108,12 @@ class Upscaler:
         try:
             info = probe(source_path)  # bad input is reported before any engine is built
             check_size(*info.size, path=str(source_path))
-            preflight = self.choice.engine.prepare(*info.size)  # refuse before decoding anything
-            if preflight is not None:
-                self.emit(make_event("preflight", input=str(source_path), report=_preflight_fields(preflight)))
-            result = upscale_file(
-                source_path,
-                output_path,
-                self.choice.engine,
-                encode=self.encode,
-                overwrite=overwrite,
-                emit=self.emit,
-                cancel=cancel,
-                info=info,
-            )
+            result = run_here(source_path, output_path, self.choice.engine, encode=self.encode, overwrite=overwrite,
+                              emit=self.emit, cancel=cancel, info=info)
         except GpuferryError as exc:
             self.emit(make_event("failed", input=str(source_path), error=exc.to_json()))
             raise
-        _check_estimate(source_path, "here", result, self.emit)
+        check_estimate_quietly(source_path, "here", result, self.emit)
         self.emit(make_event("finished", **result.to_json()))
         return result
 
@@ -137,54 +133,75 @@ class Upscaler:
         self.close()
 
 
-def _check_estimate(source: Path, place: str, result: UpscaleResult, emit: EventSink, job_id: str | None = None) -> None:
-    """A plan made for this input and place learns the real time (and the user sees how close it was).
-    The output is already in place: a job store that cannot be written costs only the learning."""
+@dataclass(frozen=True)
+class _Configured:
+    """The settings as the CLI would use them, with this call's keywords over them, and the chain."""
+
+    config: Settings
+    chain: list[Stage]
+    encode: EncodeOptions
+
+
+def _configured(source: object, *, scale: int | None, model: str | None, engine: str, device: str | None,
+                tile: int | None, crf: int | None, preset: str, codec: str | None, pix_fmt: str | None,
+                backend: str | None, backend_opts: Iterable[str], target: str | None, strict: bool | None,
+                on_event: EventSink) -> _Configured:
     try:
-        store = JobStore()
-        try:
-            checked = check_estimate(store, source, place, result.engine, result.seconds, frames=result.frames,
-                                     pixels=result.width * result.height, job_id=job_id)
-        finally:
-            store.close()
-    except (sqlite3.Error, OSError) as exc:
-        log.debug("estimate not checked: %s", exc)
-        return
-    if checked is not None:
-        emit(make_event("estimate_checked", input=str(source), place=place, **checked))
-
-
-def _preflight_fields(report: object) -> object:
-    to_dict = getattr(report, "to_dict", None)
-    return to_dict() if to_dict else str(report)
+        config = load_settings({"scale": scale, "model": model, "device": device, "crf": crf, "tile": tile,
+                                "strict": strict}).settings
+        if not config.upscale:
+            raise UsageError("upscaling is turned off (UPSCALE=false)", step="config")
+        chain = places_from_settings(config, backend=backend, backend_opts=tuple(backend_opts), target_name=target,
+                                     engine=LocalEngine(engine, config.device))
+    except GpuferryError as exc:
+        on_event(make_event("failed", input=str(source), error=exc.to_json()))
+        raise
+    return _Configured(config, chain, EncodeOptions(codec=codec, crf=config.crf, preset=preset, pix_fmt=pix_fmt))
 
 
 def upscale(
     source: PathLike,
     output: PathLike | None = None,
     *,
-    scale: int = 2,
-    model: str = DEFAULT_MODEL,
+    scale: int | None = None,
+    model: str | None = None,
+    model_path: PathLike | None = None,
     engine: str = "auto",
-    device: str = "auto",
-    crf: int = 18,
+    device: str | None = None,
+    tile: int | None = None,
+    threads: int | None = None,
+    crf: int | None = None,
     preset: str = "medium",
     codec: str | None = None,
     pix_fmt: str | None = None,
+    backend: str | None = None,
+    backend_opts: Iterable[str] = (),
+    target: str | None = None,
+    strict: bool | None = None,
+    remote: RemoteOptions | None = None,
     overwrite: bool = False,
     on_event: EventSink = ignore,
 ) -> UpscaleResult:
-    """Upscale one video or image and return where the result is, its frames, seconds and engine."""
-    encode = EncodeOptions(codec=codec, crf=crf, preset=preset, pix_fmt=pix_fmt)
-    with Upscaler(scale=scale, model=model, engine=engine, device=device, encode=encode, on_event=on_event) as upscaler:
-        return upscaler.upscale(source, output, overwrite=overwrite)
+    """Upscale one video or image as ``gpuferry upscale`` does with the same settings: the environment
+    and the config file (CGPU_GPU_ENABLED, [targets.NAME], GPUFERRY_FALLBACK, UPSCALE_*), each keyword
+    given here overriding its setting. With a cloud GPU or targets configured (or ``backend``/``target``)
+    the work runs through the fallback chain as a resumable job; else in this process. The result says
+    where it ran (``place``, ``job``); ``on_event`` gets the same events as the CLI's ``--json``."""
+    setup = _configured(source, scale=scale, model=model, engine=engine, device=device, tile=tile, crf=crf,
+                        preset=preset, codec=codec, pix_fmt=pix_fmt, backend=backend, backend_opts=backend_opts,
+                        target=target, strict=strict, on_event=on_event)
+    config = setup.config
+    if not setup.chain:
+        with Upscaler(scale=config.scale, model=config.model, engine=engine, device=config.device, tile=config.tile,
+                      threads=threads, model_path=model_path, encode=setup.encode, on_event=on_event) as upscaler:
+            return upscaler.upscale(source, output, overwrite=overwrite)
+    return upscale_with_fallback(source, output, chain=setup.chain, remote=remote or remote_options(config),
+                                 scale=config.scale, model=config.model, model_path=model_path, engine=engine,
+                                 device=config.device, tile=config.tile, threads=threads, encode=setup.encode,
+                                 overwrite=overwrite, strict=config.strict, on_event=on_event)
 
 
 # --- remote jobs ----------------------------------------------------------------------------------
-
-
-def _remote_options(target: dict[str, Any]) -> RemoteOptions:
-    return RemoteOptions(**(target.get("remote") or {}))
 
 
 def upscale_on_target(
@@ -227,19 +244,6 @@ def _name_the_input(error: GpuferryError, source: Path) -> None:
         error.args = (error.one_line(),)
 
 
-def _stored_remote(remote: RemoteOptions) -> dict[str, Any]:
-    data = asdict(remote)
-    data.pop("transfer", None)
-    return data
-
-
-def _run_job(store: JobStore, job: JobRecord, on_event: EventSink, overwrite: bool) -> UpscaleResult:
-    target = TargetSpec.from_json(job.target)
-    runner = RemoteJobRunner(store, job, target.connect, _remote_options(job.target), emit=on_event)
-    result = runner.run(overwrite=overwrite)
-    on_event(make_event("finished", job=job.id, **result.to_json()))
-    return result
-
 
 def resume_job(job_id: str, *, overwrite: bool = False, on_event: EventSink = ignore) -> UpscaleResult:
     """Continue a job after a client crash (Ctrl-C, kill -9, reboot); verified segments are kept."""
@@ -249,7 +253,10 @@ def resume_job(job_id: str, *, overwrite: bool = False, on_event: EventSink = ig
         if job.state == CANCELLED:
             raise UsageError(f"job {job_id} was cancelled; start it again with `gpuferry upscale`", step="resume")
         on_event(make_event("job", job=job.id, resumed=True, target=job.target.get("kind")))
-        return _run_job(store, job, on_event, overwrite)
+        result = run_job(store, job, RemoteOptions(**(job.target.get("remote") or {})), on_event, overwrite)
+        result.place, result.job = str(job.target.get("kind")), job.id
+        on_event(make_event("finished", **result.to_json()))
+        return result
     except GpuferryError as exc:
         on_event(make_event("failed", job=job_id, error=exc.to_json()))
         raise
@@ -309,6 +316,7 @@ def upscale_with_fallback(
     remote: RemoteOptions | None = None,
     scale: int = 2,
     model: str = DEFAULT_MODEL,
+    model_path: PathLike | None = None,
     engine: str = "auto",
     device: str = "auto",
     tile: int = 0,
@@ -319,54 +327,21 @@ def upscale_with_fallback(
     on_event: EventSink = ignore,
 ) -> UpscaleResult:
     """Upscale on the first place of ``chain`` that works; segments verified on a failed place are
-    reused by the next. ``strict`` fails with the first place's error instead."""
-    remote = remote or RemoteOptions()
+    reused by the next. ``strict`` fails with the first place's error instead. A ``model_path`` is
+    shipped to a remote place (verified by its sha256) and used there."""
     source_path = Path(source)
     output_path = Path(output) if output is not None else default_output(source_path, scale)
-    store = JobStore()
-
-    def run_remote(stage: Stage, previous_job: str | None, engine_overrides: dict[str, Any] | None = None):
-        assert stage.target is not None
-        settings = {"engine": engine, "model": model, "scale": scale, "device": device, "tile": tile,
-                    **(engine_overrides or {})}
-        job, resumed = plan_job(store, source_path, output_path, engine=settings, encode=asdict(encode),
-                                segment_seconds=remote.segment_seconds,
-                                target={**stage.target.to_json(), "remote": _stored_remote(remote)})
-        adopted = adopt_segments(store, previous_job, job.id) if previous_job and previous_job != job.id else 0
-        on_event(make_event("job", job=job.id, resumed=resumed, target=stage.name, adopted_segments=adopted,
-                            segments=len(store.segments(job.id))))
-        try:
-            return _run_job(store, job, on_event, overwrite), job.id
-        except GpuferryError as exc:
-            exc.job_id = job.id  # type: ignore[attr-defined]  # its verified segments go to the next place
-            raise
-
-    def run_local(stage: Stage, engine_settings: dict[str, Any], previous_job: str | None) -> UpscaleResult:
-        verified = previous_job and any(r.state == "verified" for r in store.segments(previous_job))
-        if verified:
-            # this machine: find out in-process whether the engine exists before starting a worker
-            create_engine(EngineRequest(engine=engine_settings["engine"], device=engine_settings["device"],
-                                        model=model, scale=scale)).engine.close()
-            local_stage = Stage(stage.name, TargetSpec("local", {}))
-            return run_remote(local_stage, previous_job, engine_settings)[0]
-        with Upscaler(scale=scale, model=model, engine=engine_settings["engine"], device=engine_settings["device"],
-                      tile=tile, threads=threads, encode=encode, on_event=on_event) as upscaler:
-            return upscaler.upscale(source_path, output_path, overwrite=overwrite)
-
+    request = EngineRequest(engine=engine, model=model, scale=scale, device=device, tile=tile, threads=threads,
+                            model_path=Path(model_path) if model_path is not None else None)
     try:
         get_model(model)
         check_output(source_path.resolve(), output_path.resolve(), overwrite)
-        outcome = run_chain(chain, run_remote=run_remote, run_local=run_local, strict=strict, emit=on_event)
+        outcome = run_file(source_path, output_path, chain=chain, request=request, encode=encode, remote=remote,
+                           overwrite=overwrite, strict=strict, emit=on_event)
     except GpuferryError as exc:
         _name_the_input(exc, source_path)
         on_event(make_event("failed", input=str(source_path), error=exc.to_json()))
         raise
-    finally:
-        store.close()
-    outcome.result.warnings.extend(
-        f"{item['stage']} passed over ({item['kind']}): {item['reason']}" for item in outcome.passed_over
-    )
-    _check_estimate(source_path, outcome.stage, outcome.result, on_event)
     return outcome.result
 
 
@@ -424,20 +399,48 @@ def upscale_folder(
     output_dir: PathLike | None = None,
     *,
     globs: tuple[str, ...] = (),
-    scale: int = 2,
-    model: str = DEFAULT_MODEL,
+    scale: int | None = None,
+    model: str | None = None,
+    model_path: PathLike | None = None,
     engine: str = "auto",
-    device: str = "auto",
-    encode: EncodeOptions = EncodeOptions(),
+    device: str | None = None,
+    tile: int | None = None,
+    threads: int | None = None,
+    crf: int | None = None,
+    preset: str = "medium",
+    codec: str | None = None,
+    pix_fmt: str | None = None,
+    backend: str | None = None,
+    backend_opts: Iterable[str] = (),
+    target: str | None = None,
+    strict: bool | None = None,
+    remote: RemoteOptions | None = None,
     overwrite: bool = False,
     on_event: EventSink = ignore,
 ) -> BatchReport:
-    """Upscale a folder here, one engine for all files; run it again to resume after a crash."""
-    settings = {"scale": scale, "model": model, "engine": engine, "device": device, "encode": asdict(encode)}
-    with Upscaler(scale=scale, model=model, engine=engine, device=device, encode=encode,
-                  on_event=on_event) as upscaler:
+    """Upscale a folder as ``gpuferry upscale FOLDER`` does with the same settings (see ``upscale``):
+    one engine here for every file, or each file through the fallback chain. Run it again to resume."""
+    setup = _configured(folder, scale=scale, model=model, engine=engine, device=device, tile=tile, crf=crf,
+                        preset=preset, codec=codec, pix_fmt=pix_fmt, backend=backend, backend_opts=backend_opts,
+                        target=target, strict=strict, on_event=on_event)
+    config, encode = setup.config, setup.encode
+    settings: dict[str, Any] = {"scale": config.scale, "model": config.model, "encode": asdict(encode),
+                                "engine": engine}
+    if model_path is not None:
+        settings["model_path"] = str(model_path)
+    if setup.chain:
+        settings["places"] = [stage.name for stage in setup.chain]
+        options = remote or remote_options(config)
+        return run_folder(folder, output_dir, run_one=lambda s, t: upscale_with_fallback(
+            s, t, chain=setup.chain, remote=options, scale=config.scale, model=config.model, model_path=model_path,
+            engine=engine, device=config.device, tile=config.tile, threads=threads, encode=encode,
+            overwrite=overwrite, strict=config.strict, on_event=on_event),
+            scale=config.scale, settings=settings, globs=globs, overwrite=overwrite, on_event=on_event)
+    settings["device"] = config.device
+    with Upscaler(scale=config.scale, model=config.model, engine=engine, device=config.device, tile=config.tile,
+                  threads=threads, model_path=model_path, encode=encode, on_event=on_event) as upscaler:
         return run_folder(folder, output_dir, run_one=lambda s, t: upscaler.upscale(s, t, overwrite=overwrite),
-                          scale=scale, settings=settings, globs=globs, overwrite=overwrite, on_event=on_event)
+                          scale=config.scale, settings=settings, globs=globs, overwrite=overwrite, on_event=on_event)
 
 
 def list_batches(limit: int = 50) -> list[dict[str, Any]]:

@@ -25,10 +25,10 @@ from gpuferry.api import (
     upscale_with_fallback,
 )
 from gpuferry.config import Settings, load_settings
-from gpuferry.jobs.fallback import Stage, build_chain
+from gpuferry.jobs.chain import places_from_settings, remote_options
+from gpuferry.jobs.fallback import LocalEngine, Stage
 from gpuferry.backends.registry import BACKEND_KINDS, features_of
 from gpuferry.backends.targets import Target, check_targets
-from gpuferry.jobs.runner import RemoteOptions
 from gpuferry.jobs.targets import TargetSpec
 from gpuferry.engines.select import DEVICE_NAMES, ENGINE_NAMES
 from gpuferry.errors import CancelledError, EngineUnavailableError, GpuferryError, UsageError
@@ -203,26 +203,18 @@ def upscale(
         sys.exit(_print_plans([source for source, _ in targets], chain, config, engine, threads, encode,
                               output, as_json, measure_links=False))
     if chain:
-        remote = RemoteOptions(
-            segment_seconds=config.segment_seconds,
-            stall_timeout=config.stall_timeout,
-            poll_interval=config.poll_interval,
-            attempt_timeout=config.cgpu_timeout,
-            max_recoveries=config.retry_budget,
-            python=remote_python,
-            remote_root=remote_root,
-            keep_remote=keep_remote,
-        )
+        remote = remote_options(config, python=remote_python, remote_root=remote_root, keep_remote=keep_remote)
 
         def run_chain_for(source: Path, target: Path) -> UpscaleResult:
             return upscale_with_fallback(
                 source, target, chain=chain, remote=remote, scale=config.scale, model=config.model,
-                engine=engine, device=config.device, tile=config.tile, threads=threads, encode=encode,
-                overwrite=overwrite, strict=config.strict, on_event=sink,
+                model_path=model_path, engine=engine, device=config.device, tile=config.tile, threads=threads,
+                encode=encode, overwrite=overwrite, strict=config.strict, on_event=sink,
             )
 
         if folder is not None:
-            places = {"places": [stage.name for stage in chain], "engine": engine}
+            places = {"places": [stage.name for stage in chain], "engine": engine,
+                      **({"model_path": str(model_path)} if model_path else {})}  # batches before keep their identity
             sys.exit(_run_folder(folder, output, globs, config, encode, places, run_chain_for, overwrite, view, sink))
         sys.exit(_each_input(targets, run_chain_for, view, as_json, sink))
     upscaler = Upscaler(
@@ -251,35 +243,11 @@ def upscale(
     sys.exit(exit_code)
 
 
-def _chain_for(
-    config: Settings,
-    backend: str | None,
-    backend_opts: tuple[str, ...],
-    target_name: str | None,
-    engine: str,
-    device: str,
-) -> list[Stage]:
-    """The places to try, or [] for a plain in-process run."""
-    configured = [(name, TargetSpec(t.kind, t.settings)) for name, t in config.targets.items()
-                  if t.enabled and not features_of(t.kind).own_fallback_step]
-    cgpu_configured = next((TargetSpec(t.kind, t.settings) for t in config.targets.values()
-                            if features_of(t.kind).own_fallback_step), None)
-    if backend is not None:
-        explicit = [(f"{backend}", TargetSpec.from_pairs(backend, backend_opts))]
-    elif target_name is not None:
-        if target_name not in config.targets:
-            known = ", ".join(sorted(config.targets)) or "none configured"
-            raise UsageError(f"no target named {target_name!r} in the config file (known: {known})", step="config")
-        chosen = config.targets[target_name]
-        explicit = [(target_name, TargetSpec(chosen.kind, chosen.settings))]
-    elif config.cgpu_gpu_enabled or configured:
-        return build_chain(config.fallback, cgpu_enabled=config.cgpu_gpu_enabled, cgpu_target=cgpu_configured,
-                           targets=configured, engine={"engine": engine, "device": device})
-    else:
-        return []
-    local = build_chain(tuple(s for s in config.fallback if s not in ("cgpu", "targets")), cgpu_enabled=False,
-                        cgpu_target=None, targets=[], engine={"engine": engine, "device": device})
-    return [Stage(f"target {name}", spec) for name, spec in explicit] + local
+def _chain_for(config: Settings, backend: str | None, backend_opts: tuple[str, ...], target_name: str | None,
+               engine: str, device: str) -> list[Stage]:
+    """The places to try (the job layer decides), or [] for a plain in-process run."""
+    return places_from_settings(config, backend=backend, backend_opts=backend_opts, target_name=target_name,
+                                engine=LocalEngine(engine, device))
 
 
 def _each_input(
@@ -687,9 +655,7 @@ def watch_command(in_dir: Path, out_dir: Path, scale: str | None, model: str | N
         chain = _chain_for(config, None, (), None, engine, config.device)
         settings = {"scale": config.scale, "model": config.model, "engine": engine, "device": config.device,
                     "crf": config.crf, "places": [stage.name for stage in chain]}
-        remote = RemoteOptions(segment_seconds=config.segment_seconds, stall_timeout=config.stall_timeout,
-                               poll_interval=config.poll_interval, attempt_timeout=config.cgpu_timeout,
-                               max_recoveries=config.retry_budget)
+        remote = remote_options(config)
 
         def run_one(source: Path, target: Path) -> UpscaleResult:
             if not chain:  # nothing configured beyond this machine: one engine for every file

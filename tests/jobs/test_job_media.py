@@ -17,7 +17,7 @@ from media_checks import audio_packets, subtitle_packets
 
 import gpuferry
 from gpuferry.api import upscale_on_target
-from gpuferry.errors import BadInputError, EncodeError
+from gpuferry.errors import EncodeError
 from gpuferry.jobs.store import JobStore
 from gpuferry.media import probe
 from gpuferry.media.synth import make_clip, uneven_times
@@ -221,18 +221,18 @@ def test_webm_with_opus_audio(media_cases, tmp_path, place, remote_options):
 
 
 @pytest.mark.parametrize("place", ["local"], indirect=True)
-def test_an_image_sent_to_a_job_is_refused_with_hints_that_fit(tmp_path, remote_options, place):
+def test_an_image_sent_to_a_target_is_upscaled_here_and_says_why(tmp_path, remote_options, place):
+    """A job carries a video as segments: an image asked of a target runs on this machine instead,
+    never refused, and the target shows as passed over with that reason (no job is made)."""
     from PIL import Image
 
     image = tmp_path / "photo.png"
     Image.new("RGB", (32, 24), "red").save(image)
-    with pytest.raises(BadInputError) as caught:
-        run_job(image, tmp_path / "photo_x2.png", place, remote_options)
-    error = caught.value
-    assert error.exit_code == 2 and error.path == str(image) and "image" in error.cause
-    assert any("--backend" in hint for hint in error.hints)
-    assert not any("ffprobe" in hint for hint in error.hints)
-    assert not (tmp_path / "photo_x2.png").exists() and JobStore().list() == []
+    result, events = run_job(image, tmp_path / "photo_x2.png", place, remote_options)
+    passed = [e for e in events if e["event"] == "fallback"]
+    assert len(passed) == 1 and passed[0]["kind"] == "image_runs_here" and "this machine" in passed[0]["reason"]
+    assert result.place == "local" and result.job is None and (result.width, result.height) == (64, 48)
+    assert (tmp_path / "photo_x2.png").is_file() and JobStore().list() == []
 
 
 def test_mp4_refusing_a_shared_time_is_named_with_the_frame_and_fitting_hints(screen_clip, tmp_path):

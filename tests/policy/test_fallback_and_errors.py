@@ -19,7 +19,7 @@ from gpuferry.errors import (
     NotInstalledError,
     QuotaError,
 )
-from gpuferry.jobs.fallback import Stage, build_chain
+from gpuferry.jobs.fallback import LocalEngine, Stage, build_chain
 from gpuferry.jobs.runner import RemoteOptions
 from gpuferry.jobs.store import JobStore
 from gpuferry.jobs.targets import TargetSpec
@@ -141,7 +141,7 @@ def test_falling_back_reuses_segments_verified_on_the_failed_place(
     root.mkdir()
     cgpu = TargetSpec("cgpu", fresh_cgpu_runtime.settings(workdir=str(root), python=sys.executable))
     chain = [Stage("cgpu", cgpu)] + build_chain(("local-cpu",), cgpu_enabled=False, cgpu_target=None, targets=[],
-                                                engine={"engine": "resample", "device": "auto"})
+                                                engine=LocalEngine("resample"))
     events = []
 
     def quota_after_first_segment(event):

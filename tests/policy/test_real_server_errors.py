@@ -15,6 +15,7 @@ import pytest
 from policy_helpers import json_events, write_config
 from process_checks import process_gone
 
+from gpuferry.engines import EngineRequest
 from gpuferry.errors import (
     EngineUnavailableError,
     GpuOutOfMemoryError,
@@ -112,7 +113,7 @@ class _Store:
 def _runner(tile: int) -> RemoteJobRunner:
     runner = RemoteJobRunner.__new__(RemoteJobRunner)
     runner.store, runner.job = _Store(), type("Job", (), {"id": "j"})()
-    runner.engine_settings, runner.options = {"tile": tile}, RemoteOptions()
+    runner.request, runner.options = EngineRequest(tile=tile), RemoteOptions()
     return runner
 
 
@@ -121,8 +122,8 @@ def test_gpu_out_of_memory_halves_the_tile_then_gives_up_at_the_minimum():
     outcome = WorkerOutcome(7, {"segment": 0, "segment_done": 5})
     with pytest.raises(WorkerEndedError, match="tile 128"):
         runner._handle_outcome(outcome)
-    assert runner.engine_settings["tile"] == 128 and runner.store.lost == 5
-    runner.engine_settings["tile"] = 32
+    assert runner.request.tile == 128 and runner.store.lost == 5
+    runner.request = EngineRequest(tile=32)
     with pytest.raises(GpuOutOfMemoryError):
         runner._handle_outcome(outcome)
 

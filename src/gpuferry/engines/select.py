@@ -33,6 +33,8 @@ class EngineRequest:
     threads: int | None = None
     #: a user's own .pth/.safetensors (torch engines only); its scale replaces the registry's
     model_path: Path | None = None
+    #: the sha256 of ``model_path`` when the job was planned: the file shipped to a far side must match
+    model_sha256: str | None = None
 
 
 @dataclass

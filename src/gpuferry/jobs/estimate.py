@@ -8,7 +8,7 @@ import io
 import statistics
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -16,7 +16,7 @@ import av
 
 from gpuferry.engines import EngineRequest, create_engine
 from gpuferry.errors import EngineUnavailableError, GpuferryError
-from gpuferry.jobs.fallback import Stage
+from gpuferry.jobs.fallback import LocalEngine, Stage
 from gpuferry.jobs.store import EstimateRecords, JobStore
 from gpuferry.media.decode import iter_video_frames
 from gpuferry.media.encode import EncodeOptions
@@ -208,14 +208,14 @@ def make_plan(
     try:
         measurements: dict[tuple[str, str], Measurement] = {}
 
-        def measured(engine_settings: dict[str, Any]) -> Measurement:
-            key = (engine_settings["engine"], engine_settings["device"])
+        def measured(engine: LocalEngine) -> Measurement:
+            key = (engine.engine, engine.device)
             if key not in measurements:
-                measurements[key] = measure_here(info, EngineRequest(**{**asdict(request), **engine_settings}),
+                measurements[key] = measure_here(info, replace(request, engine=engine.engine, device=engine.device),
                                                  encode, suffix)
             return measurements[key]
 
-        stages = chain or [Stage("here", engines=[{"engine": request.engine, "device": request.device}])]
+        stages = chain or [Stage("here", engines=[LocalEngine(request.engine, request.device)])]
         local = [stage for stage in stages if stage.local]
         remote = [stage for stage in stages if not stage.local]
         pixels = width * height * request.scale ** 2
@@ -223,7 +223,7 @@ def make_plan(
         sample = next(iter(measurements.values()), None)
         if sample is None:  # no engine here: measure the cheapest one for the output size
             with contextlib.suppress(GpuferryError):
-                sample = measured({"engine": "resample", "device": "auto"})
+                sample = measured(LocalEngine("resample", "auto"))
         output_bytes = int(sample.bytes_per_frame * frames) if sample else info.file_size * request.scale ** 2
         by_name.update({stage.name: _place(stage, measured, frames, pixels, store, info, link_probe, output_bytes)
                         for stage in remote})
@@ -240,7 +240,7 @@ def make_plan(
             store.close()
 
 
-def _place(stage: Stage, measured: Callable[[dict[str, Any]], Measurement], frames: int, pixels: int,
+def _place(stage: Stage, measured: Callable[[LocalEngine], Measurement], frames: int, pixels: int,
            store: JobStore, info: MediaInfo, link_probe: LinkProbe | None, output_bytes: int) -> PlaceEstimate:
     if stage.local:
         reasons = []

@@ -7,7 +7,6 @@ from __future__ import annotations
 import shutil
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
 
 from gpuferry import errors
 from gpuferry.events import EventSink, make_event
@@ -26,34 +25,76 @@ ENDS_THE_CHAIN: tuple[type[errors.GpuferryError], ...] = (
     errors.JobBusyError,
 )
 
-#: engine settings of the local stages (in this process)
-LOCAL_STAGES: dict[str, list[dict[str, Any]]] = {
-    "local-gpu": [{"engine": "auto", "device": "cuda"}, {"engine": "auto", "device": "vulkan"}],
-    "local-cpu": [{"engine": "ncnn", "device": "cpu"}],
-    "resample": [{"engine": "resample", "device": "auto"}],
+@dataclass(frozen=True)
+class LocalEngine:
+    """One engine to try on this machine: its family (auto, torch, ncnn, resample) and device."""
+
+    engine: str = "auto"
+    device: str = "auto"
+
+    def __str__(self) -> str:
+        return f"{self.engine}/{self.device}"
+
+
+#: the engines of the local stages (in this process)
+LOCAL_STAGES: dict[str, list[LocalEngine]] = {
+    "local-gpu": [LocalEngine("auto", "cuda"), LocalEngine("auto", "vulkan")],
+    "local-cpu": [LocalEngine("ncnn", "cpu")],
+    "resample": [LocalEngine("resample", "auto")],
 }
 
 
 @dataclass(frozen=True)
 class Stage:
-    """One place to try: a remote target, or this machine with given engine settings."""
+    """One place to try: a remote target, or this machine with given engines."""
 
     name: str
     target: TargetSpec | None = None
-    engines: list[dict[str, Any]] = field(default_factory=list)
+    engines: list[LocalEngine] = field(default_factory=list)
 
     @property
     def local(self) -> bool:
         return self.target is None
 
 
+@dataclass(frozen=True)
+class PassedOver:
+    """A place the chain passed over: its name, the error class and the reason (and the engine tried)."""
+
+    stage: str
+    kind: str
+    reason: str
+    engine: str | None = None
+
+    def to_json(self) -> dict[str, str]:
+        data = {"stage": self.stage, "kind": self.kind, "reason": self.reason}
+        if self.engine is not None:
+            data["engine"] = self.engine
+        return data
+
+    def __str__(self) -> str:
+        return f"{self.stage} passed over ({self.kind}): {self.reason}"
+
+
+@dataclass
+class Attempt:
+    """One try of one place. ``previous_job`` left verified segments to reuse; the runner sets ``job``
+    as soon as it has planned a job, so a failure hands that job's segments to the next place."""
+
+    stage: Stage
+    engine: LocalEngine | None
+    previous_job: str | None
+    job: str | None = None
+
+
 @dataclass
 class ChainOutcome:
-    """The result and every stage passed over on the way, with its error class and reason."""
+    """The result, the place it ran, its job (None: in this process) and every place passed over."""
 
     result: FileResult
     stage: str
-    passed_over: list[dict[str, str]]
+    passed_over: list[PassedOver]
+    job: str | None = None
 
 
 def build_chain(
@@ -62,7 +103,7 @@ def build_chain(
     cgpu_enabled: bool,
     cgpu_target: TargetSpec | None,
     targets: list[tuple[str, TargetSpec]],
-    engine: dict[str, Any],
+    engine: LocalEngine,
 ) -> list[Stage]:
     """The stages for ``order``; an explicit engine (not auto) replaces the local stages by itself."""
     stages: list[Stage] = []
@@ -72,10 +113,9 @@ def build_chain(
         elif name == "targets":
             stages.extend(Stage(f"target {label}", spec) for label, spec in targets)
         elif name in LOCAL_STAGES:
-            if engine.get("engine", "auto") != "auto" or engine.get("device", "auto") != "auto":
+            if engine != LocalEngine():
                 if not any(stage.local for stage in stages):
-                    stages.append(Stage("local", engines=[{"engine": engine.get("engine", "auto"),
-                                                           "device": engine.get("device", "auto")}]))
+                    stages.append(Stage("local", engines=[engine]))
             else:
                 stages.append(Stage(name, engines=LOCAL_STAGES[name]))
     return stages
@@ -84,43 +124,38 @@ def build_chain(
 def run_chain(
     stages: list[Stage],
     *,
-    run_remote: Callable[[Stage, str | None], tuple[FileResult, str]],
-    run_local: Callable[[Stage, dict[str, Any], str | None], FileResult],
+    run: Callable[[Attempt], FileResult],
     strict: bool,
     emit: EventSink,
 ) -> ChainOutcome:
-    """Try the stages in order. ``run_remote(stage, previous_job)`` returns (result, job id) and
-    adopts the previous job's verified segments; ``run_local`` runs in this process, or as a job
-    when a previous job left verified segments to reuse."""
-    passed_over: list[dict[str, str]] = []
+    """Try the stages in order (a local stage once per engine). ``run(attempt)`` runs one place: a remote
+    one as a job that adopts the previous job's verified segments, this machine in process (or as a
+    job when a previous one left verified segments to reuse)."""
+    passed_over: list[PassedOver] = []
     previous_job: str | None = None
     last_error: errors.GpuferryError | None = None
     for stage in stages:
-        attempts = stage.engines if stage.local else [{}]
-        for engine in attempts:
+        engines: list[LocalEngine | None] = list(stage.engines) if stage.local else [None]
+        for engine in engines:
+            attempt = Attempt(stage, engine, previous_job)
             try:
-                if stage.local:
-                    result = run_local(stage, engine, previous_job)
-                else:
-                    result, previous_job = run_remote(stage, previous_job)
-                return ChainOutcome(result, stage.name, passed_over)
+                result = run(attempt)
+                return ChainOutcome(result, stage.name, passed_over, attempt.job)
             except errors.GpuferryError as exc:
                 if isinstance(exc, ENDS_THE_CHAIN) or strict:
                     raise
-                previous_job = getattr(exc, "job_id", None) or previous_job
+                previous_job = attempt.job or previous_job
                 last_error = exc
-                passed = {"stage": stage.name, "kind": exc.kind, "reason": exc.one_line()}
-                if engine:
-                    passed["engine"] = f"{engine.get('engine')}/{engine.get('device')}"
+                passed = PassedOver(stage.name, exc.kind, exc.one_line(), str(engine) if engine else None)
                 passed_over.append(passed)
-                emit(make_event("fallback", **passed))
+                emit(make_event("fallback", **passed.to_json()))
     if last_error is None:
         raise errors.EngineUnavailableError("no place to run the job: the fallback chain is empty", step="fallback")
     raise type(last_error)(
         f"every place failed; last: {last_error.cause}",
         path=last_error.path,
         step="fallback",
-        hints=[f"{item['stage']}: {item['reason']}" for item in passed_over] + list(last_error.hints),
+        hints=[f"{item.stage}: {item.reason}" for item in passed_over] + list(last_error.hints),
     )
 
 

@@ -3,15 +3,18 @@ unfinished job with the same input, settings and target, to resume it)."""
 
 from __future__ import annotations
 
+from dataclasses import asdict, fields
 from pathlib import Path
 from typing import Any
 
+from gpuferry.engines import EngineRequest
 from gpuferry.engines.base import check_size
-from gpuferry.errors import BadInputError
+from gpuferry.errors import BadInputError, UsageError
 from gpuferry.hashing import file_sha256
 from gpuferry.jobs.store import JobRecord, JobStore
-from gpuferry.media.formats import default_codec_for
 from gpuferry.media.colour import check_sdr
+from gpuferry.media.encode import EncodeOptions
+from gpuferry.media.formats import default_codec_for
 from gpuferry.media.probe import probe
 from gpuferry.media.segments import plan_segments, presentation_timestamps
 
@@ -21,12 +24,16 @@ def plan_job(
     source: Path,
     output: Path,
     *,
-    engine: dict[str, Any],
-    encode: dict[str, Any],
+    request: EngineRequest,
+    encode: EncodeOptions,
     segment_seconds: float,
     target: dict[str, Any],
 ) -> tuple[JobRecord, bool]:
-    """The job for this input and these settings: an unfinished one to resume, or a new plan."""
+    """The job for this input and these settings: an unfinished one to resume, or a new plan.
+
+    The request and encoding are stored as JSON here (the job record is their boundary); a user's
+    model file is stored with its sha256, so the weights shipped later are checked to be the ones
+    planned, and a changed file makes a new job."""
     source, output = source.resolve(), output.resolve()
     info = probe(source)
     if info.video is None:
@@ -38,15 +45,16 @@ def plan_job(
         )
     check_size(info.video.width, info.video.height, path=str(source))
     seen = source.stat()  # before hashing: a change while the hash is read shows as a newer mtime later
-    if engine.get("engine") not in (None, "auto", "resample"):  # a model will run: HDR is refused now, not there
+    if request.engine not in ("auto", "resample"):  # a model will run: HDR is refused now, not there
         check_sdr(info.video.color_trc, str(source))
     digest = file_sha256(source)
-    if not encode.get("codec"):
+    encoding = asdict(encode)
+    if not encoding.get("codec"):
         # the worker writes .mp4 segments: the codec must follow the final output's extension
-        encode = {**encode, "codec": default_codec_for(output)[0]}
+        encoding["codec"] = default_codec_for(output)[0]
     settings = {
-        "engine": {key: value for key, value in engine.items() if value is not None},
-        "encode": encode,
+        "engine": engine_record(request),
+        "encode": encoding,
         "segment_seconds": segment_seconds,
         "video_index": info.video.index,
     }
@@ -65,3 +73,40 @@ def plan_job(
         input_mtime_ns=seen.st_mtime_ns,
     )
     return record, False
+
+
+def engine_record(request: EngineRequest) -> dict[str, Any]:
+    """The request as the job record stores it (the keys jobs have always had; a model file adds
+    its path and sha256)."""
+    record: dict[str, Any] = {"engine": request.engine, "model": request.model, "scale": request.scale,
+                              "device": request.device, "tile": request.tile}
+    if request.model_path is not None:
+        model_file = Path(request.model_path).resolve()
+        if not model_file.is_file():
+            raise BadInputError("the model file does not exist", path=str(model_file), step="plan",
+                                hints=["Check the path given to --model-path."])
+        record["model_path"] = str(model_file)
+        record["model_sha256"] = file_sha256(model_file)
+    return record
+
+
+def request_from_record(record: dict[str, Any]) -> EngineRequest:
+    """The typed request of a stored job (older records hold a subset of these keys and load as they
+    are); a key this version does not know is refused, never dropped."""
+    known = {item.name for item in fields(EngineRequest)}
+    unknown = sorted(set(record) - known)
+    if unknown:
+        raise UsageError(
+            f"the job's stored engine settings hold {', '.join(unknown)}, unknown to this gpuferry version",
+            step="resume", hints=["Resume it with the gpuferry version that started it, or",
+                                  "start it again with `gpuferry upscale`."],
+        )
+    values = {key: value for key, value in record.items() if value is not None}
+    if "model_path" in values:
+        values["model_path"] = Path(values["model_path"])
+    return EngineRequest(**values)
+
+
+def encode_from_record(record: dict[str, Any]) -> EncodeOptions:
+    """The typed encoding of a stored job."""
+    return EncodeOptions(**record)

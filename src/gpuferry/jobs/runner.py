@@ -17,7 +17,7 @@ import posixpath
 import signal
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -41,6 +41,7 @@ from gpuferry.jobs.local_segments import forget_missing_segments
 from gpuferry.hashing import file_sha256
 from gpuferry.jobs.fetch import SegmentFetcher
 from gpuferry.jobs.lock import JobLock
+from gpuferry.jobs.plan import encode_from_record, request_from_record
 from gpuferry.jobs.policy import RuntimeRecycledError, WorkerEndedError, backoff_seconds, is_retried, rule_for
 from gpuferry.jobs.remote_setup import (
     Capabilities,
@@ -106,15 +107,6 @@ class RemoteOptions:
     transfer: TransferOptions = field(default_factory=TransferOptions)
 
 
-@dataclass
-class JobSettings:
-    """The upscale settings a job was planned with (stored, so `resume` needs no flags)."""
-
-    engine: dict[str, Any]
-    encode: dict[str, Any]
-    segment_seconds: float
-
-
 def _kind(error: BaseException) -> str:
     return getattr(error, "kind", type(error).__name__)
 
@@ -141,7 +133,8 @@ class RemoteJobRunner:
         self.segments_dir = private_dir(self.local_dir / "segments")
         self.backend: Backend | None = None
         self.paths: RemotePaths | None = None
-        self.engine_settings = dict(job.settings["engine"])
+        #: the job's request as planned (a relaunch after out-of-memory halves its tile)
+        self.request = request_from_record(job.settings["engine"])
         self.recoveries = 0
         self._last_progress: dict[str, Any] = {}
         self._retried: dict[str, int] = {}
@@ -322,11 +315,11 @@ class RemoteJobRunner:
 
     def _halve_tile(self, outcome: WorkerOutcome) -> int:
         preflight = outcome.last_progress.get("preflight") or {}
-        current = int(self.engine_settings.get("tile") or preflight.get("tile") or 512)
+        current = int(self.request.tile or preflight.get("tile") or 512)
         if current <= MIN_TILE:
             raise GpuOutOfMemoryError(f"out of GPU memory even with tile {current}", step="worker")
-        self.engine_settings["tile"] = max(MIN_TILE, current // 2)
-        return int(self.engine_settings["tile"])
+        self.request = replace(self.request, tile=max(MIN_TILE, current // 2))
+        return self.request.tile
 
     def _lost_in_progress(self, progress: dict[str, Any]) -> int:
         segment = progress.get("segment")
@@ -411,8 +404,8 @@ class RemoteJobRunner:
             video_index=int(self.job.settings["video_index"]),
             segments=[record.segment for record in self.store.segments(self.job.id)],
             todo=[segment.index for segment in self._pending()],
-            engine=self.engine_settings,
-            encode=dict(self.job.settings["encode"]),
+            engine=self.request,
+            encode=encode_from_record(self.job.settings["encode"]),
             model_file=self._model_file,
             heartbeat_s=self.options.heartbeat_s,
             max_lead=self.options.max_lead,
@@ -422,20 +415,40 @@ class RemoteJobRunner:
         backend.rename(paths.in_job(JOB_FILE + ".tmp"), paths.in_job(JOB_FILE))
 
     def _upload_weights_if_needed(self, backend: Backend, paths: RemotePaths) -> str | None:
-        """The far side runs torch (CUDA, or CPU without ncnn): ship converted weights, verified."""
+        """The user's model file (--model-path), checked to be the one planned; or, when the far side
+        runs torch (CUDA, or CPU without ncnn), the converted default weights. Shipped verified."""
+        if self.request.model_path is not None:
+            return self._upload_model_file(backend, paths)
         caps = self._caps
         assert caps is not None
-        engine = self.engine_settings.get("engine", "auto")
+        engine = self.request.engine
         wants_torch = engine == "torch" or (engine == "auto" and (caps.cuda or not caps.ncnn_ready))
-        if not wants_torch or self.engine_settings.get("model_path"):
+        if not wants_torch:
             return None
         from gpuferry.models.convert import converted_weights
         from gpuferry.models.registry import get_model, resolve_scale
 
-        spec = get_model(self.engine_settings["model"])
-        converted = converted_weights(spec, resolve_scale(spec, int(self.engine_settings["scale"])))
+        spec = get_model(self.request.model)
+        converted = converted_weights(spec, resolve_scale(spec, self.request.scale))
         remote = f"weights-{converted.sha256[:16]}.safetensors"
         upload(backend, converted.cache_path, posixpath.join(paths.job_dir, remote), options=self.options.transfer)
+        return remote
+
+    def _upload_model_file(self, backend: Backend, paths: RemotePaths) -> str:
+        """The job's own model file goes to the far side under its hash; a file changed since the job
+        was planned is refused (the job would run another model than the one asked for)."""
+        assert self.request.model_path is not None
+        local, planned = self.request.model_path, self.request.model_sha256
+        if not local.is_file() or file_sha256(local) != planned:
+            raise BadInputError(
+                "the model file is missing or changed since the job was planned",
+                path=str(local), step="upload model",
+                hints=["Put the planned file back and run `gpuferry resume` again, or",
+                       "start a new job with `gpuferry upscale --model-path ...`."],
+            )
+        remote = f"weights-{str(planned)[:16]}{local.suffix.lower()}"
+        self.emit(make_event("setup", job=self.job.id, step="upload model", path=str(local)))
+        upload(backend, local, posixpath.join(paths.job_dir, remote), options=self.options.transfer)
         return remote
 
     def _python(self, backend: Backend) -> str:
@@ -561,7 +574,7 @@ class RemoteJobRunner:
         check_output(source, output, overwrite)
         records = self.store.segments(self.job.id)
         pieces = [(self.segments_dir / f"{r.segment.name}{SEGMENT_EXT}", r.segment) for r in records]
-        scale = int(self.job.settings["engine"]["scale"])
+        scale = self.request.scale
         width, height = info.video.width * scale, info.video.height * scale
         self.emit(make_event("assembling", job=self.job.id, segments=len(pieces)))
         with partial_output(output) as partial:

@@ -38,6 +38,10 @@ class FileResult:
     warnings: list[str] = field(default_factory=list)
     #: frames identical to the one before them, which reused its result instead of running the model
     duplicates_skipped: int = 0
+    #: where the work ran: "here" (this process) or the fallback chain's place (cgpu, target NAME, local-cpu...)
+    place: str = "here"
+    #: the job that made it, when it ran as a resumable job
+    job: str | None = None
 
     @property
     def fps(self) -> float:
@@ -55,6 +59,8 @@ class FileResult:
             "height": self.height,
             "warnings": self.warnings,
             "duplicates_skipped": self.duplicates_skipped,
+            "place": self.place,
+            **({"job": self.job} if self.job else {}),
         }
 
 

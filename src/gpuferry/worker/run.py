@@ -11,12 +11,12 @@ import time
 from dataclasses import replace
 from pathlib import Path
 
-from gpuferry.engines import EngineRequest, create_engine
+from gpuferry.engines import create_engine
 from gpuferry.engines.base import Engine
 from gpuferry.hashing import file_sha256
 from gpuferry.errors import EncodeError, GpuferryError
 from gpuferry.media.decode import iter_video_frames
-from gpuferry.media.encode import EncodeOptions, VideoWriter
+from gpuferry.media.encode import VideoWriter
 from gpuferry.media.probe import MediaInfo, probe
 from gpuferry.media.segments import Segment
 from gpuferry.pipeline.stream import FrameProgress, StreamStats, run_stream
@@ -50,7 +50,7 @@ def is_done(job_dir: Path, segment: Segment) -> bool:
 
 
 def build_engine(spec: JobSpec, job_dir: Path) -> Engine:
-    request = EngineRequest(**spec.engine)
+    request = spec.engine
     if spec.model_file:
         request = replace(request, model_path=job_dir / spec.model_file)
     choice = create_engine(request)
@@ -77,7 +77,7 @@ def encode_segment(
         info,
         width,
         height,
-        EncodeOptions(**spec.encode),
+        spec.encode,
         copy_streams=False,
         frame_clock=True,  # the client puts the source's exact timestamps back when joining
     )

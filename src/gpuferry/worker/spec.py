@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import json
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
+from gpuferry.engines.select import EngineRequest
+from gpuferry.media.encode import EncodeOptions
 from gpuferry.media.segments import Segment
 from gpuferry.worker.layout import (  # noqa: F401 - the names are part of this contract
     COMPUTED_LOG,
@@ -41,8 +43,10 @@ class JobSpec:
     video_index: int
     segments: list[Segment]
     todo: list[int]
-    engine: dict[str, Any]
-    encode: dict[str, Any]
+    #: the request as planned; a model file travels as ``model_file`` (in the job folder), never as a
+    #: path on the client's machine
+    engine: EngineRequest
+    encode: EncodeOptions
     model_file: str | None = None
     heartbeat_s: float = 2.0
     #: the worker waits before a segment while this many finished ones still await download, so a
@@ -54,7 +58,7 @@ class JobSpec:
     extra: dict[str, Any] = field(default_factory=dict)
 
     def to_json(self) -> str:
-        data = asdict(self)
+        data = asdict(replace(self, engine=replace(self.engine, model_path=None, model_sha256=None)))
         data["segments"] = [segment.to_json() for segment in self.segments]
         return json.dumps(data, indent=1)
 
@@ -64,6 +68,8 @@ class JobSpec:
         if data.get("format") != FORMAT:
             raise ValueError(f"job.json format {data.get('format')} is not {FORMAT}: client and worker differ")
         data["segments"] = [Segment.from_json(item) for item in data["segments"]]
+        data["engine"] = EngineRequest(**data["engine"])
+        data["encode"] = EncodeOptions(**data["encode"])
         return cls(**data)
 
 
