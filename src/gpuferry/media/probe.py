@@ -73,6 +73,10 @@ class MediaInfo:
         return self.video.frames if self.video else 1
 
     @property
+    def is_image(self) -> bool:
+        return self.video is None
+
+    @property
     def size(self) -> tuple[int, int]:
         if self.video:
             return self.video.size
@@ -182,7 +186,7 @@ def check_memory_budget(info: MediaInfo, scale: int) -> None:
             path=info.path, step="probe", hints=_budget_hints(),
         )
     bomb_limit = Image.MAX_IMAGE_PIXELS
-    if info.kind == "image" and bomb_limit and output_pixels > 2 * bomb_limit:
+    if info.is_image and bomb_limit and output_pixels > 2 * bomb_limit:
         raise BadInputError(
             f"the {width * scale}x{height * scale} output would be over the image decoder's safety limit "
             f"({2 * bomb_limit / 1e6:.0f} Mpx) and could not be read back to check it",

@@ -99,7 +99,7 @@ def upscale_file(
     )
     stats = StreamStats()
     with partial_output(output) as partial:
-        if info.kind == "image":
+        if info.is_image:
             warnings = _upscale_image(source, partial, engine)
             frames = 1
             emit(make_event("progress", input=str(source), done=1, total=1, fps=0.0, eta_s=0.0))
