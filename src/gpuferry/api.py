@@ -22,7 +22,7 @@ from gpuferry.errors import (
     UsageError,
     file_size_or_none,
 )
-from gpuferry.jobs.cleanup import remove_job_leftovers
+from gpuferry.events import EventSink, ignore, make_event
 from gpuferry.jobs.batch import BatchReport, RunOne, run_batch
 from gpuferry.jobs.chain import (
     check_estimate_quietly,
@@ -32,12 +32,12 @@ from gpuferry.jobs.chain import (
     run_here,
     run_job,
 )
+from gpuferry.jobs.cleanup import remove_job_leftovers
 from gpuferry.jobs.estimate import JobPlan, LinkProbe, make_plan
 from gpuferry.jobs.fallback import LocalEngine, Stage
 from gpuferry.jobs.runner import RemoteOptions
 from gpuferry.jobs.store import CANCELLED, DONE, FAILED, BatchRecords, JobStore
 from gpuferry.jobs.targets import TargetSpec
-from gpuferry.events import EventSink, ignore, make_event
 from gpuferry.media.encode import EncodeOptions
 from gpuferry.media.probe import probe
 from gpuferry.models.registry import DEFAULT_MODEL, get_model

@@ -6,8 +6,8 @@ import json
 import logging
 import signal
 import sys
-from pathlib import Path
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import click
@@ -24,15 +24,15 @@ from gpuferry.api import (
     run_folder,
     upscale_with_fallback,
 )
-from gpuferry.config import Settings, load_settings
-from gpuferry.jobs.chain import places_from_settings, remote_options
-from gpuferry.jobs.fallback import LocalEngine, Stage
 from gpuferry.backends.registry import BACKEND_KINDS, features_of
 from gpuferry.backends.targets import Target, check_targets
-from gpuferry.jobs.targets import TargetSpec
+from gpuferry.config import Settings, load_settings
 from gpuferry.engines.select import DEVICE_NAMES, ENGINE_NAMES
 from gpuferry.errors import CancelledError, EngineUnavailableError, GpuferryError, UsageError
 from gpuferry.events import Event, JsonLines
+from gpuferry.jobs.chain import places_from_settings, remote_options
+from gpuferry.jobs.fallback import LocalEngine, Stage
+from gpuferry.jobs.targets import TargetSpec
 from gpuferry.media.encode import EncodeOptions
 from gpuferry.models.registry import DEFAULT_MODEL, MODELS
 from gpuferry.pipeline.outputs import default_output

@@ -5,9 +5,9 @@ from __future__ import annotations
 import posixpath
 import sys
 from abc import ABC, abstractmethod
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from types import TracebackType
-from typing import Callable, Mapping, Sequence
 
 from ..errors import RemoteCommandError
 from .features import BackendFeatures
@@ -230,7 +230,7 @@ class Backend(ABC):
     def close(self) -> None:
         """Release connections; detached processes keep running."""
 
-    def __enter__(self) -> "Backend":
+    def __enter__(self) -> Backend:
         return self
 
     def __exit__(

@@ -18,8 +18,9 @@ import subprocess
 import tempfile
 import time
 import uuid
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Callable, Sequence
+from typing import Any
 
 from ..errors import (
     CommandTimeoutError,
@@ -36,7 +37,6 @@ from .features import MIB, BackendFeatures, ChunkShape
 from .framed_commands import FramedCommands, FramedLines
 from .markers import Framing, parse_framed
 from .registry import BackendEntry
-
 
 READ_BLOCK = 1 << 20
 #: The Jupyter root of a Colab runtime: where ``cgpu copy`` puts a relative destination.

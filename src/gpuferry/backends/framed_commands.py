@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import shlex
 from abc import abstractmethod
-from typing import Callable, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 
 from ..errors import UsageError
 from .base import CommandResult

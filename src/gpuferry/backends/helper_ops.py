@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import base64
 from abc import abstractmethod
-from typing import Any, Mapping, Sequence
+from collections.abc import Mapping, Sequence
+from typing import Any
 
 from ..errors import RemoteCommandError, RemoteFileError
 from .base import Backend, CommandResult, FileStat, GpuInfo

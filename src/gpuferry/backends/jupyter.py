@@ -7,10 +7,11 @@ import hashlib
 import shlex
 import threading
 import uuid
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any, Iterator, Sequence
+from typing import Any
 from urllib.parse import quote
 
 from ..errors import CommandTimeoutError, ConnectionLostError, RemoteFileError, UsageError
@@ -23,7 +24,6 @@ from .jupyter_terminal import LineNotSent, TerminalSession
 from .markers import Framing, parse_framed
 from .registry import BackendEntry
 from .secrets import Secret, as_secret, redact_url, split_url_secret, url_secrets
-
 
 #: Folder (relative to the server root) holding the far-side programs, content-addressed.
 SCRIPTS_API_DIR = "gpuferry/bin"
@@ -57,7 +57,7 @@ class JupyterSettings:
     verify_tls: bool = True
 
 
-def _token_out_of_url(url: str, token: "Secret | str | None") -> tuple[str, Secret]:
+def _token_out_of_url(url: str, token: Secret | str | None) -> tuple[str, Secret]:
     """The server's URL with no credential in it, and the token: one a URL carried (``/lab?token=T``,
     ``http://T@host``, as Jupyter prints it) is moved out, so it never reaches a message or a log."""
     secret = as_secret(token) if token is not None else None

@@ -5,8 +5,8 @@ from __future__ import annotations
 import json
 import logging
 import threading
-from contextlib import ExitStack
 import time
+from contextlib import ExitStack
 from urllib.parse import quote, urlsplit, urlunsplit
 
 from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidStatus

@@ -15,7 +15,7 @@ class ProcessId(int):
 
     started: str | None
 
-    def __new__(cls, pid: int, started: str | None = None) -> "ProcessId":
+    def __new__(cls, pid: int, started: str | None = None) -> ProcessId:
         value = super().__new__(cls, pid)
         value.started = started
         return value

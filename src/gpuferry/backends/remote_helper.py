@@ -137,7 +137,7 @@ def op_remove(args):
     try:
         info = os.lstat(path)
     except FileNotFoundError:
-        return None
+        return
     if stat_module.S_ISDIR(info.st_mode):
         if args.get("recursive"):
             shutil.rmtree(path)
@@ -145,7 +145,7 @@ def op_remove(args):
             os.rmdir(path)
     else:
         os.remove(path)
-    return None
+    return
 
 
 def op_mkdir(args):
@@ -154,7 +154,7 @@ def op_mkdir(args):
         os.makedirs(path, mode, exist_ok=True)
     elif not os.path.isdir(path):
         os.mkdir(path, mode)
-    return None
+    return
 
 
 def op_private_dirs(args):
@@ -172,12 +172,12 @@ def op_private_dirs(args):
                           path)
         if info.st_mode & 0o077:
             os.chmod(path, 0o700)
-    return None
+    return
 
 
 def op_rename(args):
     os.replace(args["src"], args["dst"])
-    return None
+    return
 
 
 def write_atomically(path, text):

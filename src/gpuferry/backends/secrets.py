@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import re
-from typing import Iterable
+from collections.abc import Iterable
 from urllib.parse import parse_qsl, urlsplit, urlunsplit
 
 MASK = "***"
@@ -39,7 +39,7 @@ class Secret:
         raise TypeError("a Secret is not picklable")
 
 
-def as_secret(value: "str | Secret | None") -> Secret | None:
+def as_secret(value: str | Secret | None) -> Secret | None:
     if value is None or isinstance(value, Secret):
         return value
     return Secret(value)

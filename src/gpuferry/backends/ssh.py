@@ -5,9 +5,10 @@ from __future__ import annotations
 import asyncio
 import os
 import re
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Mapping, Sequence
+from typing import Any
 
 import asyncssh
 
@@ -115,7 +116,7 @@ def pinned_known_hosts_file(known_hosts: str | None, config_files: list[str] | N
 class _FirstUseClient(asyncssh.SSHClient):
     """Asks the backend about a host key no known_hosts entry trusts (asyncssh's own check came first)."""
 
-    def __init__(self, backend: "SshBackend") -> None:
+    def __init__(self, backend: SshBackend) -> None:
         self._backend = backend
 
     def validate_host_public_key(self, host: str, addr: str, port: int, key: asyncssh.SSHKey) -> bool:
@@ -199,7 +200,7 @@ class SshBackend(HelperOperations):
                 hints=["Check `ssh HOST true` works with the same user and key.",
                        "Load the key into the agent (`ssh-add`) or set the key path for the target."],
             ) from None
-        except (OSError, asyncio.TimeoutError, asyncssh.Error) as error:
+        except (TimeoutError, OSError, asyncssh.Error) as error:
             raise ConnectionLostError(
                 f"cannot connect to {self.where}: {type(error).__name__}: {error}", step=self.kind
             ) from None
@@ -256,7 +257,7 @@ class SshBackend(HelperOperations):
                 connection.close()
                 try:
                     await asyncio.wait_for(connection.wait_closed(), 5)
-                except (asyncio.TimeoutError, OSError, asyncssh.Error):
+                except (TimeoutError, OSError, asyncssh.Error):
                     pass
 
             try:
@@ -291,7 +292,7 @@ class SshBackend(HelperOperations):
         try:
             try:
                 completed = await asyncio.wait_for(process.wait(), timeout)
-            except asyncio.TimeoutError:
+            except TimeoutError:
                 try:
                     process.send_signal("KILL")
                 except (OSError, asyncssh.Error):
@@ -337,7 +338,7 @@ class SshBackend(HelperOperations):
         try:
             try:
                 finished = await asyncio.wait_for(pump(), timeout)
-            except asyncio.TimeoutError:
+            except TimeoutError:
                 process.close()
                 raise CommandTimeoutError(f"`{program}` ran past {timeout:g} s on {self.where}", step=self.kind) from None
             if not finished:

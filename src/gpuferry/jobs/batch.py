@@ -13,7 +13,15 @@ from gpuferry.errors import BadInputError, GpuferryError, OutputExistsError, Usa
 from gpuferry.events import EventSink, ignore, make_event
 from gpuferry.jobs.lock import JobLock
 from gpuferry.jobs.store import (
-    DONE, FAILED, ITEM_DONE, ITEM_FAILED, ITEM_PENDING, ITEM_RUNNING, RUNNING, BatchRecords, JobStore,
+    DONE,
+    FAILED,
+    ITEM_DONE,
+    ITEM_FAILED,
+    ITEM_PENDING,
+    ITEM_RUNNING,
+    RUNNING,
+    BatchRecords,
+    JobStore,
 )
 from gpuferry.media.formats import IMAGE_EXTENSIONS
 from gpuferry.media.probe import probe

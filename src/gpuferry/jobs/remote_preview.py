@@ -9,7 +9,7 @@ import secrets
 import numpy as np
 from PIL import Image
 
-from gpuferry.errors import error_class_for_kind, RemoteCommandError
+from gpuferry.errors import RemoteCommandError, error_class_for_kind
 from gpuferry.events import EventSink, make_event
 from gpuferry.jobs.remote_setup import RemotePaths, ensure_dependencies, install_worker_code, make_job_dir
 from gpuferry.jobs.targets import TargetSpec

@@ -36,10 +36,10 @@ from gpuferry.errors import (
     error_class_for_kind,
 )
 from gpuferry.events import EventSink, ignore, make_event
-from gpuferry.jobs.input_identity import check_input_unchanged
-from gpuferry.jobs.local_segments import forget_missing_segments
 from gpuferry.hashing import file_sha256
 from gpuferry.jobs.fetch import SegmentFetcher
+from gpuferry.jobs.input_identity import check_input_unchanged
+from gpuferry.jobs.local_segments import forget_missing_segments
 from gpuferry.jobs.lock import JobLock
 from gpuferry.jobs.plan import encode_from_record, request_from_record
 from gpuferry.jobs.policy import RuntimeRecycledError, WorkerEndedError, backoff_seconds, is_retried, rule_for

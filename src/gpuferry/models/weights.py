@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import importlib.metadata
 from dataclasses import dataclass
-from functools import lru_cache
+from functools import cache, lru_cache
 from pathlib import Path
 
 from gpuferry.errors import EngineUnavailableError
@@ -30,7 +30,7 @@ class NcnnWeights:
         return _sha256_file(self.bin)
 
 
-@lru_cache(maxsize=None)
+@cache
 def _sha256_file(path: Path) -> str:
     return file_sha256(path)
 

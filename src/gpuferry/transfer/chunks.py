@@ -51,7 +51,7 @@ class PartNames:
     chunk_dir: str
 
     @classmethod
-    def for_dest(cls, dest: str) -> "PartNames":
+    def for_dest(cls, dest: str) -> PartNames:
         part = dest + PART_SUFFIX
         return cls(dest=dest, part=part, manifest=part + ".json", chunk_dir=part + ".chunks")
 

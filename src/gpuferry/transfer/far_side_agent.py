@@ -176,13 +176,13 @@ def op_forget(args):
     """Drop a chunk's record from the manifest (its bytes in the partial file proved wrong)."""
     header, verified = read_manifest(args["manifest"])
     if header is None:
-        return None
+        return
     for index in args["chunks"]:
         verified.pop(int(index), None)
     lines = [json.dumps(header, sort_keys=True)]
     lines += [json.dumps({"chunk": index, "sha256": digest}) for index, digest in sorted(verified.items())]
     write_text_atomically(args["manifest"], "\n".join(lines) + "\n")
-    return None
+    return
 
 
 def op_read(args):

@@ -13,8 +13,8 @@ from pathlib import Path
 
 from gpuferry.engines import create_engine
 from gpuferry.engines.base import Engine
-from gpuferry.hashing import file_sha256
 from gpuferry.errors import EncodeError, GpuferryError
+from gpuferry.hashing import file_sha256
 from gpuferry.media.decode import iter_video_frames
 from gpuferry.media.encode import VideoWriter
 from gpuferry.media.probe import MediaInfo, probe
@@ -198,7 +198,7 @@ def run_job(job_dir: Path) -> int:
         heartbeat.stop("failed")
         log.error("%s", exc.render())
         return exc.exit_code
-    except Exception as exc:  # noqa: BLE001 - reported to the client through error.json
+    except Exception as exc:
         write_atomic(job_dir / ERROR_FILE, json.dumps({"kind": "error", "exit_code": 1, "message": repr(exc)}))
         heartbeat.stop("failed")
         log.exception("worker failed")
