@@ -48,8 +48,7 @@ class GpuferryError(Exception):
 
     exit_code: ClassVar[int] = 1
     kind: ClassVar[str] = "error"
-    #: whether trying the same thing again later may succeed (rclone's "temporary" class)
-    transient: ClassVar[bool] = False
+    # what a job or a transfer does about each kind is the one table in gpuferry.failure_policy
     default_hints: ClassVar[tuple[str, ...]] = ()
     #: every path this class names is on the far side
     paths_are_remote: ClassVar[bool] = False
@@ -205,7 +204,6 @@ class NotAuthenticatedError(GpuferryError):
 
     exit_code = 11
     kind = "not_authenticated"
-    transient = True
     default_hints = (
         "Check the session with `cgpu status` (or the target's token / ssh key).",
         "Log in again: `cgpu --force-login status`.",
@@ -229,7 +227,6 @@ class ConnectionLostError(GpuferryError):
 
     exit_code = 13
     kind = "connection_lost"
-    transient = True
     default_hints = (
         "Check the network and the target (`cgpu status`, `ssh HOST true`).",
         "Resume the job with `gpuferry resume JOB`: finished segments are kept.",
@@ -260,7 +257,6 @@ class StallError(GpuferryError):
 
     exit_code = 16
     kind = "stall"
-    transient = True
     default_hints = (
         "Check the target is alive (`gpuferry doctor --target NAME`).",
         "Resume with `gpuferry resume JOB`; raise --stall-timeout if the target is just slow.",
@@ -272,7 +268,6 @@ class TransferIntegrityError(GpuferryError):
 
     exit_code = 17
     kind = "transfer_integrity"
-    transient = True
     default_hints = (
         "Retry; if it keeps failing, check the target's disk (`df -h`) and the link.",
     )

@@ -20,6 +20,7 @@ from gpuferry.errors import (
     QuotaError,
     RemoteFileError,
 )
+from gpuferry.failure_policy import retried_in_transfer, rule_for
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -79,7 +80,7 @@ def test_login_prompt_stops_cgpu_and_says_how_to_log_in(fresh_cgpu_runtime, caus
     backend = fresh_cgpu_runtime.backend(call_overhead=600.0)  # no timeout would end a waiting call
     with pytest.raises(LoginRequiredError) as caught:
         backend.run(["true"], timeout=600)
-    assert not caught.value.transient
+    assert not rule_for(caught.value).retried and not retried_in_transfer(caught.value)
     assert "cgpu status" in caught.value.hints[0] and str(session) in caught.value.render()
     assert "accounts.google.com" not in caught.value.render()
     assert cgpu_processes(fresh_cgpu_runtime) == []

@@ -9,6 +9,7 @@ import pytest
 
 from gpuferry.backends.ssh import HostKeyNotTrustedError, SshBackend
 from gpuferry.errors import ConnectionLostError, NotAuthenticatedError
+from gpuferry.failure_policy import retried_in_transfer, rule_for
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -25,7 +26,9 @@ def test_unknown_host_key_is_refused(sshd_server, tmp_path: Path) -> None:
     empty.write_text("")
     with pytest.raises(HostKeyNotTrustedError) as caught:
         SshBackend(**sshd_server.backend_options(known_hosts=str(empty)))
-    assert isinstance(caught.value, NotAuthenticatedError) and not caught.value.transient
+    assert isinstance(caught.value, NotAuthenticatedError)
+    # a new connection would show the same key: no reconnect, no retry inside a transfer
+    assert not rule_for(caught.value).retried and not retried_in_transfer(caught.value)
 
 
 def test_first_seen_key_is_recorded_when_opted_in(sshd_server, tmp_path: Path) -> None:

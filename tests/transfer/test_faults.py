@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 
 from gpuferry.errors import GpuferryError, StallError
+from gpuferry.failure_policy import retried_in_transfer
 from gpuferry.transfer import TransferOptions, TransferProgress, TransferReport, download, upload
 from gpuferry.transfer.chunks import PART_SUFFIX
 from gpuferry.transfer.commits import Committer
@@ -47,7 +48,7 @@ def interrupted(transfer, rig: Rig, stay_down: bool = False) -> TransferReport: 
     ssh redoes a cut read on a fresh connection by itself and a blip would not interrupt them."""
     with pytest.raises(GpuferryError) as caught:
         transfer(rig.open(), cut_after_chunks(rig, 3, stay_down))
-    assert caught.value.transient, caught.value
+    assert retried_in_transfer(caught.value), caught.value
     rig.heal()
     partial = caught.value.transfer_report
     assert partial.chunks_sent >= 3  # three finished; the fourth was moving when the link dropped

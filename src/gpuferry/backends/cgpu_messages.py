@@ -28,7 +28,8 @@ LOGIN_PROMPTS = re.compile(
 class LoginRequiredError(NotAuthenticatedError):
     """cgpu has no usable session and wants an interactive browser login: retrying cannot help."""
 
-    transient = False
+    kind = "login_required"
+
     default_hints = (
         "Log in once from an interactive terminal: `cgpu status` (it opens a browser; finish the Google login).",
         "cgpu's OAuth client lives in its config file ($CGPU_CONFIG_DIR/config.json; `cgpu status` in a "

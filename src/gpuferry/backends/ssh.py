@@ -32,7 +32,6 @@ class HostKeyNotTrustedError(NotAuthenticatedError):
     """The server's host key is unknown or differs from known_hosts (not retried)."""
 
     kind = "host_key_not_trusted"
-    transient = False
     default_hints = (
         "Check the key fingerprint with the host's owner, then add it: `ssh HOST true` (answer yes).",
         "Or opt in to trusting a first-seen key with accept_new_host_key=True (never for a changed key).",

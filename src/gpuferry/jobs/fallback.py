@@ -10,20 +10,11 @@ from dataclasses import dataclass, field
 
 from gpuferry import errors
 from gpuferry.events import EventSink, make_event
+from gpuferry.failure_policy import ends_the_chain
 from gpuferry.jobs.store import JobStore
 from gpuferry.jobs.targets import TargetSpec
 from gpuferry.pipeline.files import FileResult
 
-#: failures about the input or the output: no other place would do better, so the chain stops
-ENDS_THE_CHAIN: tuple[type[errors.GpuferryError], ...] = (
-    errors.BadInputError,
-    errors.UsageError,
-    errors.OutputExistsError,
-    errors.OutputNotWritableError,
-    errors.DiskFullError,
-    errors.CancelledError,
-    errors.JobBusyError,
-)
 
 @dataclass(frozen=True)
 class LocalEngine:
@@ -142,7 +133,7 @@ def run_chain(
                 result = run(attempt)
                 return ChainOutcome(result, stage.name, passed_over, attempt.job)
             except errors.GpuferryError as exc:
-                if isinstance(exc, ENDS_THE_CHAIN) or strict:
+                if ends_the_chain(exc) or strict:  # about the input or the output, or no fallback wanted
                     raise
                 previous_job = attempt.job or previous_job
                 last_error = exc

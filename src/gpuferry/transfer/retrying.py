@@ -14,16 +14,12 @@ from tenacity import (
     wait_random_exponential,
 )
 
-from ..errors import GpuferryError, NotAuthenticatedError, TransferIntegrityError
+from ..failure_policy import retried_in_transfer
 
 
 def is_retryable(error: BaseException) -> bool:
-    """Transient failures of the link or the data; never a refused login or a usage error."""
-    if isinstance(error, NotAuthenticatedError):
-        return False
-    if isinstance(error, TransferIntegrityError):
-        return True
-    return isinstance(error, GpuferryError) and error.transient
+    """Failures of the link or the data (the policy table's ``in_transfer``); never a refused login."""
+    return retried_in_transfer(error)
 
 
 class RetryBudget:
