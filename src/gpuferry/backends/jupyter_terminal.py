@@ -142,8 +142,8 @@ class TerminalSession:
         self.broken = True
         try:
             self._exit_stack.close()
-        except Exception:
-            pass  # closing a socket that already dropped
+        except Exception:  # noqa: BLE001 - closing a socket that already dropped may raise anything; close goes on
+            pass
         try:
             self._http.request("DELETE", f"api/terminals/{quote(self.name, safe='')}", what="close the terminal")
         except GpuferryError:

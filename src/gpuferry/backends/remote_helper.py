@@ -216,7 +216,7 @@ def process_identity(pid):
     try:
         output = subprocess.run(
             ["ps", "-o", "lstart=", "-p", str(int(pid))], stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
-            timeout=30,
+            timeout=30, check=False,
         ).stdout.decode("ascii", "replace").split()
     except (OSError, subprocess.SubprocessError):
         return "unknown"
@@ -268,7 +268,7 @@ def op_spawn(args):
             log = os.open(args["log"], os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
             child = subprocess.Popen(
                 args["argv"], cwd=args.get("cwd"), env=env, stdin=devnull, stdout=log, stderr=log,
-                preexec_fn=restore_signals,
+                preexec_fn=restore_signals,  # noqa: PLW1509 - the forked leader runs no threads
             )
         except OSError as exc:
             failure = {"ok": False, "message": "%s: %s" % (exc.strerror or type(exc).__name__, exc.filename)}

@@ -61,11 +61,11 @@ def join_segments(segments: Sequence[Piece], source: MediaInfo, output_path: str
         copier = StreamCopier(source.path, output, source.video.index)
         report.copied_streams, report.dropped_streams = copier.report_copied, copier.report_dropped
         last_dts: int | None = None
-        for (path, segment), order in zip(segments, ranks):
+        for (path, segment), order in zip(segments, ranks, strict=True):
             with av.open(str(path)) as piece:
                 stream = piece.streams.video[0]
                 packets = (packet for packet in piece.demux(stream) if packet.size)
-                for position, (packet, rank) in enumerate(zip(packets, order)):
+                for position, (packet, rank) in enumerate(zip(packets, order, strict=True)):
                     frame = segment.first_frame + rank
                     decoded = segment.first_frame + position - delay
                     packet.pts = clock.pts[frame]

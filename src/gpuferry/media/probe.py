@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import os
 import warnings
 from dataclasses import asdict, dataclass, field
@@ -310,7 +311,7 @@ def _inspect_video_stream(
             step="probe",
         )
     pts_values.sort()
-    deltas = {b - a for a, b in zip(pts_values, pts_values[1:])}
+    deltas = {b - a for a, b in itertools.pairwise(pts_values)}
     # one tick of jitter is rounding in the container's time base, not variable frame rate
     vfr = bool(deltas) and (max(deltas) - min(deltas)) > 1
     start = pts_values[0]

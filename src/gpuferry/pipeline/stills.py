@@ -65,7 +65,7 @@ def _frame_at(container: av.container.InputContainer, stream: av.video.stream.Vi
               t: float) -> Still:
     video = info.video
     assert video is not None
-    target = video.start_pts + int(round(t / video.time_base))
+    target = video.start_pts + round(t / video.time_base)
     container.seek(target, stream=stream, backward=True, any_frame=False)
     chosen = None
     for frame in container.decode(stream):
@@ -76,7 +76,7 @@ def _frame_at(container: av.container.InputContainer, stream: av.video.stream.Vi
         raise BadInputError(f"no frame decodes at {t:g} s", path=info.path, step="preview")
     pts = chosen.pts if chosen.pts is not None else target
     frame_time = float((pts - video.start_pts) * video.time_base)
-    index = int(round(frame_time * float(video.fps)))
+    index = round(frame_time * float(video.fps))
     return Still(t, frame_time, index, upright(chosen.to_ndarray(format="rgb24"), video.rotation))
 
 
