@@ -247,7 +247,8 @@ def op_spawn(args):
             chunks.append(chunk)
         os.close(read_end)
         os.waitpid(leader, os.WNOHANG)
-        message = json.loads(b"".join(chunks).decode() or '{"ok": false, "error": "SpawnFailed", "message": "no report"}')
+        no_report = '{"ok": false, "error": "SpawnFailed", "message": "no report"}'
+        message = json.loads(b"".join(chunks).decode() or no_report)
         if not message["ok"]:
             raise OSError(errno.ECHILD, message.get("message", "spawn failed"))
         return {"pid": message["pid"], "started": message["started"]}

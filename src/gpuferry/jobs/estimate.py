@@ -68,7 +68,9 @@ class PlaceEstimate:
 
     def to_json(self) -> dict[str, Any]:
         # 4 significant digits: a small file over a fast link moves in milliseconds, not 0.00 s
-        return {key: (float(f"{value:.4g}") if isinstance(value, float) else value) for key, value in asdict(self).items()}
+        return {
+            key: (float(f"{value:.4g}") if isinstance(value, float) else value) for key, value in asdict(self).items()
+        }
 
 
 @dataclass
@@ -131,7 +133,8 @@ def _measure_image(info: MediaInfo, engine: Any, build_s: float) -> Measurement:
     rgb = read_stills(info, [0.0])[0].rgb
     tick = time.monotonic()
     engine.upscale([rgb])
-    return Measurement(engine.describe(), 1, build_s, 0.0, time.monotonic() - tick, 0.0, info.file_size * engine.scale ** 2)
+    upscaled_bytes = info.file_size * engine.scale**2
+    return Measurement(engine.describe(), 1, build_s, 0.0, time.monotonic() - tick, 0.0, upscaled_bytes)
 
 
 def _measure_encode(frames: list[Any], info: MediaInfo, encode: EncodeOptions, suffix: str) -> tuple[float, float]:

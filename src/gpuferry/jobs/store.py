@@ -195,7 +195,9 @@ class JobStore:
             raise JobNotFoundError(f"no job {job_id!r} in {self.path}", step="jobs")
         return self._record(row)
 
-    def find_unfinished(self, input_sha256: str, output: str, settings: dict[str, Any], target: dict[str, Any]) -> JobRecord | None:
+    def find_unfinished(
+        self, input_sha256: str, output: str, settings: dict[str, Any], target: dict[str, Any]
+    ) -> JobRecord | None:
         """An unfinished job with the same input, output, settings and target, to resume it."""
         row = self._db.execute(
             "SELECT * FROM jobs WHERE input_sha256 = ? AND output = ? AND settings = ? AND target = ?"
