@@ -374,7 +374,7 @@ def _plan_outputs(inputs: tuple[Path, ...], output: Path | None, scale: int) -> 
 @click.option("--json", "as_json", is_flag=True, help="Print the registry as JSON.")
 def models(as_json: bool) -> None:
     """List the models, their scales and what each is good for."""
-    rows = [
+    rows: list[dict[str, Any]] = [
         {
             "name": spec.name,
             "architecture": spec.architecture,

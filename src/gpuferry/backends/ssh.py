@@ -315,7 +315,8 @@ class SshBackend(HelperOperations):
             signal_name = completed.exit_signal[0] if completed.exit_signal else ""
             exit_code = 128 + SIGNAL_NUMBERS.get(signal_name, 127)
         output = completed.stdout or b""
-        return CommandResult(exit_code, output.decode("utf-8", "replace"))
+        text = output if isinstance(output, str) else output.decode("utf-8", "replace")
+        return CommandResult(exit_code, text)
 
     def run_streaming(self, argv: Sequence[str], timeout: float, on_line: Callable[[str], bool]) -> CommandResult:
         if not argv:

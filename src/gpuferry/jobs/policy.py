@@ -81,7 +81,7 @@ POLICY: dict[type[errors.GpuferryError], Rule] = {
 def rule_for(error: BaseException) -> Rule:
     """The rule of the nearest class in the table (subclasses inherit their parent's rule)."""
     for cls in type(error).__mro__:
-        rule = POLICY.get(cls)  # type: ignore[arg-type]
+        rule = POLICY.get(cls)
         if rule is not None:
             return rule
     return Rule("fail")

@@ -114,7 +114,8 @@ def _presentation_ranks(path: str | os.PathLike[str], segment: Segment, clock: S
             path=str(path),
             step="assemble",
         )
-    by_time = sorted(range(len(stamps)), key=lambda i: stamps[i])
+    timed = [stamp for stamp in stamps if stamp is not None]  # all of them (checked above)
+    by_time = sorted(range(len(timed)), key=lambda i: timed[i])
     ranks = [0] * len(stamps)
     for rank, i in enumerate(by_time):
         ranks[i] = rank

@@ -8,7 +8,7 @@ import warnings
 from dataclasses import asdict, dataclass, field
 from fractions import Fraction
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import av
 from PIL import Image, UnidentifiedImageError
@@ -304,7 +304,7 @@ def _inspect_video_stream(
     if not stream.duration:
         # a matroska DURATION tag is where the track ends, counted from zero, not its length
         measured = max(measured, float(last_end * time_base))
-    if claimed_duration is not None and claimed_duration - measured > max(3 / fps, 0.02 * claimed_duration):
+    if claimed_duration is not None and claimed_duration - measured > max(float(3 / fps), 0.02 * claimed_duration):
         raise BadInputError(
             f"video is truncated: it should last {claimed_duration:.2f} s but its frames end at {measured:.2f} s",
             path=str(source),
@@ -359,7 +359,8 @@ def _first_frame(source: Path, stream_index: int) -> av.VideoFrame:
     """Decode the first frame in a fresh container (rotation and real pixel format live there)."""
     try:
         with av.open(str(source), metadata_errors="replace") as container:
-            for frame in container.decode(container.streams[stream_index]):
+            stream = cast(av.video.stream.VideoStream, container.streams[stream_index])  # the caller's video
+            for frame in container.decode(stream):
                 return frame
     except av.FFmpegError as exc:
         raise BadInputError(

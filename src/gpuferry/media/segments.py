@@ -57,7 +57,8 @@ def presentation_timestamps(path: str | os.PathLike[str], stream_index: int) -> 
     times = _packet_times(path, stream_index)
     if any(pts is None for pts, _ in times):
         return [None] * len(times)
-    return sorted(pts for pts, _ in times if pts is not None)
+    known: list[int | None] = [*sorted(pts for pts, _ in times if pts is not None)]
+    return known
 
 
 @dataclass(frozen=True)

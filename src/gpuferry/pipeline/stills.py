@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import cast
 
 import av
 import numpy as np
@@ -51,7 +52,7 @@ def read_stills(info: MediaInfo, times: list[float]) -> list[Still]:
     found: dict[float, Still] = {}
     try:
         with av.open(info.path, metadata_errors="replace") as container:
-            stream = container.streams[video.index]
+            stream = cast(av.video.stream.VideoStream, container.streams[video.index])  # info.video's stream
             for t in sorted(set(times)):
                 found[t] = _frame_at(container, stream, info, t)
     except av.FFmpegError as exc:
