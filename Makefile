@@ -43,7 +43,6 @@ types: install-test
 FAST_TESTS := tests/transfer/test_memory_backend.py tests/policy/test_one_request.py \
 	tests/policy/test_configuration.py tests/backends/test_targets.py tests/backends/test_secrets.py
 
-
 test: lint types system-deps
 	$(PY) -m pytest -q
 
