@@ -94,15 +94,9 @@ def _check_size(width: int, height: int, pix_fmt: str, path: str) -> None:
             step="encode",
             hints=["Use a smaller --scale.", "Downscale the input first."],
         )
-    fmt = av.VideoFormat(pix_fmt)
-    subsampled = fmt.chroma_width(2) < 2 or fmt.chroma_height(2) < 2  # a chroma sample spans two pixels
-    if subsampled and (width % 2 or height % 2):
-        raise BadInputError(
-            f"output size {width}x{height} is odd, which {pix_fmt} cannot hold",
-            path=path,
-            step="encode",
-            hints=["Use --scale 2 or 4 (even sizes).", "Or pass --pix-fmt yuv444p."],
-        )
+    # Odd sizes are left to the encoder: libvpx-vp9 takes them in 4:2:0, libx264/libx265 refuse them
+    # and their refusal is mapped with hints. (An odd-size check here never ran: it compared the method
+    # VideoFormat.chroma_width with an int, and only when the format had a width, which it never had.)
 
 
 class StreamCopier:
