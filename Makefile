@@ -7,7 +7,7 @@ PIP    := $(PY) -m pip --disable-pip-version-check
 # the CPU build of torch that this machine kind keeps on disk; an unpinned torch pulls a multi-GB CUDA build
 TORCH  := torch==2.13.0
 
-.PHONY: demo test install install-test system-deps bench clean
+.PHONY: demo test check lint types install install-test system-deps bench clean
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -31,11 +31,26 @@ system-deps:
 demo: install
 	$(PY) scripts/demo.py demo-out
 
-test: install-test system-deps
+# the gates: ruff (the rule selection in pyproject.toml) and mypy on src/, zero findings
+lint: install-test
+	$(PY) -m ruff check src
+
+types: install-test
+	$(PY) -m mypy
+
+# the fast lane (about a minute): the in-memory backend, settings, targets, secrets and the one typed
+# request from the CLI and the Python API; the fault storms, soak and media matrix stay in `make test`
+FAST_TESTS := tests/transfer/test_memory_backend.py tests/policy/test_one_request.py \
+	tests/policy/test_configuration.py tests/backends/test_targets.py tests/backends/test_secrets.py
+
+test: lint types system-deps
 	$(PY) -m pytest -q
+
+check: lint types
+	$(PY) -m pytest -q -x $(FAST_TESTS)
 
 bench: install-test
 	$(PY) bench/pipeline.py
 
 clean:
-	rm -rf demo-out .pytest_cache build *.egg-info src/*.egg-info
+	rm -rf demo-out .pytest_cache .mypy_cache .ruff_cache build *.egg-info src/*.egg-info

@@ -300,9 +300,12 @@ def clean_jobs(on_event: EventSink = ignore) -> list[str]:
     cleaned = []
     try:
         for job in store.list(limit=1000):
-            if job.state in (DONE, CANCELLED, FAILED) and (job.remote_dir or store.job_dir(job.id).exists()):
-                if remove_job_leftovers(store, job, stop_worker=job.state != DONE, on_event=on_event):
-                    cleaned.append(job.id)
+            if (
+                job.state in (DONE, CANCELLED, FAILED)
+                and (job.remote_dir or store.job_dir(job.id).exists())
+                and remove_job_leftovers(store, job, stop_worker=job.state != DONE, on_event=on_event)
+            ):
+                cleaned.append(job.id)
         return cleaned
     finally:
         store.close()

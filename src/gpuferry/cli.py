@@ -74,8 +74,10 @@ def cli() -> None:
     type=click.Path(path_type=Path),
     help="Output file (one input) or existing directory. Default: <stem>_x<scale><ext> next to the input.",
 )
-@click.option("--scale", type=click.Choice(["2", "3", "4"]), default=None, help="Upscale factor (env UPSCALE_SCALE; 2).")
-@click.option("--model", default=None, help="Model name, see `gpuferry models` (env UPSCALE_MODEL; realesr-animevideov3).")
+@click.option("--scale", type=click.Choice(["2", "3", "4"]), default=None,
+              help="Upscale factor (env UPSCALE_SCALE; 2).")
+@click.option("--model", default=None,
+              help="Model name, see `gpuferry models` (env UPSCALE_MODEL; realesr-animevideov3).")
 @click.option(
     "--model-path",
     type=click.Path(path_type=Path, dir_okay=False),
@@ -89,12 +91,16 @@ def cli() -> None:
     show_default=True,
     help="auto picks the best engine available here and says why.",
 )
-@click.option("--device", type=click.Choice(DEVICE_NAMES), default=None, help="Where the engine runs (env USE_GPU; auto).")
-@click.option("--crf", type=click.IntRange(0, 63), default=None, help="Video quality, lower is better (env UPSCALE_CRF; 18).")
+@click.option("--device", type=click.Choice(DEVICE_NAMES), default=None,
+              help="Where the engine runs (env USE_GPU; auto).")
+@click.option("--crf", type=click.IntRange(0, 63), default=None,
+              help="Video quality, lower is better (env UPSCALE_CRF; 18).")
 @click.option("--preset", default="medium", show_default=True, help="Encoder speed preset (libx264/libx265).")
-@click.option("--codec", default=None, help="Video encoder (default from the extension: libx264, or libvpx-vp9 for webm).")
+@click.option("--codec", default=None,
+              help="Video encoder (default from the extension: libx264, or libvpx-vp9 for webm).")
 @click.option("--pix-fmt", default=None, help="Output pixel format (default: the source's, e.g. 10-bit stays 10-bit).")
-@click.option("--tile", type=click.IntRange(0), default=None, help="Tile size for engines that tile (env UPSCALE_TILE_SIZE; 0 = automatic).")
+@click.option("--tile", type=click.IntRange(0), default=None,
+              help="Tile size for engines that tile (env UPSCALE_TILE_SIZE; 0 = automatic).")
 @click.option("--threads", type=click.IntRange(1), default=None, help="CPU threads for the engine (default: all).")
 @click.option("--overwrite", is_flag=True, help="Replace an existing output.")
 @click.option(
@@ -113,19 +119,24 @@ def cli() -> None:
     "the command line.",
 )
 @click.option("--target", "target_name", default=None, help="A target from the config file ([targets.NAME]).")
-@click.option("--strict", is_flag=True, default=None, help="Fail with the first place's error instead of falling back (env GPUFERRY_STRICT).")
+@click.option("--strict", is_flag=True, default=None,
+              help="Fail with the first place's error instead of falling back (env GPUFERRY_STRICT).")
 @click.option("--segment-seconds", type=click.FloatRange(min=0.1), default=None,
               help="Remote jobs: length of a checkpointed segment (env GPUFERRY_SEGMENT_SECONDS; 10).")
 @click.option("--stall-timeout", type=click.FloatRange(min=1), default=None,
-              help="Remote jobs: seconds without new frames before the worker counts as hung (env GPUFERRY_STALL_TIMEOUT; 120).")
+              help="Remote jobs: seconds without new frames before the worker counts as hung "
+                   "(env GPUFERRY_STALL_TIMEOUT; 120).")
 @click.option("--poll-interval", type=click.FloatRange(min=0.1), default=None,
               help="Remote jobs: seconds between progress polls (env GPUFERRY_POLL_INTERVAL; 2).")
 @click.option("--attempt-timeout", type=click.FloatRange(min=1), default=None,
               help="Remote jobs: overall cap for one attempt (env CGPU_TIMEOUT; 1800).")
-@click.option("--remote-python", default=None, help="Remote jobs: the far side's Python (default: the target's `python` setting, else python3).")
-@click.option("--remote-root", default=None, help="Remote jobs: folder that holds gpuferry/jobs (default: the backend's).")
+@click.option("--remote-python", default=None,
+              help="Remote jobs: the far side's Python (default: the target's `python` setting, else python3).")
+@click.option("--remote-root", default=None,
+              help="Remote jobs: folder that holds gpuferry/jobs (default: the backend's).")
 @click.option("--keep-remote", is_flag=True, help="Remote jobs: keep the remote job folder after success.")
-@click.option("--dry-run", is_flag=True, help="Only say what the job would do and how long it would take (see `gpuferry plan`).")
+@click.option("--dry-run", is_flag=True,
+              help="Only say what the job would do and how long it would take (see `gpuferry plan`).")
 @click.option("--glob", "globs", multiple=True, metavar="PATTERN",
               help="Folder input: only files matching PATTERN (path under the folder or name), repeatable.")
 @click.option("--json", "as_json", is_flag=True, help="One JSON event per line on stdout; logs on stderr.")
@@ -236,7 +247,11 @@ def upscale(
                                     overwrite, view, sink)
         else:
             exit_code = _each_input(
-                targets, lambda source, target: upscaler.upscale(source, target, overwrite=overwrite), view, as_json, sink
+                targets,
+                lambda source, target: upscaler.upscale(source, target, overwrite=overwrite),
+                view,
+                as_json,
+                sink,
             )
     finally:
         upscaler.close()
@@ -359,7 +374,7 @@ def _plan_outputs(inputs: tuple[Path, ...], output: Path | None, scale: int) -> 
 @click.option("--json", "as_json", is_flag=True, help="Print the registry as JSON.")
 def models(as_json: bool) -> None:
     """List the models, their scales and what each is good for."""
-    rows = [
+    rows: list[dict[str, Any]] = [
         {
             "name": spec.name,
             "architecture": spec.architecture,
@@ -570,16 +585,19 @@ def doctor(target_name: str | None, as_json: bool) -> None:
               help="Time of a frame to show, repeatable (default: three spread over the video).")
 @click.option("--models", default=None, metavar="all|A,B",
               help="Models to compare, comma separated, or all (default: the configured model).")
-@click.option("--scale", type=click.Choice(["2", "3", "4"]), default=None, help="Upscale factor (env UPSCALE_SCALE; 2).")
+@click.option("--scale", type=click.Choice(["2", "3", "4"]), default=None,
+              help="Upscale factor (env UPSCALE_SCALE; 2).")
 @click.option("-o", "--output", type=click.Path(path_type=Path), default=None,
               help="The picture (.png, .jpg, .webp). Default: <stem>_preview.png next to the input.")
 @click.option("--engine", type=click.Choice(ENGINE_NAMES), default="auto", show_default=True)
-@click.option("--device", type=click.Choice(DEVICE_NAMES), default=None, help="Where the engine runs (env USE_GPU; auto).")
+@click.option("--device", type=click.Choice(DEVICE_NAMES), default=None,
+              help="Where the engine runs (env USE_GPU; auto).")
 @click.option("--threads", type=click.IntRange(1), default=None, help="CPU threads for the engine (default: all).")
 @click.option("--overwrite", is_flag=True, help="Replace an existing picture.")
 @click.option("--target", "target_name", default=None, help="Run the models on this configured target.")
 @click.option("--backend", type=click.Choice(BACKEND_KINDS), default=None, help="Run the models on this backend.")
-@click.option("--backend-opt", "backend_opts", multiple=True, metavar="KEY=VALUE", help="Setting for --backend, repeatable.")
+@click.option("--backend-opt", "backend_opts", multiple=True, metavar="KEY=VALUE",
+              help="Setting for --backend, repeatable.")
 @click.option("--json", "as_json", is_flag=True, help="JSON events on stdout, the last one with paths and figures.")
 @click.option("-v", "--verbose", is_flag=True, help="Debug logs on stderr.")
 def preview(source: Path, times: tuple[float, ...], models: str | None, scale: str | None, output: Path | None,
@@ -620,10 +638,12 @@ def preview(source: Path, times: tuple[float, ...], models: str | None, scale: s
 @cli.command("watch")
 @click.argument("in_dir", type=click.Path(path_type=Path, file_okay=False))
 @click.argument("out_dir", type=click.Path(path_type=Path, file_okay=False))
-@click.option("--scale", type=click.Choice(["2", "3", "4"]), default=None, help="Upscale factor (env UPSCALE_SCALE; 2).")
+@click.option("--scale", type=click.Choice(["2", "3", "4"]), default=None,
+              help="Upscale factor (env UPSCALE_SCALE; 2).")
 @click.option("--model", default=None, help="Model name (env UPSCALE_MODEL).")
 @click.option("--engine", type=click.Choice(ENGINE_NAMES), default="auto", show_default=True)
-@click.option("--device", type=click.Choice(DEVICE_NAMES), default=None, help="Where the engine runs (env USE_GPU; auto).")
+@click.option("--device", type=click.Choice(DEVICE_NAMES), default=None,
+              help="Where the engine runs (env USE_GPU; auto).")
 @click.option("--threads", type=click.IntRange(1), default=None, help="CPU threads for the engine (default: all).")
 @click.option("--glob", "globs", multiple=True, metavar="PATTERN", help="Only files matching PATTERN, repeatable.")
 @click.option("--settle", type=click.FloatRange(min=0.1), default=2.0, show_default=True,
@@ -685,14 +705,19 @@ def watch_command(in_dir: Path, out_dir: Path, scale: str | None, model: str | N
 @click.argument("source", type=click.Path(path_type=Path))
 @click.option("--target", "target_name", default=None, help="Plan for this configured target (its link is measured).")
 @click.option("--backend", type=click.Choice(BACKEND_KINDS), default=None, help="Plan for this backend.")
-@click.option("--backend-opt", "backend_opts", multiple=True, metavar="KEY=VALUE", help="Setting for --backend, repeatable.")
-@click.option("--scale", type=click.Choice(["2", "3", "4"]), default=None, help="Upscale factor (env UPSCALE_SCALE; 2).")
+@click.option("--backend-opt", "backend_opts", multiple=True, metavar="KEY=VALUE",
+              help="Setting for --backend, repeatable.")
+@click.option("--scale", type=click.Choice(["2", "3", "4"]), default=None,
+              help="Upscale factor (env UPSCALE_SCALE; 2).")
 @click.option("--model", default=None, help="Model name (env UPSCALE_MODEL).")
 @click.option("--engine", type=click.Choice(ENGINE_NAMES), default="auto", show_default=True)
-@click.option("--device", type=click.Choice(DEVICE_NAMES), default=None, help="Where the engine runs (env USE_GPU; auto).")
+@click.option("--device", type=click.Choice(DEVICE_NAMES), default=None,
+              help="Where the engine runs (env USE_GPU; auto).")
 @click.option("--threads", type=click.IntRange(1), default=None, help="CPU threads for the engine (default: all).")
-@click.option("--segment-seconds", type=click.FloatRange(min=0.1), default=None, help="Length of a remote segment (10).")
-@click.option("-o", "--output", type=click.Path(path_type=Path), default=None, help="The output it would write (its extension picks the encoder).")
+@click.option("--segment-seconds", type=click.FloatRange(min=0.1), default=None,
+              help="Length of a remote segment (10).")
+@click.option("-o", "--output", type=click.Path(path_type=Path), default=None,
+              help="The output it would write (its extension picks the encoder).")
 @click.option("--json", "as_json", is_flag=True, help="Print the plan as JSON.")
 def plan_command(source: Path, target_name: str | None, backend: str | None, backend_opts: tuple[str, ...],
                  scale: str | None, model: str | None, engine: str, device: str | None, threads: int | None,

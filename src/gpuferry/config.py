@@ -164,8 +164,8 @@ def _read_file(path: Path) -> dict[str, Any]:
         raise UsageError(f"the config file is not valid TOML ({exc})", path=str(path), step="config") from None
     values = dict(data.get("gpuferry", {}))
     targets = {}
-    for name, table in (data.get("targets") or {}).items():
-        table = dict(table)
+    for name, raw_table in (data.get("targets") or {}).items():
+        table = dict(raw_table)
         kind = table.pop("kind", None)
         enabled = table.pop("enabled", True)
         if "token" in table:

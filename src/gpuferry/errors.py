@@ -204,7 +204,7 @@ class NotAuthenticatedError(GpuferryError):
 
     exit_code = 11
     kind = "not_authenticated"
-    default_hints = (
+    default_hints: ClassVar[tuple[str, ...]] = (
         "Check the session with `cgpu status` (or the target's token / ssh key).",
         "Log in again: `cgpu --force-login status`.",
         "Make sure the credentials directory is writable (~/.config/cgpu).",

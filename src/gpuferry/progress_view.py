@@ -119,8 +119,9 @@ class ProgressView:
         """A folder batch: one overall bar (files), under which each file's own bar comes and goes."""
         self._ensure_live()
         how = "resuming" if event["resumed"] else "starting"
+        before = f", {event['done_before']} done before" if event["resumed"] else ""
         self.console.print(f"{how} batch {event['batch']}: {event['files']} file(s) under {event['root']} "
-                           f"-> {event['output_root']}" + (f", {event['done_before']} done before" if event["resumed"] else ""))
+                           f"-> {event['output_root']}{before}")
         self._tasks[f"batch:{event['batch']}"] = self.progress.add_task("all files", total=event["files"], fps=0.0)
 
     def _on_batch_item(self, event: Event) -> None:

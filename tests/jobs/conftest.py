@@ -25,7 +25,7 @@ def gpuferry_home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
 
 @pytest.fixture(scope="session")
 def job_clip(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """3 segments of 24 frames, big enough (160x96) that a segment takes a moment on the CPU."""
+    """3 segments of 24 frames, big enough (96x64) that a segment takes a moment on the CPU with the model."""
     path = tmp_path_factory.mktemp("job-clip") / "clip.mp4"
     make_clip(path, frames=FRAMES, fps=FPS, width=WIDTH, height=HEIGHT)
     return path

@@ -10,7 +10,7 @@ import time
 from pathlib import Path
 
 import pytest
-from job_shape import FRAMES, SEGMENT_FRAMES
+from job_shape import FRAMES, HEIGHT, SEGMENT_FRAMES, WIDTH
 from media_checks import audio_packets, frame_times
 from process_checks import process_gone
 
@@ -64,7 +64,7 @@ def wait_mid_segment(place, job_id: str, timeout: float = 60) -> dict:
 def assert_complete(clip: Path, output: Path) -> None:
     info = probe(output).video
     assert info.frames == FRAMES
-    assert (info.width, info.height) == (320, 192)
+    assert (info.width, info.height) == (2 * WIDTH, 2 * HEIGHT)
     assert audio_packets(output) == audio_packets(clip)
     assert frame_times(output) == pytest.approx(frame_times(clip), abs=1e-6)
 

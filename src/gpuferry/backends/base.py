@@ -227,7 +227,7 @@ class Backend(ABC):
         costs (a terminal's input buffer, a CLI's argument); None means pass the source inline."""
         return None
 
-    def close(self) -> None:
+    def close(self) -> None:  # noqa: B027 - an optional hook: backends without connections keep the no-op
         """Release connections; detached processes keep running."""
 
     def __enter__(self) -> Backend:

@@ -221,7 +221,9 @@ class CgpuBackend(FramedCommands):
     @staticmethod
     def _past_login(head: str) -> bool:
         """Whether cgpu had logged in before ``head``'s login-like text (then it is remote output)."""
-        return head.find("Authenticated as") != -1 and head.find("Authenticated as") < LOGIN_PROMPTS.search(head).start()
+        authenticated = head.find("Authenticated as")
+        prompt = LOGIN_PROMPTS.search(head)
+        return authenticated != -1 and prompt is not None and authenticated < prompt.start()
 
     @staticmethod
     def _stop(process: subprocess.Popen[bytes]) -> None:

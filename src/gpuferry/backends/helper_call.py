@@ -60,8 +60,8 @@ def local_helper_argv(python: str, operation: str, arguments: dict[str, Any]) ->
 
 def parse_reply(output: str, operation: str, path: str | None, backend_kind: str) -> Any:
     """The ``result`` of a helper reply; a failed file operation becomes RemoteFileError."""
-    for line in reversed(output.splitlines()):
-        line = line.strip()
+    for raw_line in reversed(output.splitlines()):
+        line = raw_line.strip()
         if line.startswith("{") and line.endswith("}"):
             try:
                 reply = json.loads(line)
@@ -76,17 +76,17 @@ def parse_reply(output: str, operation: str, path: str | None, backend_kind: str
                 path=path,
                 step=backend_kind,
             )
-    raise_helper_missing(output, operation, backend_kind)
+    raise helper_missing_error(output, operation, backend_kind)
 
 
-def raise_helper_missing(output: str, operation: str, backend_kind: str) -> None:
-    """No JSON reply: python3 is missing on the far side, or the output was cut."""
+def helper_missing_error(output: str, operation: str, backend_kind: str) -> NotInstalledError | ConnectionLostError:
+    """The error for no JSON reply: python3 is missing on the far side, or the output was cut."""
     lowered = output.lower()
     if "not found" in lowered or "no such file" in lowered:
-        raise NotInstalledError(
+        return NotInstalledError(
             f"python3 is needed on the {backend_kind} target for file operations: {output[-500:].strip()}",
             step=backend_kind,
         )
-    raise ConnectionLostError(
+    return ConnectionLostError(
         f"{operation} on {backend_kind} returned no reply: {output[-500:].strip()!r}", step=backend_kind
     )

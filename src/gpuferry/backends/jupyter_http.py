@@ -30,7 +30,9 @@ class JupyterHttp:
     def auth_headers(self) -> dict[str, str]:
         return {"Authorization": f"token {self._token.reveal()}"}
 
-    def request(self, method: str, path: str, *, what: str, remote_path: str | None = None, **kwargs: Any) -> httpx.Response:
+    def request(
+        self, method: str, path: str, *, what: str, remote_path: str | None = None, **kwargs: Any
+    ) -> httpx.Response:
         try:
             response = self._client.request(method, path, **kwargs)
         except httpx.TransportError as error:

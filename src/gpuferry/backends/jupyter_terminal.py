@@ -82,7 +82,9 @@ class TerminalSession:
                 ) from None
             raise ConnectionLostError(f"terminal websocket refused (HTTP {status})", step="jupyter") from None
         except (OSError, TimeoutError, InvalidHandshake) as error:
-            raise ConnectionLostError(f"cannot open the terminal websocket: {type(error).__name__}", step="jupyter") from None
+            raise ConnectionLostError(
+                f"cannot open the terminal websocket: {type(error).__name__}", step="jupyter"
+            ) from None
 
     def _wait_for_prompt(self) -> None:
         """Let the shell start (its first output) before typing; bounded by PROMPT_WAIT."""
@@ -118,7 +120,9 @@ class TerminalSession:
             while True:
                 remaining = deadline - time.monotonic()
                 if remaining <= 0:
-                    raise CommandTimeoutError(f"`{program}` ran past {timeout:g} s in a Jupyter terminal", step="jupyter")
+                    raise CommandTimeoutError(
+                        f"`{program}` ran past {timeout:g} s in a Jupyter terminal", step="jupyter"
+                    )
                 try:
                     message = self._socket.recv(timeout=remaining)
                 except TimeoutError:
@@ -142,8 +146,8 @@ class TerminalSession:
         self.broken = True
         try:
             self._exit_stack.close()
-        except Exception:
-            pass  # closing a socket that already dropped
+        except Exception:  # noqa: BLE001 - closing a socket that already dropped may raise anything; close goes on
+            pass
         try:
             self._http.request("DELETE", f"api/terminals/{quote(self.name, safe='')}", what="close the terminal")
         except GpuferryError:

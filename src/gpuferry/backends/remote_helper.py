@@ -216,7 +216,7 @@ def process_identity(pid):
     try:
         output = subprocess.run(
             ["ps", "-o", "lstart=", "-p", str(int(pid))], stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
-            timeout=30,
+            timeout=30, check=False,
         ).stdout.decode("ascii", "replace").split()
     except (OSError, subprocess.SubprocessError):
         return "unknown"
@@ -247,7 +247,8 @@ def op_spawn(args):
             chunks.append(chunk)
         os.close(read_end)
         os.waitpid(leader, os.WNOHANG)
-        message = json.loads(b"".join(chunks).decode() or '{"ok": false, "error": "SpawnFailed", "message": "no report"}')
+        no_report = '{"ok": false, "error": "SpawnFailed", "message": "no report"}'
+        message = json.loads(b"".join(chunks).decode() or no_report)
         if not message["ok"]:
             raise OSError(errno.ECHILD, message.get("message", "spawn failed"))
         return {"pid": message["pid"], "started": message["started"]}
@@ -268,7 +269,7 @@ def op_spawn(args):
             log = os.open(args["log"], os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
             child = subprocess.Popen(
                 args["argv"], cwd=args.get("cwd"), env=env, stdin=devnull, stdout=log, stderr=log,
-                preexec_fn=restore_signals,
+                preexec_fn=restore_signals,  # noqa: PLW1509 - the forked leader runs no threads
             )
         except OSError as exc:
             failure = {"ok": False, "message": "%s: %s" % (exc.strerror or type(exc).__name__, exc.filename)}

@@ -150,7 +150,8 @@ class SshBackend(HelperOperations):
             raise
 
     def __repr__(self) -> str:
-        return f"SshBackend(host={self.settings.host!r}, port={self.settings.port!r}, username={self.settings.username!r})"
+        settings = self.settings
+        return f"SshBackend(host={settings.host!r}, port={settings.port!r}, username={settings.username!r})"
 
     @property
     def where(self) -> str:
@@ -297,7 +298,9 @@ class SshBackend(HelperOperations):
                 except (OSError, asyncssh.Error):
                     pass
                 process.close()
-                raise CommandTimeoutError(f"`{program}` ran past {timeout:g} s on {self.where}", step=self.kind) from None
+                raise CommandTimeoutError(
+                    f"`{program}` ran past {timeout:g} s on {self.where}", step=self.kind
+                ) from None
         except LOST as error:
             raise ConnectionLostError(
                 f"connection to {self.where} lost while running `{program}`: {error}", step=self.kind
@@ -311,7 +314,8 @@ class SshBackend(HelperOperations):
             signal_name = completed.exit_signal[0] if completed.exit_signal else ""
             exit_code = 128 + SIGNAL_NUMBERS.get(signal_name, 127)
         output = completed.stdout or b""
-        return CommandResult(exit_code, output.decode("utf-8", "replace"))
+        text = output if isinstance(output, str) else output.decode("utf-8", "replace")
+        return CommandResult(exit_code, text)
 
     def run_streaming(self, argv: Sequence[str], timeout: float, on_line: Callable[[str], bool]) -> CommandResult:
         if not argv:
@@ -339,7 +343,9 @@ class SshBackend(HelperOperations):
                 finished = await asyncio.wait_for(pump(), timeout)
             except TimeoutError:
                 process.close()
-                raise CommandTimeoutError(f"`{program}` ran past {timeout:g} s on {self.where}", step=self.kind) from None
+                raise CommandTimeoutError(
+                    f"`{program}` ran past {timeout:g} s on {self.where}", step=self.kind
+                ) from None
             if not finished:
                 process.close()  # the far side's next write fails, and it ends
                 return CommandResult(0, "\n".join(lines))

@@ -68,7 +68,8 @@ def local_checks() -> Iterator[Check]:
         from gpuferry.engines.select import _nvidia_driver_present
 
         cuda = _nvidia_driver_present()
-        yield Check("local", "engine torch", "pass", "PyTorch installed; CUDA driver " + ("present" if cuda else "absent"))
+        driver = "present" if cuda else "absent"
+        yield Check("local", "engine torch", "pass", f"PyTorch installed; CUDA driver {driver}")
 
 
 def preflight_checks(spec: TargetSpec) -> Iterator[Check]:
@@ -130,7 +131,8 @@ def _throughput(stage: str, backend: Backend) -> Iterator[Check]:
     # a plain name: a default jupyter_server (a Colab runtime) refuses hidden names in its contents API
     rates = measure_throughput(backend, PROBE_BYTES, f"gpuferry-doctor-probe-{uuid.uuid4().hex[:8]}")
     for direction, rate in zip(("upload", "download"), rates, strict=True):
-        yield Check(stage, f"{direction} throughput", "pass", f"{rate / 1e6:.1f} MB/s on a {human_size(PROBE_BYTES)} probe")
+        figure = f"{rate / 1e6:.1f} MB/s on a {human_size(PROBE_BYTES)} probe"
+        yield Check(stage, f"{direction} throughput", "pass", figure)
 
 
 def run_doctor(settings: Settings, only: str | None = None,

@@ -63,7 +63,7 @@ class Engine(ABC):
         """
         return None
 
-    def close(self) -> None:
+    def close(self) -> None:  # noqa: B027 - an optional hook: engines without resources keep the no-op
         """Free the engine's resources (networks, device memory)."""
 
     def __enter__(self) -> Engine:

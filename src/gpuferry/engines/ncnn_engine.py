@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 
@@ -51,7 +52,7 @@ class NcnnEngine(Engine):
         self._net = self._load_net()
         self._norm = [1.0 / 255.0] * 3
 
-    def _load_net(self) -> object:
+    def _load_net(self) -> Any:  # an ncnn.Net (ncnn has no type information)
         ncnn = self._ncnn
         net = ncnn.Net()
         net.opt.num_threads = self.threads

@@ -155,7 +155,8 @@ def create_engine(request: EngineRequest) -> EngineChoice:
             if engine.scale < request.scale:
                 engine.close()
                 raise UsageError(
-                    f"the model is x{engine.scale}; it cannot make x{request.scale} (choose --scale {engine.scale} or less)",
+                    f"the model is x{engine.scale}; it cannot make x{request.scale} "
+                    f"(choose --scale {engine.scale} or less)",
                     step="engine",
                 )
             engine = Rescaled(engine, request.scale)

@@ -13,13 +13,14 @@ from pathlib import Path
 from typing import Any
 
 import av
+import numpy as np
 
 from gpuferry.engines import EngineRequest, create_engine
 from gpuferry.errors import EngineUnavailableError, GpuferryError
 from gpuferry.jobs.fallback import LocalEngine, Stage
 from gpuferry.jobs.store import EstimateRecords, JobStore
 from gpuferry.media.decode import iter_video_frames
-from gpuferry.media.encode import EncodeOptions
+from gpuferry.media.encode import EncodeOptions, add_video_stream
 from gpuferry.media.formats import default_codec_for
 from gpuferry.media.probe import MediaInfo, probe
 from gpuferry.media.segments import plan_segments, presentation_timestamps
@@ -68,7 +69,9 @@ class PlaceEstimate:
 
     def to_json(self) -> dict[str, Any]:
         # 4 significant digits: a small file over a fast link moves in milliseconds, not 0.00 s
-        return {key: (float(f"{value:.4g}") if isinstance(value, float) else value) for key, value in asdict(self).items()}
+        return {
+            key: (float(f"{value:.4g}") if isinstance(value, float) else value) for key, value in asdict(self).items()
+        }
 
 
 @dataclass
@@ -108,8 +111,10 @@ def measure_here(info: MediaInfo, request: EngineRequest, encode: EncodeOptions,
     try:
         if info.video is None:
             return _measure_image(info, choice.engine, build_s)
-        frames, stamps = [], []
+        frames: list[np.ndarray] = []
+        stamps: list[float] = []
         for decoded in iter_video_frames(info.path, info.video.index, stop=SAMPLE_FRAMES):
+            assert decoded.rgb is not None  # decoded as RGB (not native)
             frames.append(decoded.rgb)
             stamps.append(time.monotonic())  # from the first frame on: opening the file is not per frame
         decode_spf = (stamps[-1] - stamps[0]) / (len(stamps) - 1) if len(stamps) > 1 else 0.0
@@ -131,7 +136,8 @@ def _measure_image(info: MediaInfo, engine: Any, build_s: float) -> Measurement:
     rgb = read_stills(info, [0.0])[0].rgb
     tick = time.monotonic()
     engine.upscale([rgb])
-    return Measurement(engine.describe(), 1, build_s, 0.0, time.monotonic() - tick, 0.0, info.file_size * engine.scale ** 2)
+    upscaled_bytes = info.file_size * engine.scale**2
+    return Measurement(engine.describe(), 1, build_s, 0.0, time.monotonic() - tick, 0.0, upscaled_bytes)
 
 
 def _measure_encode(frames: list[Any], info: MediaInfo, encode: EncodeOptions, suffix: str) -> tuple[float, float]:
@@ -144,7 +150,7 @@ def _measure_encode(frames: list[Any], info: MediaInfo, encode: EncodeOptions, s
     tick = time.monotonic()
     written = 0
     with av.open(buffer, "w", format="matroska") as container:
-        stream = container.add_stream(codec, rate=info.video.fps)
+        stream = add_video_stream(container, codec, info.video.fps)
         stream.width, stream.height, stream.pix_fmt = width, height, encode.pix_fmt or pix_fmt
         if codec in ("libx264", "libx265"):
             stream.options = {"crf": str(encode.crf), "preset": encode.preset}

@@ -77,7 +77,7 @@ class SegmentFetcher:
 
     def results(self) -> list[Fetched]:
         """Downloads finished since the last call; raises the first failure."""
-        found = []
+        found: list[Fetched] = []
         while True:
             try:
                 item = self._done.get_nowait()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import builtins
 import json
 import os
 import sqlite3
@@ -195,7 +196,9 @@ class JobStore:
             raise JobNotFoundError(f"no job {job_id!r} in {self.path}", step="jobs")
         return self._record(row)
 
-    def find_unfinished(self, input_sha256: str, output: str, settings: dict[str, Any], target: dict[str, Any]) -> JobRecord | None:
+    def find_unfinished(
+        self, input_sha256: str, output: str, settings: dict[str, Any], target: dict[str, Any]
+    ) -> JobRecord | None:
         """An unfinished job with the same input, output, settings and target, to resume it."""
         row = self._db.execute(
             "SELECT * FROM jobs WHERE input_sha256 = ? AND output = ? AND settings = ? AND target = ?"
@@ -205,6 +208,7 @@ class JobStore:
         ).fetchone()
         return self._record(row) if row else None
 
+    # the methods below this one annotate with builtins.list: inside the class, `list` names this method
     def list(self, limit: int = 50) -> list[JobRecord]:
         rows = self._db.execute("SELECT * FROM jobs ORDER BY created DESC LIMIT ?", (limit,)).fetchall()
         return [self._record(row) for row in rows]
@@ -236,7 +240,7 @@ class JobStore:
 
     # --- segments -------------------------------------------------------------------------------
 
-    def segments(self, job_id: str) -> list[SegmentRecord]:
+    def segments(self, job_id: str) -> builtins.list[SegmentRecord]:
         rows = self._db.execute("SELECT * FROM segments WHERE job_id = ? ORDER BY idx", (job_id,)).fetchall()
         return [
             SegmentRecord(
@@ -271,7 +275,7 @@ class JobStore:
             (job_id, time.time(), name, redact_urls(json.dumps(data, default=str))),
         )
 
-    def events(self, job_id: str) -> list[dict[str, Any]]:
+    def events(self, job_id: str) -> builtins.list[dict[str, Any]]:
         rows = self._db.execute(
             "SELECT time, kind, data FROM events WHERE job_id = ? ORDER BY rowid", (job_id,)
         ).fetchall()
@@ -408,7 +412,7 @@ class BatchRecords:
         with self.store._transaction() as db:
             db.execute("UPDATE batches SET state = ?, updated = ? WHERE id = ?", (state, time.time(), batch_id))
 
-    def add_items(self, batch_id: str, items: list[tuple[str, str, int]]) -> None:
+    def add_items(self, batch_id: str, items: builtins.list[tuple[str, str, int]]) -> None:
         """New files (path, output, input size) as pending; files already listed are kept as they are."""
         now = time.time()
         with self.store._transaction() as db:
@@ -418,7 +422,7 @@ class BatchRecords:
                 [(batch_id, path, output, size, now) for path, output, size in items],
             )
 
-    def items(self, batch_id: str) -> list[BatchItemRecord]:
+    def items(self, batch_id: str) -> builtins.list[BatchItemRecord]:
         rows = self.store._db.execute(
             "SELECT path, state, output, input_size, output_size, seconds, error FROM batch_items"
             " WHERE batch_id = ? ORDER BY path", (batch_id,)

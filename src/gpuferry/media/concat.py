@@ -61,11 +61,11 @@ def join_segments(segments: Sequence[Piece], source: MediaInfo, output_path: str
         copier = StreamCopier(source.path, output, source.video.index)
         report.copied_streams, report.dropped_streams = copier.report_copied, copier.report_dropped
         last_dts: int | None = None
-        for (path, segment), order in zip(segments, ranks):
+        for (path, segment), order in zip(segments, ranks, strict=True):
             with av.open(str(path)) as piece:
                 stream = piece.streams.video[0]
                 packets = (packet for packet in piece.demux(stream) if packet.size)
-                for position, (packet, rank) in enumerate(zip(packets, order)):
+                for position, (packet, rank) in enumerate(zip(packets, order, strict=True)):
                     frame = segment.first_frame + rank
                     decoded = segment.first_frame + position - delay
                     packet.pts = clock.pts[frame]
@@ -114,7 +114,8 @@ def _presentation_ranks(path: str | os.PathLike[str], segment: Segment, clock: S
             path=str(path),
             step="assemble",
         )
-    by_time = sorted(range(len(stamps)), key=lambda i: stamps[i])
+    timed = [stamp for stamp in stamps if stamp is not None]  # all of them (checked above)
+    by_time = sorted(range(len(timed)), key=lambda i: timed[i])
     ranks = [0] * len(stamps)
     for rank, i in enumerate(by_time):
         ranks[i] = rank

@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 from collections.abc import Iterator
 from dataclasses import dataclass
+from typing import cast
 
 import av
 import numpy as np
@@ -46,19 +47,19 @@ def iter_video_frames(
     index = 0
     try:
         with av.open(source, metadata_errors="replace") as container:
-            stream = container.streams[stream_index]
+            stream = cast(av.video.stream.VideoStream, container.streams[stream_index])  # the caller's video
             stream.thread_type = "AUTO"
-            seeking = start_pts is not None and start > 0
-            if seeking:
-                container.seek(start_pts, stream=stream, backward=True, any_frame=False)
+            seek_pts = start_pts if start > 0 else None  # until the first frame at or after it comes
+            if seek_pts is not None:
+                container.seek(seek_pts, stream=stream, backward=True, any_frame=False)
                 index = start
             for frame in container.decode(stream):
-                if seeking:
+                if seek_pts is not None:
                     if frame.pts is None:
                         raise BadInputError("frames without timestamps cannot be seeked", path=source)
-                    if frame.pts < start_pts:
+                    if frame.pts < seek_pts:
                         continue
-                    seeking = False
+                    seek_pts = None
                 if stop is not None and index >= stop:
                     return
                 if index >= start:

@@ -75,6 +75,17 @@ def _choose_pix_fmt(codec: av.Codec, options: EncodeOptions, video: VideoInfo, f
     return fallback
 
 
+def add_video_stream(
+    container: av.container.OutputContainer, codec_name: str, rate: Fraction | int | None
+) -> av.video.stream.VideoStream:
+    """A new stream for the video encoder ``codec_name``; another kind of encoder is refused."""
+    stream = container.add_stream(codec_name, rate=rate)
+    if not isinstance(stream, av.video.stream.VideoStream):
+        raise EncodeError(f"{codec_name} is not a video encoder", step="encode",
+                          hints=["Pass a video encoder to --codec (e.g. libx264, libx265, libvpx-vp9)."])
+    return stream
+
+
 def _check_size(width: int, height: int, pix_fmt: str, path: str) -> None:
     if width > MAX_SIDE or height > MAX_SIDE:
         raise BadInputError(
@@ -83,15 +94,9 @@ def _check_size(width: int, height: int, pix_fmt: str, path: str) -> None:
             step="encode",
             hints=["Use a smaller --scale.", "Downscale the input first."],
         )
-    fmt = av.VideoFormat(pix_fmt)
-    subsampled = fmt.chroma_width < fmt.width if fmt.width else False
-    if subsampled and (width % 2 or height % 2):
-        raise BadInputError(
-            f"output size {width}x{height} is odd, which {pix_fmt} cannot hold",
-            path=path,
-            step="encode",
-            hints=["Use --scale 2 or 4 (even sizes).", "Or pass --pix-fmt yuv444p."],
-        )
+    # Odd sizes are left to the encoder: libvpx-vp9 takes them in 4:2:0, libx264/libx265 refuse them
+    # and their refusal is mapped with hints. (An odd-size check here never ran: it compared the method
+    # VideoFormat.chroma_width with an int, and only when the format had a width, which it never had.)
 
 
 class StreamCopier:
@@ -131,9 +136,9 @@ class StreamCopier:
             self._pending = None
             if packet is None:
                 return
-            if packet.dts is None and packet.pts is None:
-                continue  # demuxer flush packet
             stamp = packet.dts if packet.dts is not None else packet.pts
+            if stamp is None:
+                continue  # demuxer flush packet
             if seconds is not None and float(stamp * packet.time_base) > seconds:
                 self._pending = packet
                 return
@@ -187,6 +192,7 @@ class VideoWriter:
             raise map_write_error(exc, self.path) from None
         try:
             self._stream = self._add_video_stream(codec_name, pix_fmt, width, height, options)
+            self._pix_fmt = pix_fmt
             self._copier = (
                 StreamCopier(source.path, self._out, self.video.index) if copy_streams else None
             )
@@ -205,7 +211,7 @@ class VideoWriter:
     ) -> av.video.stream.VideoStream:
         video = self.video
         rate = 1 / self._time_base if self._frame_clock else video.fps
-        stream = self._out.add_stream(codec_name, rate=rate)
+        stream = add_video_stream(self._out, codec_name, rate)
         stream.width, stream.height, stream.pix_fmt = width, height, pix_fmt
         # encode in the source's time base so that every frame keeps its exact timestamp (VFR too)
         stream.time_base = self._time_base
@@ -233,7 +239,7 @@ class VideoWriter:
             ctx.colorspace, ctx.color_range = self._colour.matrix, self._colour.range_tag
         if video.rotation:
             stream.set_display_rotation(video.rotation)
-        settings: dict[str, str] = {}
+        settings: dict[str, object] = {}  # the type PyAV gives stream.options
         if codec_name in _X26X:
             settings = {"crf": str(options.crf), "preset": options.preset}
         elif codec_name.startswith("libvpx"):
@@ -247,7 +253,7 @@ class VideoWriter:
         if isinstance(picture, av.VideoFrame):
             frame = picture
             if self._colour is not None and is_rgb_format(frame.format.name):
-                frame = rgb_frame_to(frame, self._stream.pix_fmt, self._colour)
+                frame = rgb_frame_to(frame, self._pix_fmt, self._colour)
         else:
             frame = self._from_rgb(picture)
         if self._frame_clock:
@@ -282,7 +288,7 @@ class VideoWriter:
         """An RGB array as a frame in the output's pixel format, through the source's matrix and range."""
         if self._colour is None:
             return array_to_frame(rgb)
-        return rgb_to_frame(rgb, self._stream.pix_fmt, self._colour)
+        return rgb_to_frame(rgb, self._pix_fmt, self._colour)
 
     def _mux(self, packets: list[av.Packet]) -> None:
         for packet in packets:

@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import itertools
 import os
 import warnings
 from dataclasses import asdict, dataclass, field
 from fractions import Fraction
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import av
 from PIL import Image, UnidentifiedImageError
@@ -303,14 +304,14 @@ def _inspect_video_stream(
     if not stream.duration:
         # a matroska DURATION tag is where the track ends, counted from zero, not its length
         measured = max(measured, float(last_end * time_base))
-    if claimed_duration is not None and claimed_duration - measured > max(3 / fps, 0.02 * claimed_duration):
+    if claimed_duration is not None and claimed_duration - measured > max(float(3 / fps), 0.02 * claimed_duration):
         raise BadInputError(
             f"video is truncated: it should last {claimed_duration:.2f} s but its frames end at {measured:.2f} s",
             path=str(source),
             step="probe",
         )
     pts_values.sort()
-    deltas = {b - a for a, b in zip(pts_values, pts_values[1:])}
+    deltas = {b - a for a, b in itertools.pairwise(pts_values)}
     # one tick of jitter is rounding in the container's time base, not variable frame rate
     vfr = bool(deltas) and (max(deltas) - min(deltas)) > 1
     start = pts_values[0]
@@ -358,7 +359,8 @@ def _first_frame(source: Path, stream_index: int) -> av.VideoFrame:
     """Decode the first frame in a fresh container (rotation and real pixel format live there)."""
     try:
         with av.open(str(source), metadata_errors="replace") as container:
-            for frame in container.decode(container.streams[stream_index]):
+            stream = cast(av.video.stream.VideoStream, container.streams[stream_index])  # the caller's video
+            for frame in container.decode(stream):
                 return frame
     except av.FFmpegError as exc:
         raise BadInputError(

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import os
 from dataclasses import asdict, dataclass
 from fractions import Fraction
@@ -56,7 +57,8 @@ def presentation_timestamps(path: str | os.PathLike[str], stream_index: int) -> 
     times = _packet_times(path, stream_index)
     if any(pts is None for pts, _ in times):
         return [None] * len(times)
-    return sorted(pts for pts, _ in times if pts is not None)
+    known: list[int | None] = [*sorted(pts for pts, _ in times if pts is not None)]
+    return known
 
 
 @dataclass(frozen=True)
@@ -112,10 +114,7 @@ def plan_segments(video: VideoInfo, timestamps: list[int | None], seconds: float
     next_cut = Fraction(seconds)
     for index in range(1, total):
         stamp = timestamps[index]
-        if stamp is None or origin is None:
-            elapsed = Fraction(index) / video.fps
-        else:
-            elapsed = (stamp - origin) * time_base
+        elapsed = Fraction(index) / video.fps if stamp is None or origin is None else (stamp - origin) * time_base
         if elapsed >= next_cut and (stamp is None or stamp != timestamps[index - 1]):
             # never between two frames at the same time: a seek could not tell them apart
             bounds.append(index)
@@ -127,5 +126,5 @@ def plan_segments(video: VideoInfo, timestamps: list[int | None], seconds: float
         del bounds[-2]
     return [
         Segment(index=number, first_frame=start, frames=stop - start, first_pts=timestamps[start])
-        for number, (start, stop) in enumerate(zip(bounds, bounds[1:]))
+        for number, (start, stop) in enumerate(itertools.pairwise(bounds))
     ]

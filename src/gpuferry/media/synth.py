@@ -55,6 +55,7 @@ def make_clip(
     time_base = time_base or Fraction(1, fps * 10)
     with av.open(path, "w") as container:
         stream = container.add_stream(codec, rate=fps)
+        assert isinstance(stream, av.VideoStream), f"{codec} is not a video encoder"
         stream.width, stream.height, stream.pix_fmt = width, height, pix_fmt
         stream.time_base = time_base
         stream.codec_context.time_base = time_base
@@ -62,10 +63,12 @@ def make_clip(
             stream.options = {"preset": "veryfast", "crf": str(crf)}
         if rotation:
             stream.set_display_rotation(rotation)
-        audio_stream = None
+        audio_stream: av.AudioStream | None = None
         if audio:
             chosen = audio_codec or ("libopus" if path.endswith(".webm") else "aac")
-            audio_stream = container.add_stream(chosen, rate=48000)
+            added = container.add_stream(chosen, rate=48000)
+            assert isinstance(added, av.AudioStream), f"{chosen} is not an audio encoder"
+            audio_stream = added
             audio_stream.layout = "mono"
         pts = 0
         ticks_per_frame = round(1 / (fps * time_base))
@@ -166,7 +169,7 @@ def make_bars(
     # PyAV's 4:2:0 layout: the Y plane, then U and V each as half-width rows packed two per row
     planes = np.concatenate([luma, u.reshape(height // 4, width), v.reshape(height // 4, width)])
     pix_fmt = "yuv420p" if bit_depth == 8 else "yuv420p10le"
-    dtype = np.uint8 if bit_depth == 8 else np.uint16
+    pixels = planes.astype(np.uint8) if bit_depth == 8 else planes.astype(np.uint16)
     with av.open(str(path), "w") as container:
         stream = container.add_stream("libx264", rate=24)
         stream.width, stream.height, stream.pix_fmt = width, height, pix_fmt
@@ -180,7 +183,7 @@ def make_bars(
         if color_trc is not None:
             ctx.color_trc = color_trc
         for index in range(frames):
-            frame = av.VideoFrame.from_ndarray(planes.astype(dtype), format=pix_fmt)
+            frame = av.VideoFrame.from_ndarray(pixels, format=pix_fmt)
             frame.pts = index
             for packet in stream.encode(frame):
                 container.mux(packet)
@@ -194,7 +197,8 @@ def measure_bars(path: str | os.PathLike[str], bars: int = len(BARS_RGB)) -> np.
     with av.open(str(path)) as container:
         frame = next(container.decode(video=0))
     depth = max(component.bits for component in frame.format.components)
-    planes = [np.frombuffer(plane, np.uint16 if depth > 8 else np.uint8) for plane in frame.planes]
+    # a VideoPlane has the buffer protocol; PyAV's stubs do not declare it
+    planes = [np.frombuffer(plane, np.uint16 if depth > 8 else np.uint8) for plane in frame.planes]  # type: ignore[call-overload]
     means = np.zeros((bars, 3))
     for index, plane in enumerate(frame.planes[:3]):
         width = plane.width

@@ -7,6 +7,7 @@ import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 from PIL import Image, ImageOps
@@ -215,7 +216,7 @@ def _upscale_image(source: Path, partial: Path, engine: Engine) -> list[str]:
         alpha = np.asarray(rgba)[:, :, 3]
         alpha_big = lanczos_resize(np.repeat(alpha[:, :, None], 3, axis=2), out.shape[1], out.shape[0])
         result.putalpha(Image.fromarray(alpha_big[:, :, 0], mode="L"))
-    save_kwargs: dict[str, object] = {}
+    save_kwargs: dict[str, Any] = {}
     suffix = partial.suffix.lower()
     if suffix in (".jpg", ".jpeg"):
         result = result.convert("RGB")

@@ -87,10 +87,13 @@ ModelRunner = Callable[[list[str], list[np.ndarray], int, EventSink], list[tuple
 def local_runner(engine: str = "auto", device: str = "auto", threads: int | None = None) -> ModelRunner:
     """Run the models here, one engine at a time, timing each frame."""
 
-    def run(models: list[str], frames: list[np.ndarray], scale: int, emit: EventSink) -> list[tuple[ModelTiming, list[np.ndarray]]]:
+    def run(
+        models: list[str], frames: list[np.ndarray], scale: int, emit: EventSink
+    ) -> list[tuple[ModelTiming, list[np.ndarray]]]:
         results = []
         for m, name in enumerate(models):
-            choice = create_engine(EngineRequest(engine=engine, model=name, scale=scale, device=device, threads=threads))
+            request = EngineRequest(engine=engine, model=name, scale=scale, device=device, threads=threads)
+            choice = create_engine(request)
             timing = ModelTiming(name, choice.engine.describe())
             emit(make_event("engine", engine=timing.engine, reason=choice.reason))
             outputs = []
@@ -155,8 +158,8 @@ def make_preview(
         columns = [Column("bicubic (no model)", f"x{scale}, {frame_w}x{frame_h} -> {out_w}x{out_h}",
                           bicubic[i], bicubic[i][y0:y1, x0:x1])]
         for timing, outputs in zip(timings, results, strict=True):
-            columns.append(Column(timing.model, f"{timing.seconds_per_frame:.2f} s/frame, {_engine_short(timing.engine)}",
-                                  outputs[i], outputs[i][y0:y1, x0:x1]))
+            label = f"{timing.seconds_per_frame:.2f} s/frame, {_engine_short(timing.engine)}"
+            columns.append(Column(timing.model, label, outputs[i], outputs[i][y0:y1, x0:x1]))
         header = (f"{source.name} at {still.time:.2f} s"
                   f"   below: the most detailed {crop_w}x{crop_h} at ({crops[i][0]}, {crops[i][1]}), 2x")
         blocks.append(Block(header, columns))

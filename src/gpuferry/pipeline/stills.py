@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import cast
 
 import av
 import numpy as np
@@ -51,7 +52,7 @@ def read_stills(info: MediaInfo, times: list[float]) -> list[Still]:
     found: dict[float, Still] = {}
     try:
         with av.open(info.path, metadata_errors="replace") as container:
-            stream = container.streams[video.index]
+            stream = cast(av.video.stream.VideoStream, container.streams[video.index])  # info.video's stream
             for t in sorted(set(times)):
                 found[t] = _frame_at(container, stream, info, t)
     except av.FFmpegError as exc:
@@ -65,7 +66,7 @@ def _frame_at(container: av.container.InputContainer, stream: av.video.stream.Vi
               t: float) -> Still:
     video = info.video
     assert video is not None
-    target = video.start_pts + int(round(t / video.time_base))
+    target = video.start_pts + round(t / video.time_base)
     container.seek(target, stream=stream, backward=True, any_frame=False)
     chosen = None
     for frame in container.decode(stream):
@@ -76,7 +77,7 @@ def _frame_at(container: av.container.InputContainer, stream: av.video.stream.Vi
         raise BadInputError(f"no frame decodes at {t:g} s", path=info.path, step="preview")
     pts = chosen.pts if chosen.pts is not None else target
     frame_time = float((pts - video.start_pts) * video.time_base)
-    index = int(round(frame_time * float(video.fps)))
+    index = round(frame_time * float(video.fps))
     return Still(t, frame_time, index, upright(chosen.to_ndarray(format="rgb24"), video.rotation))
 
 

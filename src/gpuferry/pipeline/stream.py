@@ -13,6 +13,7 @@ import threading
 import time
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
+from typing import cast
 
 import numpy as np
 
@@ -88,6 +89,11 @@ def _put(q: queue.Queue, item: object, stop: threading.Event) -> bool:
     return False
 
 
+def _rgb_of(frame: SourceFrame) -> np.ndarray:
+    assert frame.rgb is not None, "frames are decoded to RGB for engines that take RGB"
+    return frame.rgb
+
+
 def _get(q: queue.Queue, stop: threading.Event) -> object:
     while True:
         try:
@@ -144,7 +150,7 @@ def run_stream(
             item = _get(upscaled, stop)
             if item is _END:
                 return
-            rgb, source = item  # type: ignore[misc]
+            rgb, source = cast("tuple[np.ndarray, SourceFrame]", item)
             write(rgb, source)
             written += 1
 
@@ -167,7 +173,7 @@ def run_stream(
             if item is _END:
                 finished = True
             else:
-                batch.append(item)  # type: ignore[arg-type]
+                batch.append(cast("tuple[SourceFrame, bool]", item))
                 while len(batch) < engine.batch_size:
                     try:
                         more = decoded.get_nowait()
@@ -176,7 +182,7 @@ def run_stream(
                     if more is _END:
                         finished = True
                         break
-                    batch.append(more)  # type: ignore[arg-type]
+                    batch.append(cast("tuple[SourceFrame, bool]", more))
             if batch:
                 fresh = [frame for frame, duplicate in batch if not duplicate]
                 if not fresh:
@@ -184,7 +190,7 @@ def run_stream(
                 elif engine.accepts_video_frames:
                     outputs = engine.upscale_video_frames([frame.frame for frame in fresh])
                 else:
-                    outputs = engine.upscale([frame.rgb for frame in fresh])
+                    outputs = engine.upscale([_rgb_of(frame) for frame in fresh])
                 results = iter(outputs)
                 for source, duplicate in batch:
                     if duplicate:

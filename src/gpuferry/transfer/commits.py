@@ -93,7 +93,7 @@ class Committer:
                 batch, self._pending = self._pending, []
             try:
                 self.commit(batch)
-            except BaseException as error:  # handed to the uploading thread by stop()
+            except BaseException as error:  # noqa: BLE001 - handed to the uploading thread by stop()
                 with self._cond:
                     self._pending[:0] = batch  # still to commit (by finish, or a salvage)
                 self.error = error

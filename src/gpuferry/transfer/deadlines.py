@@ -54,7 +54,7 @@ def call_with_deadline(work: Callable[[], T], seconds: float, what: str, step: s
     def runner() -> None:
         try:
             outcome["value"] = work()
-        except BaseException as error:  # handed to the caller's thread
+        except BaseException as error:  # noqa: BLE001 - handed to the caller's thread, which re-raises it
             outcome["error"] = error
         finally:
             finished.set()

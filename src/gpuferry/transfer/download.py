@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import os
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -70,8 +71,8 @@ def _download_small(probe: TransferSession, source: str, local_path: Path,
     if not backend.features.whole_small_downloads or part.exists() or local_path.exists():
         return None
     try:
-        whole = probe.retrying(lambda: probe.far.read_whole(source, options.chunk_size,
-                                                            options.far_timeout(options.chunk_size)))
+        chunk_size = options.chunk_size
+        whole = probe.retrying(lambda: probe.far.read_whole(source, chunk_size, options.far_timeout(chunk_size)))
     except RemoteFileError:
         return None  # missing or unreadable: the chunked path's stat says so in its own words
     if whole is None:
@@ -190,7 +191,7 @@ class ChunkFetcher:
                     self.session.tally.skipped()
                     self.session.meter.advance(chunk.index, chunk.length, moved=False)
                     continue
-                if not workers.submit(lambda chunk=chunk: self.fetch(chunk)):
+                if not workers.submit(functools.partial(self.fetch, chunk)):
                     break
         except BaseException:
             workers.abandon()

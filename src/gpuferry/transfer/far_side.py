@@ -83,8 +83,8 @@ class FarSide:
         return self._reply(operation, result, path)
 
     def _reply(self, operation: str, result: CommandResult, path: str | None) -> Any:
-        for line in reversed(result.output.splitlines()):
-            line = line.strip()
+        for raw_line in reversed(result.output.splitlines()):
+            line = raw_line.strip()
             if not (line.startswith("{") and line.endswith("}")):
                 continue
             try:

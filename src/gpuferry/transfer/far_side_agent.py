@@ -214,7 +214,8 @@ def main():
     try:
         result = OPERATIONS[operation](arguments)
     except OSError as error:
-        sys.stdout.write("\n" + json.dumps({"ok": False, "message": "%s: %s" % (error.strerror or error, error.filename)}) + "\n")
+        message = "%s: %s" % (error.strerror or error, error.filename)
+        sys.stdout.write("\n" + json.dumps({"ok": False, "message": message}) + "\n")
         return
     sys.stdout.write("\n" + json.dumps({"ok": True, "result": result}) + "\n")
     sys.stdout.flush()

@@ -32,7 +32,9 @@ def event_forwarder(sink: EventSink, direction: str, path: str) -> Callable[[Tra
     return lambda progress: sink(progress_event(progress, direction, path))
 
 
-def progress_printer(label: str, stream: TextIO | None = None, interval: float = 0.5) -> Callable[[TransferProgress], None]:
+def progress_printer(
+    label: str, stream: TextIO | None = None, interval: float = 0.5
+) -> Callable[[TransferProgress], None]:
     """An ``on_progress`` callback drawing an rclone-style stats line (bytes, MB/s, ETA) on stderr."""
     out = stream or sys.stderr
     last = [0.0]

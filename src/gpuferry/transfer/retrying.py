@@ -10,7 +10,6 @@ from tenacity import (
     Retrying,
     retry_if_exception,
     stop_after_attempt,
-    stop_any,
     wait_random_exponential,
 )
 
@@ -43,13 +42,18 @@ def retry_policy(attempts: int, budget: RetryBudget, initial: float, maximum: fl
                  on_retry: Callable[[], None] | None = None) -> Retrying:
     """A tenacity Retrying for one chunk: at most ``attempts`` tries, within the shared budget."""
 
+    after_attempts = stop_after_attempt(max(1, attempts))
+
+    def stop(retry_state: RetryCallState) -> bool:
+        return after_attempts(retry_state) or budget.exhausted(retry_state)
+
     def before_sleep(retry_state: RetryCallState) -> None:
         budget.spend()
         if on_retry is not None:
             on_retry()
 
     return Retrying(
-        stop=stop_any(stop_after_attempt(max(1, attempts)), budget.exhausted),
+        stop=stop,
         wait=wait_random_exponential(multiplier=initial, max=maximum),
         retry=retry_if_exception(is_retryable),
         before_sleep=before_sleep,

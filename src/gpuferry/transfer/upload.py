@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import os
 from pathlib import Path
@@ -91,7 +92,7 @@ class ChunkSender:
         #: chunk index -> bytes an interrupted upload left staged, to continue from
         self.partly_staged: dict[int, int] = {}
 
-    def entry(self, chunk: Chunk, sha256: str) -> dict[str, object]:
+    def entry(self, chunk: Chunk, sha256: str) -> dict[str, Any]:
         return {"stage": f"{self.names.chunk_dir}/{chunk.index:08d}", "index": chunk.index, "offset": chunk.offset,
                 "length": chunk.length, "sha256": sha256}
 
@@ -178,8 +179,7 @@ class ChunkSender:
                         self.session.meter.advance(chunk.index, chunk.length, moved=False)
                         continue
                     last = chunk.index == plan.count - 1
-                    if not workers.submit(lambda chunk=chunk, data=data, digest=digest, last=last:
-                                          self.send(chunk, data, digest, last)):
+                    if not workers.submit(functools.partial(self.send, chunk, data, digest, last)):
                         break
                     del data
         except BaseException:
