@@ -126,9 +126,9 @@ class CgpuBackend(FramedCommands):
     #: that verifies and renames; a file of one chunk over 4 MiB: its copy, then one call that checks its
     #: sha256 and renames it (no survey: a drop re-sends that one chunk). Downloads: the agent's base64
     #: lines, decoded as they arrive (a file under 64 MiB whole in ONE call, sha256 with it). Memory: one
-    #: chunk here (64 MiB plus a line); cgpu itself holds a copied chunk and its base64 (about 2.4x the
-    #: chunk, ~160 MB of node heap), which is why chunks stop at 64 MiB. Switched on by CGPU_GPU_ENABLED,
-    #: with a step of its own in the fallback order.
+    #: chunk here (64 MiB plus a line); cgpu itself holds a copied chunk, its base64 and the JSON body
+    #: (about 3x the chunk, ~200 MB of node heap), which is why chunks stop at 64 MiB. Switched on by
+    #: CGPU_GPU_ENABLED, with a step of its own in the fallback order.
     features = BackendFeatures(upload=ChunkShape(64 * MIB), download=ChunkShape(64 * MIB),
                                commit_batch_bytes=256 * MIB, whole_uploads=True, line_based_reads=True,
                                whole_small_downloads=True, streams_output=True, own_fallback_step=True)
