@@ -140,6 +140,11 @@ class ProgressView:
         self.console.print(f"watching {event['root']} -> {event['output_root']} (a file is taken after "
                            f"{event['settle_s']:g} s without growing; failures go to {event['failed_dir']})")
 
+    def _on_leftovers_swept(self, event: Event) -> None:
+        paths = [str(path) for path in event["paths"]]
+        self.console.print(f"removed {len(paths)} leftover(s) of earlier transfers on the target (untouched for "
+                           f"over {event['older_than_s'] / 3600:g} h): {escape(', '.join(paths))}")
+
     def _on_moved_aside(self, event: Event) -> None:
         self.console.print(f"[red]moved aside[/] {event['input']} -> {event['to']} (error beside it)")
 

@@ -3,17 +3,21 @@
 from __future__ import annotations
 
 import dataclasses
+import io
 import os
 import stat
 import sys
+import time
 
 import pytest
 from job_shape import FRAMES
 
 from gpuferry.api import upscale_on_target
 from gpuferry.backends.cgpu_messages import LoginRequiredError
+from gpuferry.jobs.runtime_leftovers import STALE_SECONDS
 from gpuferry.jobs.targets import TargetSpec
 from gpuferry.media import probe
+from gpuferry.progress_view import ProgressView
 
 # issue 11: a 5 s clip in 2 s segments (three segments, as job_clip) within 20 calls of the real client
 # (18 measured there with the worker code already on the runtime, 20 with it uploaded). A fresh stand-in
@@ -32,8 +36,28 @@ def counting_cgpu(tmp_path, runtime):
     return calls, counting
 
 
+def leftovers(content, age_s):
+    """Upload leftovers in the workdir and in gpuferry's lib folder, last touched ``age_s`` ago."""
+    lib = content / "gpuferry" / "lib"
+    lib.mkdir(parents=True, mode=0o700, exist_ok=True)
+    tag = "old" if age_s else "new"
+    made = [content / f"gpuferry-stage-{tag}", content / f"{tag}.mp4.gpuferry-part",
+            lib / f"{tag}.zip.gpuferry-part.chunks"]
+    made[0].write_bytes(b"stage")
+    made[1].write_bytes(b"part")
+    made[2].mkdir()
+    (made[2] / "00000000").write_bytes(b"chunk")
+    for path in made:
+        os.utime(path, (time.time() - age_s, time.time() - age_s))
+    return made
+
+
 def test_a_three_segment_cgpu_job_stays_within_twenty_calls(job_clip, tmp_path, fresh_cgpu_runtime,
                                                             remote_options):
+    """... and the job's first setup on the runtime sweeps stale upload leftovers within those calls (issue 11:
+    the dependency probe does it), leaving fresh ones (an upload maybe under way) and saying what went."""
+    stale = leftovers(fresh_cgpu_runtime.content, STALE_SECONDS + 600)
+    fresh = leftovers(fresh_cgpu_runtime.content, 0)
     calls, counting = counting_cgpu(tmp_path, fresh_cgpu_runtime)
     target = TargetSpec("cgpu", fresh_cgpu_runtime.settings(executable=str(counting)))
     options = dataclasses.replace(remote_options, keep_remote=False)
@@ -46,6 +70,13 @@ def test_a_three_segment_cgpu_job_stays_within_twenty_calls(job_clip, tmp_path, 
     assert made.count("run") + made.count("copy") == len(made)
     assert len(made) <= MAX_CALLS, f"{len(made)} cgpu calls: {made}"
     assert not os.listdir(fresh_cgpu_runtime.runtime / "content" / "gpuferry" / "jobs")
+    assert not [path for path in stale if path.exists()]
+    assert all(path.exists() for path in fresh)
+    swept = [e for e in events if e["event"] == "leftovers_swept"]
+    assert len(swept) == 1 and sorted(swept[0]["paths"]) == sorted(str(path) for path in stale)
+    shown = io.StringIO()
+    ProgressView(shown)(swept[0])
+    assert "removed 3 leftover(s)" in shown.getvalue() and "gpuferry-stage-old" in shown.getvalue()
 
 
 def test_a_refused_refresh_ends_the_job_at_once_with_the_login_message(job_clip, tmp_path, fresh_cgpu_runtime,

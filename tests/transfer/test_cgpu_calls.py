@@ -7,7 +7,8 @@ from pathlib import Path
 from typing import Any
 
 from gpuferry.backends.cgpu import CgpuBackend
-from gpuferry.transfer import TransferOptions, upload
+from gpuferry.transfer import TransferOptions, download, upload
+from gpuferry.transfer.upload import WHOLE_UPLOAD_MIN
 
 from .conftest import TEST_CHUNK, FakeCgpuRuntime
 
@@ -40,4 +41,52 @@ def test_upload_into_the_runtime_costs_one_call_per_chunk(tmp_path: Path) -> Non
     assert report.chunks_sent == CHUNKS
     assert calls.count("copy") == CHUNKS  # each chunk goes straight to its staged name
     assert calls.count("run") <= 3  # a survey and a finish that commits every chunk (plus the agent's look-up)
+    assert sorted(path.name for path in workdir.iterdir()) == ["input.mp4"]
+
+
+def one_chunk_file(tmp_path: Path, seed: bytes) -> tuple[Path, Path, CgpuBackend]:
+    """A stand-in runtime's work folder, a local file of one chunk just over WHOLE_UPLOAD_MIN, a backend."""
+    runtime = FakeCgpuRuntime(tmp_path / "cgpu")
+    workdir = runtime.content / "work"
+    workdir.mkdir(parents=True)
+    source = tmp_path / "clip.mp4"
+    source.write_bytes(hashlib.sha256(seed).digest() * ((WHOLE_UPLOAD_MIN + 4096) // 32))
+    return workdir, source, runtime.backend(workdir)
+
+
+def test_a_one_chunk_file_goes_up_in_two_calls_and_back_in_one(tmp_path: Path) -> None:
+    """A file of one chunk over WHOLE_UPLOAD_MIN: its copy, then one call that checks its sha256 and renames
+    it (no survey); back down, one read that carries its size and sha256 (no stat, no far hashing)."""
+    workdir, source, backend = one_chunk_file(tmp_path, b"whole")
+    calls = counting_calls(backend)
+    report = upload(backend, source, "input.mp4")
+    assert (workdir / "input.mp4").read_bytes() == source.read_bytes()
+    assert report.sha256 == hashlib.sha256(source.read_bytes()).hexdigest()
+    assert sorted(path.name for path in workdir.iterdir()) == ["input.mp4"]
+    assert calls.count("copy") == 1 and calls.count("run") <= 2  # the settle (plus the agent's look-up)
+    uploaded = len(calls)
+    back = download(backend, "input.mp4", tmp_path / "back.mp4")
+    assert (tmp_path / "back.mp4").read_bytes() == source.read_bytes()
+    assert back.sha256 == report.sha256
+    assert calls[uploaded:] == ["run"]
+
+
+def test_a_damaged_whole_copy_is_sent_again_through_the_chunked_path(tmp_path: Path) -> None:
+    """The settle call finds the copy's sha256 wrong: it removes it, and the upload sends the chunk again,
+    verified (the destination never holds the damaged bytes)."""
+    workdir, source, backend = one_chunk_file(tmp_path, b"damaged")
+    original = backend.write_bytes
+    damaged: list[str] = []
+
+    def write_once_damaged(path: str, data: bytes, offset: int = 0) -> None:
+        if not damaged:
+            damaged.append(path)
+            data = b"x" + bytes(data[1:])
+        original(path, data, offset)
+
+    backend.write_bytes = write_once_damaged  # type: ignore[method-assign]
+    report = upload(backend, source, "input.mp4")
+    assert damaged and damaged[0].endswith(".gpuferry-part")
+    assert (workdir / "input.mp4").read_bytes() == source.read_bytes()
+    assert report.resent_chunks == 1
     assert sorted(path.name for path in workdir.iterdir()) == ["input.mp4"]

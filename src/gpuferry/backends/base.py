@@ -116,6 +116,15 @@ class Backend(ABC):
                 break
         return result
 
+    def run_program_lines(self, argv: Sequence[str], timeout: float,
+                          on_line: Callable[[str], None]) -> CommandResult:
+        """``run_program`` for a program whose output is large (a transfer read): each line goes to ``on_line``
+        and the result need not hold the output. The default runs it and hands the lines over afterwards."""
+        result = self.run_program(argv, timeout=timeout)
+        for line in result.output.splitlines():
+            on_line(line)
+        return result
+
     def run_checked(
         self,
         argv: Sequence[str],

@@ -39,6 +39,8 @@ from .markers import Framing, parse_framed
 from .registry import BackendEntry
 
 READ_BLOCK = 1 << 20
+#: output kept from each end of a call whose lines went to a callback that keeps what it needs
+KEPT_OUTPUT = 64 * 1024
 #: The Jupyter root of a Colab runtime: where ``cgpu copy`` puts a relative destination.
 COLAB_ROOT = "/"
 #: Seconds given to a stopped cgpu process group to go before it is killed.
@@ -118,15 +120,18 @@ class CgpuBackend(FramedCommands):
     """Runs commands on a Colab runtime through the cgpu CLI."""
 
     kind = "cgpu"
-    #: every cgpu call costs a process, a login and a runtime look-up. Uploads: one copy at a time (a cut
-    #: costs the copy in flight), large chunks, committed 256 MiB per call from the uploading thread.
-    #: Downloads: the agent's base64 lines (a small file whole in one call), two reads at a time so one
-    #: call's start-up and decoding run while the other's bytes are on the link, in chunks small enough
-    #: that two of them (their base64 text, a copy of it, the bytes) stay well inside the client's memory
-    #: bound. Switched on by CGPU_GPU_ENABLED, with a step of its own in the fallback order.
-    features = BackendFeatures(upload=ChunkShape(16 * MIB), download=ChunkShape(8 * MIB, 2),
-                               commit_batch_bytes=256 * MIB, line_based_reads=True, whole_small_downloads=True,
-                               streams_output=True, own_fallback_step=True)
+    #: every cgpu call costs a process, a login and a runtime look-up (0.7 s and 5 control-plane requests
+    #: unloaded), so chunks are as large as memory allows: 64 MiB both ways, one call at a time. Uploads:
+    #: one copy per chunk (a cut costs that copy), committed 256 MiB per call, the last batch by the call
+    #: that verifies and renames; a file of one chunk over 4 MiB: its copy, then one call that checks its
+    #: sha256 and renames it (no survey: a drop re-sends that one chunk). Downloads: the agent's base64
+    #: lines, decoded as they arrive (a file under 64 MiB whole in ONE call, sha256 with it). Memory: one
+    #: chunk here (64 MiB plus a line); cgpu itself holds a copied chunk, its base64 and the JSON body
+    #: (about 3x the chunk, ~200 MB of node heap), which is why chunks stop at 64 MiB. Switched on by
+    #: CGPU_GPU_ENABLED, with a step of its own in the fallback order.
+    features = BackendFeatures(upload=ChunkShape(64 * MIB), download=ChunkShape(64 * MIB),
+                               commit_batch_bytes=256 * MIB, whole_uploads=True, line_based_reads=True,
+                               whole_small_downloads=True, streams_output=True, own_fallback_step=True)
 
     def __init__(self, settings: CgpuSettings | None = None, **options: Any) -> None:
         self.settings = settings or CgpuSettings(**options)
@@ -153,14 +158,16 @@ class CgpuBackend(FramedCommands):
         return cgpu_session_file(self.settings.config_dir, self.settings.config_file, self.settings.process_env)
 
     def _cgpu(self, arguments: list[str], timeout: float, on_output: OutputCallback | None = None,
-              slotted: bool = True) -> tuple[int, str]:
+              slotted: bool = True, keep_output: bool = True) -> tuple[int, str]:
         """Run cgpu with ``arguments``; its exit code and merged output.
 
         ``slotted`` calls wait for one of CGPU_MAX_CONCURRENCY slots; the job's long-running watch (see
         :meth:`run_streaming`) does not, or with the default of 1 it would keep every download waiting.
 
-        ``on_output`` gets the output bytes as they arrive. cgpu runs in its own process group, which is
-        stopped on every way out of here (timeout, login prompt, an exception or a signal in the caller).
+        ``on_output`` gets the output bytes as they arrive; without ``keep_output`` the merged output returned
+        is only its first and last ``KEPT_OUTPUT`` bytes (the callback kept the rest). cgpu runs in its own
+        process group, which is stopped on every way out of here (timeout, login prompt, an exception or a
+        signal in the caller).
         """
         argv = [self.settings.executable]
         if self.settings.config_file:
@@ -172,12 +179,12 @@ class CgpuBackend(FramedCommands):
         key = "\0".join((self.settings.executable, self.settings.config_dir or os.environ.get("CGPU_CONFIG_DIR", ""),
                          self.settings.config_file or ""))
         if not slotted:
-            return self._cgpu_process(argv, arguments[0], timeout, on_output)
+            return self._cgpu_process(argv, arguments[0], timeout, on_output, keep_output)
         with cgpu_slot(key, self.settings.max_concurrency, timeout, arguments[0]):
-            return self._cgpu_process(argv, arguments[0], timeout, on_output)
+            return self._cgpu_process(argv, arguments[0], timeout, on_output, keep_output)
 
     def _cgpu_process(self, argv: list[str], what: str, timeout: float,
-                      on_output: OutputCallback | None) -> tuple[int, str]:
+                      on_output: OutputCallback | None, keep_output: bool = True) -> tuple[int, str]:
         deadline = time.monotonic() + timeout
         try:
             process = subprocess.Popen(
@@ -191,6 +198,7 @@ class CgpuBackend(FramedCommands):
                                     step=self.kind) from None
         assert process.stdout is not None
         output = bytearray()
+        seen = 0  # bytes read in all (``output`` keeps only both ends when ``keep_output`` is False)
         try:
             with process.stdout:
                 while True:
@@ -207,12 +215,16 @@ class CgpuBackend(FramedCommands):
                     if not data:
                         break
                     output += data
+                    seen += len(data)
                     if on_output is not None and on_output(data) is False:
                         break  # the caller has what it wanted: the finally below stops cgpu
-                    # the login prompt comes before any remote output: only the head needs looking at
-                    head = bytes(output[:8192]).decode("utf-8", "replace")
-                    if LOGIN_PROMPTS.search(head) and not self._past_login(head):
-                        raise login_required(head, step=self.kind, session_file=self.session_file())
+                    if seen - len(data) < 8192:
+                        # the login prompt comes before any remote output: only the head needs looking at
+                        head = bytes(output[:8192]).decode("utf-8", "replace")
+                        if LOGIN_PROMPTS.search(head) and not self._past_login(head):
+                            raise login_required(head, step=self.kind, session_file=self.session_file())
+                    if not keep_output and len(output) > 3 * KEPT_OUTPUT:
+                        del output[KEPT_OUTPUT:len(output) - KEPT_OUTPUT]
             process.wait()
         finally:
             self._stop(process)
@@ -250,9 +262,22 @@ class CgpuBackend(FramedCommands):
         return self._run_framed(argv, framing, timeout, HELPER_PROGRAM, on_output=lines.feed,
                                 stopped=lambda: lines.stopped, slotted=False)
 
+    def run_program_lines(self, argv: Sequence[str], timeout: float,
+                          on_line: Callable[[str], None]) -> CommandResult:
+        """A transfer read: its base64 lines go to ``on_line`` as cgpu relays them, and neither the output
+        nor a copy of it is kept here (a 64 MiB read would be 87 MB of text, held two or three times)."""
+        framing = Framing()
+        def keep_reading(line: str) -> bool:
+            on_line(line)
+            return True
+
+        lines = FramedLines(framing, keep_reading)
+        return self._run_framed(argv, framing, timeout, HELPER_PROGRAM, on_output=lines.feed, keep_output=False)
+
     def _run_framed(self, argv: Sequence[str], framing: Framing, timeout: float, program: str,
                     on_output: OutputCallback | None = None,
-                    stopped: Callable[[], bool] = lambda: False, slotted: bool = True) -> CommandResult:
+                    stopped: Callable[[], bool] = lambda: False, slotted: bool = True,
+                    keep_output: bool = True) -> CommandResult:
         line = framing.wrap(shlex.join(argv))
         carrier: Framing | None = None
         if program != HELPER_PROGRAM:
@@ -261,7 +286,8 @@ class CgpuBackend(FramedCommands):
             # lines, which cross as they are)
             carrier = Framing()
             line = f"{carrier.begin_line()}; {{ {line}; }} 2>&1 | base64 -w 76; {carrier.end_line('0')}"
-        exit_code, raw = self._cgpu(["run", line], timeout + self.settings.call_overhead, on_output, slotted)
+        exit_code, raw = self._cgpu(["run", line], timeout + self.settings.call_overhead, on_output, slotted,
+                                    keep_output)
         if stopped():
             return CommandResult(0, parse_framed(raw, framing).output)
         if carrier is not None:

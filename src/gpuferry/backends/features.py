@@ -30,6 +30,10 @@ class BackendFeatures:
     #: calls cost (a process, a login, a Python start): chunks are committed this many bytes per call,
     #: the last batch by the call that finishes the upload; None commits each chunk as it lands
     commit_batch_bytes: int | None = None
+    #: a file of one chunk goes straight to its partial file and is checked, renamed and tidied by ONE far
+    #: call, with no survey first: two calls instead of three, where a call costs more than re-sending one
+    #: chunk after a drop (or sending a file the far side already holds)
+    whole_uploads: bool = False
     #: reads travel as text through a terminal or a line relay: read through the transfer agent's base64
     #: lines (the backend's own read_bytes prints one long line, which such relays handle slowly)
     line_based_reads: bool = False

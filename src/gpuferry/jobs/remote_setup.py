@@ -10,6 +10,7 @@ from typing import Any
 
 from gpuferry.backends.base import Backend
 from gpuferry.errors import GpuferryError, NotInstalledError, RemoteFileError, TransferIntegrityError
+from gpuferry.jobs.runtime_leftovers import STALE_SECONDS, SWEEP_FUNCTION
 from gpuferry.jobs.worker_code import WorkerCode
 from gpuferry.transfer import TransferOptions, upload
 from gpuferry.worker.spec import SEGMENTS_DIR
@@ -42,6 +43,16 @@ if found["torch"]:
             found["cuda_device"] = torch.cuda.get_device_name(0)
     except Exception as exc:
         found["torch_error"] = repr(exc)
+"""
+
+#: the probe's last lines: the leftover sweep when asked for (argv[1]: its folders and age limit), then the answer
+_SWEEP_AND_ANSWER = SWEEP_FUNCTION + r"""
+if len(sys.argv) > 1:
+    _sweep = json.loads(sys.argv[1])
+    try:
+        found["swept"] = sweep_leftovers(_sweep["folders"], _sweep["stale"])
+    except Exception as exc:
+        found["sweep_error"] = repr(exc)
 print("GPUFERRY-CAPS " + json.dumps(found))
 """
 
@@ -93,6 +104,11 @@ class Capabilities:
     @property
     def torch(self) -> bool:
         return bool(self.values.get("torch"))
+
+    @property
+    def swept(self) -> list[str]:
+        """Leftovers of earlier transfers the probe removed (when it was asked to sweep)."""
+        return [str(path) for path in self.values.get("swept") or []]
 
 
 def make_job_dir(backend: Backend, paths: RemotePaths) -> None:
@@ -149,8 +165,14 @@ def install_worker_code(
     return remote
 
 
-def probe_capabilities(backend: Backend, python: str, code_path: str, timeout: float = 120) -> Capabilities:
-    result = backend.run([python, "-c", _CAPABILITIES], timeout=timeout, env={"PYTHONPATH": code_path})
+def probe_capabilities(backend: Backend, python: str, code_path: str, timeout: float = 120,
+                       sweep_folders: list[str] | None = None) -> Capabilities:
+    """What the far side's python can do; with ``sweep_folders`` the same command first removes leftovers of
+    earlier transfers there older than STALE_SECONDS (no call of its own: each cgpu call is seconds)."""
+    argv = [python, "-c", _CAPABILITIES + _SWEEP_AND_ANSWER]
+    if sweep_folders:
+        argv.append(json.dumps({"folders": sweep_folders, "stale": STALE_SECONDS}))
+    result = backend.run(argv, timeout=timeout, env={"PYTHONPATH": code_path})
     for line in result.output.splitlines():
         if line.startswith("GPUFERRY-CAPS "):
             return Capabilities(json.loads(line.split(" ", 1)[1]))
@@ -163,14 +185,18 @@ def probe_capabilities(backend: Backend, python: str, code_path: str, timeout: f
 
 
 def ensure_dependencies(
-    backend: Backend, python: str, code_path: str, allow_install: bool, timeout: float = 900
+    backend: Backend, python: str, code_path: str, allow_install: bool, timeout: float = 900,
+    sweep_folders: list[str] | None = None,
 ) -> Capabilities:
-    """Check the worker's imports; pip-install what is missing when allowed (needs internet there)."""
-    caps = probe_capabilities(backend, python, code_path)
+    """Check the worker's imports; pip-install what is missing when allowed (needs internet there). The first
+    probe also sweeps ``sweep_folders`` (see :func:`probe_capabilities`); its ``swept`` says what went."""
+    caps = probe_capabilities(backend, python, code_path, sweep_folders=sweep_folders)
+    swept = caps.swept
     missing = caps.missing_modules()
     if missing and allow_install:
         backend.run([python, "-m", "pip", "install", "--quiet", *missing], timeout=timeout)
         caps = probe_capabilities(backend, python, code_path)
+        caps = Capabilities({**caps.values, "swept": swept})
         missing = caps.missing_modules()
     if missing:
         raise NotInstalledError(

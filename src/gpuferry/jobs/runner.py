@@ -52,6 +52,7 @@ from gpuferry.jobs.remote_setup import (
     verify_worker_code,
     worker_argv,
 )
+from gpuferry.jobs.runtime_leftovers import STALE_SECONDS, leftover_folders, sweep_due
 from gpuferry.jobs.store import CANCELLED, DONE, FAILED, RUNNING, JobRecord, JobStore, private_dir
 from gpuferry.jobs.watch import PollingSource, Snapshot, StreamingSource, WorkerOutcome, watch_worker
 from gpuferry.jobs.worker_code import worker_code
@@ -383,9 +384,14 @@ class RemoteJobRunner:
         make_job_dir(backend, paths)
         code = worker_code()
         self._code_path = install_worker_code(backend, paths, code, options)
+        folders = leftover_folders(backend, paths.job_dir)
         self._caps = ensure_dependencies(
-            backend, self._python(backend), self._code_path, self.options.install_dependencies
+            backend, self._python(backend), self._code_path, self.options.install_dependencies,
+            sweep_folders=folders if sweep_due(backend, folders) else None,
         )
+        if self._caps.swept:
+            self.emit(make_event("leftovers_swept", job=self.job.id, paths=self._caps.swept,
+                                 older_than_s=STALE_SECONDS))
         source = Path(self.job.input)
         self.emit(make_event("setup", job=self.job.id, step="upload input", path=str(source)))
         upload(

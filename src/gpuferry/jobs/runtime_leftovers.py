@@ -12,32 +12,51 @@ from gpuferry.errors import GpuferryError
 #: A leftover untouched for this long belongs to no transfer still running (chunks touch it every few seconds).
 STALE_SECONDS = 3600.0
 
-SWEEP = r"""
-import json, os, shutil, sys, time
-args = json.loads(sys.argv[1])
-limit = time.time() - args["stale"]
-removed = []
-for folder in args["folders"]:
-    try:
-        names = os.listdir(folder)
-    except OSError:
-        continue
-    for name in names:
-        if not (name.startswith("gpuferry-stage-") or ".gpuferry-part" in name):
-            continue
-        path = os.path.join(folder, name)
+#: the sweep as a far-side function, for a command that runs it beside other work (the job's capability probe)
+SWEEP_FUNCTION = r"""
+def sweep_leftovers(folders, stale):
+    import os, shutil, time
+    limit = time.time() - stale
+    removed = []
+    for folder in folders:
         try:
-            if os.lstat(path).st_mtime > limit:
-                continue
-            if os.path.isdir(path) and not os.path.islink(path):
-                shutil.rmtree(path)
-            else:
-                os.remove(path)
-            removed.append(path)
+            names = os.listdir(folder)
         except OSError:
-            pass
-print(json.dumps(removed))
+            continue
+        for name in names:
+            if not (name.startswith("gpuferry-stage-") or ".gpuferry-part" in name):
+                continue
+            path = os.path.join(folder, name)
+            try:
+                if os.lstat(path).st_mtime > limit:
+                    continue
+                if os.path.isdir(path) and not os.path.islink(path):
+                    shutil.rmtree(path)
+                else:
+                    os.remove(path)
+                removed.append(path)
+            except OSError:
+                pass
+    return removed
 """
+
+SWEEP = SWEEP_FUNCTION + r"""
+import json, sys
+args = json.loads(sys.argv[1])
+print(json.dumps(sweep_leftovers(args["folders"], args["stale"])))
+"""
+
+#: (backend kind, backend, folders) swept by this process already: a job sweeps once per runtime per process
+_SWEPT: set[tuple[str, str, tuple[str, ...]]] = set()
+
+
+def sweep_due(backend: Backend, folders: list[str]) -> bool:
+    """Whether this process has not swept ``folders`` on this backend's runtime yet; marks them swept."""
+    key = (backend.kind, repr(backend), tuple(folders))
+    if key in _SWEPT:
+        return False
+    _SWEPT.add(key)
+    return True
 
 
 def leftover_folders(backend: Backend, job_remote_dir: str | None) -> list[str]:

@@ -139,7 +139,7 @@ class ChunkFetcher:
         self.manifest = manifest
         self.far_hashes = far_hashes
 
-    def read(self, chunk: Chunk) -> bytes:
+    def read(self, chunk: Chunk) -> bytes | bytearray:
         backend = self.session.backend
         direct = backend.read_direct(self.source, chunk.offset, chunk.length)
         if direct is not None:

@@ -41,11 +41,11 @@ class FarSide:
             self._program = [self.python, installed] if installed else [self.python, "-c", agent_source()]
         return self._program
 
-    def read_range(self, path: str, offset: int, length: int, timeout: float) -> bytes:
+    def read_range(self, path: str, offset: int, length: int, timeout: float) -> bytes | bytearray:
         """A file range through the command channel, as base64 lines (for backends whose reads are helper calls)."""
         return self.read_range_reply(path, offset, length, timeout)[0]
 
-    def read_whole(self, path: str, limit: int, timeout: float) -> tuple[bytes, str] | None:
+    def read_whole(self, path: str, limit: int, timeout: float) -> tuple[bytes | bytearray, str] | None:
         """A whole small file and the far side's sha256 of it in one call; None when it is over ``limit``
         bytes or the reply lacks what proves it whole (then the chunked path does the work)."""
         data, reply = self.read_range_reply(path, 0, limit, timeout)
@@ -55,11 +55,16 @@ class FarSide:
             raise ConnectionLostError(f"read of {path!r} arrived damaged", step=self.backend.kind)
         return data, reply["sha256"]
 
-    def read_range_reply(self, path: str, offset: int, length: int, timeout: float) -> tuple[bytes, Any]:
+    def read_range_reply(
+        self, path: str, offset: int, length: int, timeout: float
+    ) -> tuple[bytes | bytearray, Any]:
         """A file range and the agent's reply (length, sha256, the file's size)."""
         start = "GPUFERRY-DATA-" + uuid.uuid4().hex
         arguments = {"path": path, "offset": offset, "length": length, "start": start}
-        result = self.backend.run_program([*self.program(), "read", json.dumps(arguments)], timeout)
+        argv = [*self.program(), "read", json.dumps(arguments)]
+        if self.backend.features.streams_output and self.backend.features.line_based_reads:
+            return self._read_streamed(argv, start, path, timeout)
+        result = self.backend.run_program(argv, timeout)
         output = result.output
         begin = output.rfind(start + "\n")
         if begin < 0:
@@ -76,6 +81,38 @@ class FarSide:
                 reply = None
         # b64decode drops the line breaks itself (non-alphabet characters are discarded)
         return base64.b64decode(body[:end] if end >= 0 else body), reply
+
+    def _read_streamed(self, argv: list[str], start: str, path: str, timeout: float) -> tuple[bytes | bytearray, Any]:
+        """``read_range_reply`` with the base64 lines decoded as they arrive: memory holds the range's bytes
+        and one line, not its text (cgpu: a 64 MiB range is 87 MB of base64)."""
+        data = bytearray()
+        state: dict[str, Any] = {"started": False, "reply": None, "damaged": False}
+
+        def on_line(raw: str) -> None:
+            line = raw.strip()
+            if not state["started"]:
+                state["started"] = line == start
+            elif line.startswith("{"):
+                try:
+                    state["reply"] = json.loads(line)
+                except ValueError:
+                    state["reply"] = None
+            elif line and not state["damaged"]:
+                try:
+                    data.extend(base64.b64decode(line, validate=True))
+                except ValueError:  # a line cut or mangled on the way: the read is tried again
+                    state["damaged"] = True
+
+        result = self.backend.run_program_lines(argv, timeout, on_line)
+        reply = state["reply"]
+        if not state["started"] or not isinstance(reply, dict):
+            self._reply("read", result, path)
+            raise ConnectionLostError(f"read of {path!r} returned no data", step=self.backend.kind)
+        if state["damaged"]:
+            raise ConnectionLostError(f"read of {path!r} arrived damaged", step=self.backend.kind)
+        if not reply.get("ok"):
+            raise RemoteFileError(f"transfer read failed: {reply.get('message')}", path=path, step=self.backend.kind)
+        return data, reply.get("result")  # a bytearray: copying 64 MiB into bytes would double the peak
 
     def call(self, operation: str, arguments: dict[str, Any], timeout: float, path: str | None = None) -> Any:
         argv = [*self.program(), operation, json.dumps(arguments)]

@@ -145,6 +145,27 @@ def op_finish(args):
     return {"done": False, "sha256": digest, "size": size, "failed": {}}
 
 
+def op_settle_whole(args):
+    """A whole file copied straight to its partial name: when its size and sha256 are the expected ones,
+    rename it into place and remove what earlier tries left (manifest, staged chunks); else remove it."""
+    part, dest = args["part"], args["dest"]
+    try:
+        size = os.path.getsize(part)
+    except FileNotFoundError:
+        return {"done": False, "reason": "the copied file is missing"}
+    digest = hash_file(part)
+    if size != args["size"] or digest != args["sha256"]:
+        os.remove(part)
+        return {"done": False, "reason": "the copy has %d bytes, sha256 %s" % (size, digest[:12])}
+    os.replace(part, dest)
+    try:
+        os.remove(args["manifest"])
+    except FileNotFoundError:
+        pass
+    shutil.rmtree(args["chunk_dir"], ignore_errors=True)
+    return {"done": True, "sha256": digest, "size": size}
+
+
 def op_hash_chunks(args):
     """Size, mtime, sha256 of each chunk and of the whole file, in one pass."""
     path, chunk_size = args["path"], args["chunk_size"]
@@ -205,7 +226,7 @@ def op_read(args):
 
 OPERATIONS = {
     "survey": op_survey, "commit": op_commit, "finish": op_finish,
-    "hash_chunks": op_hash_chunks, "forget": op_forget, "read": op_read,
+    "hash_chunks": op_hash_chunks, "forget": op_forget, "read": op_read, "settle_whole": op_settle_whole,
 }
 
 

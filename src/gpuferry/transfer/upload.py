@@ -19,6 +19,9 @@ from .workers import ChunkWorkers
 
 #: rounds of "finish, find the bad chunks, send them again" before giving up
 REPAIR_ROUNDS = 3
+#: a whole-file upload (``whole_uploads`` backends) only above this size: below it a survey costs about
+#: what the copy does, and small files (the worker's code) are mostly on the far side already
+WHOLE_UPLOAD_MIN = 4 * 1024 * 1024
 
 
 def upload(
@@ -46,6 +49,11 @@ def upload(
     names = PartNames.for_dest(backend.resolve(remote_path))
     header = {"kind": "gpuferry-upload", "version": 1, "size": info.st_size,
               "mtime_ns": info.st_mtime_ns, "chunk_size": options.chunk_size}
+    if backend.features.whole_uploads and WHOLE_UPLOAD_MIN < info.st_size <= options.chunk_size:
+        whole = upload_whole(session, local_path, names, info.st_size)
+        if whole is not None:
+            return whole
+
     def survey(hash_dest: bool) -> dict[str, Any]:
         return session.far_call(
             "survey",
@@ -78,6 +86,30 @@ def upload(
         session.attach_partial_report(error)
         raise
     return session.finish(whole_sha)
+
+
+def upload_whole(session: TransferSession, local_path: Path, names: PartNames, size: int) -> TransferReport | None:
+    """A file of one chunk in two calls: copied to its partial name, then checked (sha256), renamed and
+    tidied by one far call. None when the copy arrived wrong (the chunked path then sends it again, one
+    chunk re-sent); a drop is retried like any chunk. Memory: the one chunk."""
+    data = local_path.read_bytes()
+    if len(data) != size:
+        raise BadInputError("the file changed size while it was being uploaded", path=str(local_path))
+    digest = hashlib.sha256(data).hexdigest()
+    try:
+        session.retrying(lambda: session.timed_move(0, size, lambda: session.backend.write_bytes(names.part, data),
+                                                    "upload chunk 0"))
+        reply = session.far_call("settle_whole", {"part": names.part, "dest": names.dest, "size": size,
+                                                  "sha256": digest, "manifest": names.manifest,
+                                                  "chunk_dir": names.chunk_dir}, size, path=names.dest)
+    except BaseException as error:
+        session.attach_partial_report(error)
+        raise
+    if not reply.get("done"):
+        session.tally.sent_before(0)  # the chunked path's send of it is a re-send
+        return None
+    session.meter.advance(0, size)
+    return session.finish(digest)
 
 
 class ChunkSender:
@@ -168,18 +200,21 @@ class ChunkSender:
         try:
             with open(local_path, "rb") as handle:
                 for chunk in plan:
+                    workers.reserve()  # read a chunk only once a slot is free: at most `parallel` in memory
                     data = handle.read(chunk.length)
                     if len(data) != chunk.length:
+                        workers.release()
                         raise BadInputError("the file shrank while it was being uploaded", path=str(local_path))
                     digest = hashlib.sha256(data).hexdigest()
                     whole.update(data)
                     chunk_sha.append(digest)
                     if verified.get(chunk.index) == digest:
+                        workers.release()
                         self.session.tally.skipped()
                         self.session.meter.advance(chunk.index, chunk.length, moved=False)
                         continue
                     last = chunk.index == plan.count - 1
-                    if not workers.submit(functools.partial(self.send, chunk, data, digest, last)):
+                    if not workers.submit(functools.partial(self.send, chunk, data, digest, last), reserved=True):
                         break
                     del data
         except BaseException:

@@ -20,9 +20,19 @@ class ChunkWorkers:
     def failed(self) -> bool:
         return self._failed.is_set()
 
-    def submit(self, job: Callable[[], None]) -> bool:
-        """Run ``job`` when a slot frees up; False (nothing started) once a job has failed."""
+    def reserve(self) -> None:
+        """Wait for a free slot before reading the next chunk, so memory holds ``parallel`` chunks, not one
+        more; the slot goes to the next ``submit(reserved=True)``, or back with ``release``."""
         self._slots.acquire()
+
+    def release(self) -> None:
+        self._slots.release()
+
+    def submit(self, job: Callable[[], None], reserved: bool = False) -> bool:
+        """Run ``job`` when a slot frees up (or in the one ``reserve`` took); False (nothing started) once a
+        job has failed."""
+        if not reserved:
+            self._slots.acquire()
         if self._failed.is_set():
             self._slots.release()
             return False
