@@ -43,8 +43,9 @@ types: install-test
 FAST_TESTS := tests/transfer/test_memory_backend.py tests/policy/test_one_request.py \
 	tests/policy/test_configuration.py tests/backends/test_targets.py tests/backends/test_secrets.py
 
+# the suite on every core (pytest-xdist): most of its time is waiting on workers, servers and links
 test: lint types system-deps
-	$(PY) -m pytest -q
+	$(PY) -m pytest -q -n auto --dist worksteal
 
 check: lint types
 	$(PY) -m pytest -q -x $(FAST_TESTS)
