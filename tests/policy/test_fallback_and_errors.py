@@ -12,10 +12,10 @@ from job_shape import FPS, FRAMES, HEIGHT, WIDTH
 from policy_helpers import json_events, write_config
 
 from gpuferry.api import upscale_with_fallback
+from gpuferry.backends.cgpu_messages import LoginRequiredError
 from gpuferry.errors import (
     CommandTimeoutError,
     ConnectionLostError,
-    NotAuthenticatedError,
     NotInstalledError,
     QuotaError,
 )
@@ -92,7 +92,7 @@ def test_strict_fails_with_the_cgpu_error(colab, cli, small_clip, tmp_path):
     "faults, error, retries",
     [
         # a refused refresh: cgpu deleted its session and waits for a browser login, so no retry helps
-        ({"token": "invalid_grant"}, NotAuthenticatedError, 0),
+        ({"token": "invalid_grant"}, LoginRequiredError, 0),
         # no GPU for us there: no retry on that target (the chain would fall back; --strict stops)
         ({"quota": "blocked"}, QuotaError, 0),
         ({"quota": "max_runtimes"}, QuotaError, 0),
