@@ -144,7 +144,9 @@ def test_run_drops_empty_lines_carriage_returns_ansi_codes_and_its_own_payload_l
 
 def test_run_types_its_payload_as_separate_lines(client: Client) -> None:
     """A command that reads stdin eats cgpu's next typed line (its status assignment)."""
-    call = client.cgpu("run", "read line; echo got:$line")
+    # the call never ends by itself (the real client waits for the status line it lost, too): its output
+    # is there within a call's few seconds, so it is stopped after 20 s rather than the default 90
+    call = client.cgpu("run", "read line; echo got:$line", timeout=20.0)
     assert "got:__COLAB_CLI_STATUS=$?" in call.stdout
 
 
