@@ -7,6 +7,7 @@ import os
 import shutil
 import signal
 import threading
+import time
 from pathlib import Path
 
 import pytest
@@ -20,6 +21,7 @@ from gpuferry.jobs import runner as runner_module
 from gpuferry.jobs.store import JobStore
 from gpuferry.jobs.targets import TargetSpec
 from gpuferry.media import probe
+from gpuferry.worker.layout import awaiting_download
 
 #: six segments of 12 frames: enough for a worker to run ahead of slow downloads
 SHORT_SEGMENT = 0.5
@@ -102,6 +104,31 @@ def test_a_recycle_during_a_download_sets_the_job_up_again(job_clip, tmp_path, h
     assert Hooked.probes == 2, "set up again after the recycle (code and dependencies), not before"
     # what the recycle cost: the segment in progress and at most one finished one
     assert JobStore().get(job_of(events)).lost_frames <= 2 * SHORT_FRAMES
+
+
+def test_a_recycle_while_the_worker_waits_costs_the_finished_segments_once(job_clip, tmp_path, hooked,
+                                                                            remote_options):
+    """The worker's last segment is finished, not in progress: a recycle costs it once, not twice."""
+    remote_options.segment_seconds = SHORT_SEGMENT
+    fired = []
+
+    def recycle_when_the_worker_waits(backend, path):
+        if fired or "seg_00002" not in path:
+            return
+        segments = Path(path).parent
+        for _ in range(200):  # bounded: at most 10 s for the worker to finish segment 3 and wait
+            if len(awaiting_download(str(segments))) >= 2:
+                break
+            time.sleep(0.05)
+        fired.append(sorted(awaiting_download(str(segments))))
+        recycle(hooked)
+
+    Hooked.hooks = [recycle_when_the_worker_waits]
+    output = tmp_path / "out.mp4"
+    events = run(job_clip, output, TargetSpec("local", {}), remote_options)
+    assert fired == [[2, 3]], fired
+    assert_complete(job_clip, output)
+    assert JobStore().get(job_of(events)).lost_frames == 2 * SHORT_FRAMES
 
 
 def test_the_worker_waits_while_two_finished_segments_await_download(job_clip, tmp_path, hooked, remote_options):

@@ -48,6 +48,7 @@ class SegmentFetcher:
         self._tasks: queue.PriorityQueue[tuple[int, int, Segment | None, SegmentDone | None]] = queue.PriorityQueue()
         self._order = itertools.count()
         self._done: queue.Queue[Fetched | BaseException] = queue.Queue()
+        self._failure: BaseException | None = None
         self._queued: set[int] = set()
         self._busy = 0
         self._lock = threading.Lock()
@@ -76,7 +77,19 @@ class SegmentFetcher:
             return self._busy > 0
 
     def results(self) -> list[Fetched]:
-        """Downloads finished since the last call; raises the first failure."""
+        """Downloads finished since the last call; raises the first failure once those are handed over.
+
+        A segment verified here before a failure is never dropped with it: the failure waits for the
+        next call, so the caller records what arrived first.
+        """
+        found = self.verified_so_far()
+        if not found and self._failure is not None:
+            failure, self._failure = self._failure, None
+            raise failure
+        return found
+
+    def verified_so_far(self) -> list[Fetched]:
+        """Downloads finished since the last call, keeping any failure for ``results`` to raise."""
         found: list[Fetched] = []
         while True:
             try:
@@ -84,8 +97,10 @@ class SegmentFetcher:
             except queue.Empty:
                 return found
             if isinstance(item, BaseException):
-                raise item
-            found.append(item)
+                if self._failure is None:
+                    self._failure = item
+            else:
+                found.append(item)
 
     def close(self) -> None:
         self._tasks.put((-1, next(self._order), None, None))

@@ -37,7 +37,7 @@ from gpuferry.errors import (
 )
 from gpuferry.events import EventSink, ignore, make_event
 from gpuferry.hashing import file_sha256
-from gpuferry.jobs.fetch import SegmentFetcher
+from gpuferry.jobs.fetch import Fetched, SegmentFetcher
 from gpuferry.jobs.input_identity import check_input_unchanged
 from gpuferry.jobs.local_segments import forget_missing_segments
 from gpuferry.jobs.lock import JobLock
@@ -266,6 +266,7 @@ class RemoteJobRunner:
         if self._last_fetcher is not None:
             # a download the last attempt left running must not write beside this attempt's one
             self._last_fetcher.join(self.options.stall_timeout)
+            self._record_verified(self._last_fetcher.verified_so_far())
         self._reported = set()
         fetcher = SegmentFetcher(backend, paths, self.segments_dir, self.options.transfer)
         if self.options.stream and backend.streams_output and self._code_path:
@@ -289,6 +290,8 @@ class RemoteJobRunner:
             source.close()
             fetcher.close()
             self._last_fetcher = fetcher
+            # segments verified here before the attempt failed are kept, not redone
+            self._record_verified(fetcher.verified_so_far())
             self.follower_calls += getattr(source, "calls", 0)
         self._handle_outcome(outcome)
 
@@ -327,7 +330,9 @@ class RemoteJobRunner:
         if segment is None:
             return 0
         verified = {r.segment.index for r in self.store.segments(self.job.id) if r.state == "verified"}
-        return 0 if segment in verified else int(progress.get("segment_done") or 0)
+        if segment in verified or segment in self._reported:
+            return 0  # finished: counted as taken (or kept) by the caller, not as work in progress
+        return int(progress.get("segment_done") or 0)
 
     # --- connection -----------------------------------------------------------------------------
 
@@ -516,15 +521,20 @@ class RemoteJobRunner:
 
     def _settle(self, fetcher: SegmentFetcher) -> bool:
         """Record what the download thread verified; True once every segment is here."""
-        for fetched in fetcher.results():
+        self._record_verified(fetcher.results(), fetcher)
+        return not self._pending()
+
+    def _record_verified(self, arrived: list[Fetched], fetcher: SegmentFetcher | None = None) -> None:
+        """Mark downloaded, verified segments in the store; let the worker drop its copies (``fetcher``)."""
+        for fetched in arrived:
             done, segment = fetched.done, fetched.segment
             self.store.mark_verified(self.job.id, segment.index, done.sha256, done.size)
-            fetcher.release(segment)
+            if fetcher is not None:  # a live download thread: the far side's copy goes now, else at next report
+                fetcher.release(segment)
             self.emit(make_event("segment", job=self.job.id, index=segment.index, frames=segment.frames,
                                  engine=done.engine, seconds=done.seconds))
             self._moved_on(int(self._last_progress.get("frames_done") or 0))
             self._emit_progress(self._last_progress)
-        return not self._pending()
 
     def _emit_progress(self, progress: dict[str, Any]) -> None:
         records = self.store.segments(self.job.id)
