@@ -6,7 +6,7 @@ import logging
 import os
 import threading
 from collections.abc import Iterable
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -23,7 +23,7 @@ from gpuferry.errors import (
     file_size_or_none,
 )
 from gpuferry.events import EventSink, ignore, make_event
-from gpuferry.jobs.batch import BatchReport, RunOne, run_batch
+from gpuferry.jobs.batch import BatchReport, BatchSettings, RunOne, run_batch
 from gpuferry.jobs.chain import (
     check_estimate_quietly,
     places_from_settings,
@@ -385,15 +385,15 @@ def run_folder(
     output_dir: PathLike | None,
     *,
     run_one: RunOne,
-    scale: int,
-    settings: dict[str, Any],
+    settings: BatchSettings,
     globs: tuple[str, ...] = (),
     overwrite: bool = False,
     on_event: EventSink = ignore,
 ) -> BatchReport:
     """Every video and image under ``folder`` through ``run_one(source, output)`` as one resumable
-    batch; outputs go to the same tree under ``output_dir`` (default ``<folder>_x<scale>``)."""
-    return run_batch(Path(folder), Path(output_dir) if output_dir is not None else None, scale=scale,
+    batch; outputs go to the same tree under ``output_dir`` (default ``<folder>_x<scale>``).
+    ``settings`` say what ``run_one`` does; the same settings resume the same batch."""
+    return run_batch(Path(folder), Path(output_dir) if output_dir is not None else None,
                      settings=settings, run_one=run_one, globs=globs, overwrite=overwrite, emit=on_event)
 
 
@@ -427,23 +427,21 @@ def upscale_folder(
                         preset=preset, codec=codec, pix_fmt=pix_fmt, backend=backend, backend_opts=backend_opts,
                         target=target, strict=strict, on_event=on_event)
     config, encode = setup.config, setup.encode
-    settings: dict[str, Any] = {"scale": config.scale, "model": config.model, "encode": asdict(encode),
-                                "engine": engine}
-    if model_path is not None:
-        settings["model_path"] = str(model_path)
+    request = EngineRequest(engine=engine, model=config.model, scale=config.scale, device=config.device,
+                            tile=config.tile, threads=threads,
+                            model_path=Path(model_path) if model_path is not None else None)
+    settings = BatchSettings(request, encode, tuple(stage.name for stage in setup.chain))
     if setup.chain:
-        settings["places"] = [stage.name for stage in setup.chain]
         options = remote or remote_options(config)
         return run_folder(folder, output_dir, run_one=lambda s, t: upscale_with_fallback(
             s, t, chain=setup.chain, remote=options, scale=config.scale, model=config.model, model_path=model_path,
             engine=engine, device=config.device, tile=config.tile, threads=threads, encode=encode,
             overwrite=overwrite, strict=config.strict, on_event=on_event),
-            scale=config.scale, settings=settings, globs=globs, overwrite=overwrite, on_event=on_event)
-    settings["device"] = config.device
+            settings=settings, globs=globs, overwrite=overwrite, on_event=on_event)
     with Upscaler(scale=config.scale, model=config.model, engine=engine, device=config.device, tile=config.tile,
                   threads=threads, model_path=model_path, encode=encode, on_event=on_event) as upscaler:
         return run_folder(folder, output_dir, run_one=lambda s, t: upscaler.upscale(s, t, overwrite=overwrite),
-                          scale=config.scale, settings=settings, globs=globs, overwrite=overwrite, on_event=on_event)
+                          settings=settings, globs=globs, overwrite=overwrite, on_event=on_event)
 
 
 def list_batches(limit: int = 50) -> list[dict[str, Any]]:
@@ -491,8 +489,7 @@ def watch_folder(
     out_dir: PathLike,
     *,
     run_one: RunOne,
-    scale: int,
-    settings: dict[str, Any],
+    settings: BatchSettings,
     settle: float = 2.0,
     failed_dir: PathLike | None = None,
     globs: tuple[str, ...] = (),
@@ -503,6 +500,6 @@ def watch_folder(
     """Run a drop folder until ``stop``, Ctrl-C or ``idle_exit`` seconds idle; returns files handled."""
     from gpuferry.jobs.dropfolder import DropFolder
 
-    folder = DropFolder(Path(in_dir), Path(out_dir), run_one=run_one, scale=scale, settings=settings, settle=settle,
+    folder = DropFolder(Path(in_dir), Path(out_dir), run_one=run_one, settings=settings, settle=settle,
                         failed_dir=Path(failed_dir) if failed_dir is not None else None, globs=globs, emit=on_event)
     return folder.run(stop, idle_exit)

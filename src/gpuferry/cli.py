@@ -27,9 +27,10 @@ from gpuferry.api import (
 from gpuferry.backends.registry import BACKEND_KINDS, features_of
 from gpuferry.backends.targets import Target, check_targets
 from gpuferry.config import Settings, load_settings
-from gpuferry.engines.select import DEVICE_NAMES, ENGINE_NAMES
+from gpuferry.engines.select import DEVICE_NAMES, ENGINE_NAMES, EngineRequest
 from gpuferry.errors import CancelledError, EngineUnavailableError, GpuferryError, UsageError
 from gpuferry.events import Event, JsonLines
+from gpuferry.jobs.batch import BatchSettings
 from gpuferry.jobs.chain import places_from_settings, remote_options
 from gpuferry.jobs.fallback import LocalEngine, Stage
 from gpuferry.jobs.targets import TargetSpec
@@ -224,9 +225,8 @@ def upscale(
             )
 
         if folder is not None:
-            places = {"places": [stage.name for stage in chain], "engine": engine,
-                      **({"model_path": str(model_path)} if model_path else {})}  # batches before keep their identity
-            sys.exit(_run_folder(folder, output, globs, config, encode, places, run_chain_for, overwrite, view, sink))
+            batch = _batch_settings(config, engine, threads, model_path, encode, chain)
+            sys.exit(_run_folder(folder, output, globs, batch, run_chain_for, overwrite, view, sink))
         sys.exit(_each_input(targets, run_chain_for, view, as_json, sink))
     upscaler = Upscaler(
         scale=config.scale,
@@ -241,8 +241,8 @@ def upscale(
     )
     try:
         if folder is not None:
-            here = {"engine": engine, "device": config.device, "model_path": str(model_path) if model_path else None}
-            exit_code = _run_folder(folder, output, globs, config, encode, here,
+            batch = _batch_settings(config, engine, threads, model_path, encode, [])
+            exit_code = _run_folder(folder, output, globs, batch,
                                     lambda source, target: upscaler.upscale(source, target, overwrite=overwrite),
                                     overwrite, view, sink)
         else:
@@ -308,23 +308,28 @@ def _folder_input(inputs: tuple[Path, ...]) -> Path | None:
     return folders[0]
 
 
+def _batch_settings(config: Settings, engine: str, threads: int | None, model_path: Path | None,
+                    encode: EncodeOptions, chain: list[Stage]) -> BatchSettings:
+    """What every file of a folder or drop folder is upscaled with (the batch's identity in the store)."""
+    request = EngineRequest(engine=engine, model=config.model, scale=config.scale, device=config.device,
+                            tile=config.tile, threads=threads, model_path=model_path)
+    return BatchSettings(request, encode, tuple(stage.name for stage in chain))
+
+
 def _run_folder(
     folder: Path,
     output: Path | None,
     globs: tuple[str, ...],
-    config: Settings,
-    encode: EncodeOptions,
-    where: dict[str, Any],
+    settings: BatchSettings,
     run_one: Callable[[Path, Path], UpscaleResult],
     overwrite: bool,
     view: ProgressView | None,
     sink: Callable[[Event], None],
 ) -> int:
     """A folder as one batch; prints the table of done, skipped and failed files. Returns the exit code."""
-    settings = {"scale": config.scale, "model": config.model, "encode": encode.__dict__, **where}
     try:
-        report = run_folder(folder, output, run_one=run_one, scale=config.scale, settings=settings, globs=globs,
-                            overwrite=overwrite, on_event=sink)
+        report = run_folder(folder, output, run_one=run_one, settings=settings, globs=globs, overwrite=overwrite,
+                            on_event=sink)
     except GpuferryError as exc:
         sink({"event": "failed", "input": str(folder), "error": exc.to_json()})
         _print_error(exc)
@@ -673,8 +678,7 @@ def watch_command(in_dir: Path, out_dir: Path, scale: str | None, model: str | N
         upscaler = Upscaler(scale=config.scale, model=config.model, engine=engine, device=config.device,
                             tile=config.tile, threads=threads, encode=encode, on_event=sink)
         chain = _chain_for(config, None, (), None, engine, config.device)
-        settings = {"scale": config.scale, "model": config.model, "engine": engine, "device": config.device,
-                    "crf": config.crf, "places": [stage.name for stage in chain]}
+        settings = _batch_settings(config, engine, threads, None, encode, chain)
         remote = remote_options(config)
 
         def run_one(source: Path, target: Path) -> UpscaleResult:
@@ -685,7 +689,7 @@ def watch_command(in_dir: Path, out_dir: Path, scale: str | None, model: str | N
                                          threads=threads, encode=encode, strict=config.strict, on_event=sink)
 
         with upscaler:
-            processed = watch_folder(in_dir, out_dir, run_one=run_one, scale=config.scale, settings=settings,
+            processed = watch_folder(in_dir, out_dir, run_one=run_one, settings=settings,
                                      settle=settle, failed_dir=failed_dir, globs=globs, idle_exit=exit_when_idle,
                                      on_event=sink)
     except GpuferryError as exc:

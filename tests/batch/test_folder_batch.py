@@ -12,6 +12,7 @@ from pathlib import Path
 
 from batch_helpers import gpuferry_argv, run_gpuferry
 
+from gpuferry.api import upscale_folder
 from gpuferry.media.probe import probe
 from gpuferry.media.synth import make_clip
 
@@ -120,3 +121,20 @@ def test_a_store_from_before_batches_gains_their_tables_and_keeps_its_jobs(env, 
     tables = {row[0] for row in db.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
     assert {"batches", "batch_items", "estimates"} <= tables
     assert [job["input"] for job in list_jobs()] == ["in.mp4"]
+
+
+def test_the_cli_and_the_library_resume_the_same_batch_with_the_same_settings(env, tmp_path):
+    (tmp_path / "in").mkdir()
+    make_clip(tmp_path / "in" / "a.mp4", frames=6, width=64, height=48, audio=False)
+    out = tmp_path / "out"
+    first = run_gpuferry(env, "upscale", str(tmp_path / "in"), "-o", str(out), "--engine", "resample",
+                         "--threads", "1")
+    assert first.returncode == 0, first.stderr
+    events = []
+    report = upscale_folder(tmp_path / "in", out, engine="resample", threads=2, on_event=events.append)
+    # threads change how fast, not what comes out: the library finds the CLI's batch and skips its file
+    assert report.resumed and [item.outcome for item in report.items] == ["skipped"]
+    other = upscale_folder(tmp_path / "in", tmp_path / "out3", engine="resample", scale=3)
+    assert not other.resumed and [item.outcome for item in other.items] == ["done"]
+    listed = json.loads(run_gpuferry(env, "jobs", "--batches", "--json").stdout)
+    assert len(listed) == 2

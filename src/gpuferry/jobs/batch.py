@@ -5,10 +5,11 @@ from __future__ import annotations
 import contextlib
 import fnmatch
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from gpuferry.engines.select import EngineRequest
 from gpuferry.errors import BadInputError, GpuferryError, OutputExistsError, UsageError
 from gpuferry.events import EventSink, ignore, make_event
 from gpuferry.jobs.lock import JobLock
@@ -23,6 +24,7 @@ from gpuferry.jobs.store import (
     BatchRecords,
     JobStore,
 )
+from gpuferry.media.encode import EncodeOptions
 from gpuferry.media.formats import IMAGE_EXTENSIONS
 from gpuferry.media.probe import probe
 from gpuferry.pipeline.outputs import PARTIAL_MARK, default_output
@@ -35,6 +37,32 @@ MEDIA_EXTENSIONS = frozenset(IMAGE_EXTENSIONS | {
 
 #: upscales one file to one output path (in-process engine or the fallback chain)
 RunOne = Callable[[Path, Path], Any]
+
+
+@dataclass(frozen=True)
+class BatchSettings:
+    """What every file of a batch is upscaled with, from the CLI, the API or a drop folder alike.
+
+    ``places`` is the fallback chain by name (empty: this machine only). The same settings over the
+    same folders find the same batch again, so a second run resumes it.
+    """
+
+    request: EngineRequest
+    encode: EncodeOptions = field(default_factory=EncodeOptions)
+    places: tuple[str, ...] = ()
+
+    @property
+    def scale(self) -> int:
+        return self.request.scale
+
+    def key(self, globs: tuple[str, ...], watch: bool = False) -> dict[str, Any]:
+        """How the job store recognises the batch: what decides the outputs (not threads or tile size,
+        which only change how fast they are made)."""
+        request = self.request
+        model_file = str(Path(request.model_path).resolve()) if request.model_path is not None else None
+        return {"engine": request.engine, "model": request.model, "scale": request.scale,
+                "device": request.device, "model_path": model_file, "encode": asdict(self.encode),
+                "places": list(self.places), "globs": list(globs), "watch": watch}
 
 
 @dataclass
@@ -118,8 +146,7 @@ def run_batch(
     root: Path,
     output_root: Path | None,
     *,
-    scale: int,
-    settings: dict[str, Any],
+    settings: BatchSettings,
     run_one: RunOne,
     globs: tuple[str, ...] = (),
     overwrite: bool = False,
@@ -131,6 +158,7 @@ def run_batch(
     if not root.is_dir():
         raise UsageError("not a folder", path=str(root), step="batch")
     root = root.resolve()
+    scale = settings.scale
     output_root = (output_root or default_output_root(root, scale)).resolve()
     if output_root == root:
         raise UsageError("the output folder is the input folder; choose another -o", path=str(output_root),
@@ -143,7 +171,7 @@ def run_batch(
     store = store or JobStore()
     try:
         batches = BatchRecords(store)
-        identity = {**settings, "globs": list(globs)}
+        identity = settings.key(globs)
         batch = batches.find(str(root), str(output_root), identity)
         resumed = batch is not None
         batch = batch or batches.create(str(root), str(output_root), identity)

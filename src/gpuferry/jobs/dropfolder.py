@@ -8,11 +8,10 @@ import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 from gpuferry.errors import UsageError
 from gpuferry.events import EventSink, ignore, make_event
-from gpuferry.jobs.batch import ItemOutcome, RunOne, run_item, wanted
+from gpuferry.jobs.batch import BatchSettings, ItemOutcome, RunOne, run_item, wanted
 from gpuferry.jobs.lock import JobLock
 from gpuferry.jobs.store import ITEM_DONE, RUNNING, BatchRecords, JobStore
 from gpuferry.pipeline.outputs import default_output
@@ -35,7 +34,7 @@ class _Settling:
 class DropFolder:
     """Watches ``in_dir`` (recursively) with watchfiles and upscales each settled file with ``run_one``."""
 
-    def __init__(self, in_dir: Path, out_dir: Path, *, run_one: RunOne, scale: int, settings: dict[str, Any],
+    def __init__(self, in_dir: Path, out_dir: Path, *, run_one: RunOne, settings: BatchSettings,
                  settle: float = 2.0, failed_dir: Path | None = None, globs: tuple[str, ...] = (),
                  emit: EventSink = ignore) -> None:
         if not in_dir.is_dir():
@@ -45,8 +44,8 @@ class DropFolder:
         if self.out_dir == self.in_dir or self.in_dir.is_relative_to(self.out_dir):
             raise UsageError("OUT_DIR must not be IN_DIR or contain it", path=str(out_dir), step="watch")
         self.failed_dir = (failed_dir or self.in_dir / "failed").resolve()
-        self.run_one, self.scale, self.settle, self.globs, self.emit = run_one, scale, settle, globs, emit
-        self.settings = {**settings, "watch": True, "globs": list(globs)}
+        self.run_one, self.scale, self.settle, self.globs, self.emit = run_one, settings.scale, settle, globs, emit
+        self.identity = settings.key(globs, watch=True)
         self._settling: dict[Path, _Settling] = {}
         self._handled: dict[Path, tuple[int, int]] = {}  # (size, mtime) of each file taken
         self.processed = 0
@@ -70,8 +69,8 @@ class DropFolder:
         store = JobStore()
         try:
             batches = BatchRecords(store)
-            batch = batches.find(str(self.in_dir), str(self.out_dir), self.settings) or \
-                batches.create(str(self.in_dir), str(self.out_dir), self.settings)
+            batch = batches.find(str(self.in_dir), str(self.out_dir), self.identity) or \
+                batches.create(str(self.in_dir), str(self.out_dir), self.identity)
             with JobLock(store.job_dir(batch.id) / "lock", batch.id):
                 batches.set_state(batch.id, RUNNING)
                 self.emit(make_event("watching", batch=batch.id, root=str(self.in_dir), output_root=str(self.out_dir),
