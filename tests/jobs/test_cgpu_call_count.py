@@ -20,10 +20,11 @@ from gpuferry.media import probe
 from gpuferry.progress_view import ProgressView
 
 # issue 11: a 5 s clip in 2 s segments (three segments, as job_clip) within 20 calls of the real client
-# (18 measured there with the worker code already on the runtime, 20 with it uploaded). A fresh stand-in
-# runtime always takes the code (copy + commit: 20 calls); one more is allowed for a loaded machine,
-# where an attempt's follower can be restarted once. Before issue 11's cuts this job took 33.
-MAX_CALLS = 21
+# (cgpu 0.1.4, 2026-11-29: 18 with the worker code already on the runtime, 20 with it uploaded; the check
+# of the code zip is part of the worker's start, not a call). A fresh stand-in runtime takes the code
+# too: 20. A follower whose call ended early on a loaded machine is started again; such restarts are
+# counted apart (the first follower is one of the 20). Before issue 11's cuts this job took 33.
+MAX_CALLS = 20
 
 
 def counting_cgpu(tmp_path, runtime):
@@ -31,7 +32,8 @@ def counting_cgpu(tmp_path, runtime):
     calls = tmp_path / "calls.log"
     counting = tmp_path / "counting-cgpu"
     real = runtime.settings()["executable"]
-    counting.write_text(f"#!/bin/sh\necho \"$1\" >> '{calls}'\nexec '{sys.executable}' '{real}' \"$@\"\n")
+    counting.write_text(f"#!/bin/sh\ncase \"$*\" in *gpuferry.worker.follow*) echo \"$1-follow\" ;; *) echo \"$1\" ;; "
+                        f"esac >> '{calls}'\nexec '{sys.executable}' '{real}' \"$@\"\n")
     counting.chmod(counting.stat().st_mode | stat.S_IXUSR)
     return calls, counting
 
@@ -67,8 +69,9 @@ def test_a_three_segment_cgpu_job_stays_within_twenty_calls(job_clip, tmp_path, 
     assert probe(result.output).video.frames == FRAMES
     assert not [e for e in events if e["event"] in ("recovery", "fallback")]
     made = calls.read_text().split()
-    assert made.count("run") + made.count("copy") == len(made)
-    assert len(made) <= MAX_CALLS, f"{len(made)} cgpu calls: {made}"
+    followers = made.count("run-follow")
+    assert made.count("run") + made.count("copy") + followers == len(made) and followers >= 1
+    assert len(made) - (followers - 1) <= MAX_CALLS, f"{len(made)} cgpu calls: {made}"
     assert not os.listdir(fresh_cgpu_runtime.runtime / "content" / "gpuferry" / "jobs")
     assert not [path for path in stale if path.exists()]
     assert all(path.exists() for path in fresh)

@@ -1,10 +1,13 @@
 """A shared remote root is not trusted blindly: our folders are private and real, the worker's job folder
-cannot shadow our code on the import path, and the code zip is checked again just before it starts."""
+cannot shadow our code on the import path, and the code zip is checked as the worker starts."""
 
 from __future__ import annotations
 
+import hashlib
 import io
 import os
+import subprocess
+import sys
 import zipfile
 from pathlib import Path
 
@@ -13,6 +16,7 @@ from job_shape import FRAMES
 
 from gpuferry.api import upscale_on_target
 from gpuferry.errors import RemoteFileError
+from gpuferry.jobs.remote_setup import CODE_CHANGED_EXIT, worker_argv
 from gpuferry.jobs.targets import TargetSpec
 from gpuferry.media import probe
 
@@ -76,3 +80,39 @@ def test_our_folders_are_made_private_and_a_planted_link_is_refused(job_clip, tm
     assert list(elsewhere.iterdir()) == []
     for folder in ("gpuferry", "gpuferry/lib"):
         assert (root / folder).stat().st_mode & 0o777 == 0o700
+
+
+def test_the_worker_start_checks_the_zip_and_runs_a_private_copy(tmp_path):
+    """The start is the check (no call of its own): a zip that is not the one sent never runs, and the
+    zip it checked is the one it imports from, even when the shared copy is swapped while it runs."""
+    shared = tmp_path / "shared" / "code.zip"
+    shared.parent.mkdir()
+    ran, shadow_ran = tmp_path / "ran", tmp_path / "shadow"
+    _swap_zip(tmp_path / "other.zip", shadow_ran)
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w") as archive:
+        archive.writestr("gpuferry/__init__.py", "")
+        archive.writestr("gpuferry/worker/__init__.py", "")
+        archive.writestr("gpuferry/worker/__main__.py",  # swaps the shared zip, then imports more of ours
+                         f"open({str(shared)!r}, 'wb').write(open({str(tmp_path / 'other.zip')!r}, 'rb').read())\n"
+                         "import gpuferry.worker.late\n")
+        archive.writestr("gpuferry/worker/late.py",
+                         f"import sys\nopen({str(ran)!r}, 'w').write(' '.join(sys.argv[1:]))\n")
+    ours = buffer.getvalue()
+    job_dir = tmp_path / "job folder; $(touch pwned)"
+    job_dir.mkdir()
+    _plant_package(job_dir, shadow_ran)  # the working folder is never on the import path
+    clean_env = {key: value for key, value in os.environ.items() if key != "PYTHONPATH"}
+    argv = worker_argv(sys.executable, str(shared), hashlib.sha256(ours).hexdigest(), str(job_dir))
+
+    shared.write_bytes(ours)
+    completed = subprocess.run(argv, check=False, cwd=job_dir, env=clean_env, capture_output=True, text=True,
+                               timeout=60)
+    assert completed.returncode == 0, completed.stderr
+    assert ran.read_text() == str(job_dir) and not shadow_ran.exists()
+
+    ran.unlink()  # the shared zip is now the swapped one
+    completed = subprocess.run(argv, check=False, cwd=job_dir, env=clean_env, capture_output=True, text=True,
+                               timeout=60)
+    assert completed.returncode == CODE_CHANGED_EXIT and "GPUFERRY-CODE-CHANGED" in completed.stderr
+    assert not ran.exists() and not shadow_ran.exists() and not (job_dir / "pwned").exists()

@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from gpuferry.backends.base import Backend
-from gpuferry.errors import GpuferryError, NotInstalledError, RemoteFileError, TransferIntegrityError
+from gpuferry.errors import NotInstalledError, RemoteFileError, TransferIntegrityError
 from gpuferry.jobs.runtime_leftovers import STALE_SECONDS, SWEEP_FUNCTION
 from gpuferry.jobs.worker_code import WorkerCode
 from gpuferry.transfer import TransferOptions, upload
@@ -126,34 +126,61 @@ def make_job_dir(backend: Backend, paths: RemotePaths) -> None:
         ) from error
 
 
-def verify_worker_code(backend: Backend, remote: str, code: WorkerCode) -> None:
-    """The zip about to run is still the one we shipped (checked just before each start, not only at upload)."""
-    try:  # one call when the zip is there (each cgpu call is seconds)
-        found: str | None = backend.sha256(remote)
-    except GpuferryError:  # a missing zip, or a lost link (then the look below raises that again)
-        found = backend.sha256(remote) if backend.stat(remote) is not None else None
-    if found != code.sha256:
-        raise TransferIntegrityError(
-            f"the worker code on the target changed since it was sent (sha256 {str(found)[:16]}, expected "
-            f"{code.sha256[:16]}); not starting it",
-            path=remote, step="setup", remote=True,
-            hints=["Someone else can write to the remote folder: use a remote root of your own.",
-                   "Run the job again; the code is sent afresh."],
-        )
+#: how a far-side process ends when the code zip is not the one we sent: nothing of it ran
+CODE_CHANGED_EXIT = 86
+
+#: Starts one of our modules from a private copy of the code zip, checked against its sha256 first.
+#: The check is part of the start (no call of its own: each cgpu call is seconds), and the copy lives
+#: in a fresh 0700 folder, so a zip swapped in the shared folder after the check never runs either:
+#: zipimport reads the archive again at each later import. Nothing from the zip is importable before
+#: the check (no PYTHONPATH), and the working folder is never on the import path.
+_VERIFIED_START = r"""
+import hashlib, os, runpy, shutil, sys, tempfile
+if sys.path[:1] == [""]:
+    del sys.path[0]
+source, expected, module = sys.argv[1:4]
+private = tempfile.mkdtemp(prefix="gpuferry-code-")
+copy = os.path.join(private, "gpuferry.zip")
+digest = hashlib.sha256()
+try:
+    with open(source, "rb") as zipped, open(copy, "wb") as kept:
+        for block in iter(lambda: zipped.read(1 << 20), b""):
+            digest.update(block)
+            kept.write(block)
+except OSError as exc:
+    digest = None
+    found = "unreadable (%s)" % exc
+if digest is None or digest.hexdigest() != expected:
+    shutil.rmtree(private, ignore_errors=True)
+    sys.stderr.write("GPUFERRY-CODE-CHANGED %s\n" % (digest.hexdigest() if digest else found))
+    raise SystemExit(CODE_CHANGED_EXIT)
+import atexit
+atexit.register(shutil.rmtree, private, True)
+sys.path.insert(0, copy)
+os.environ["PYTHONPATH"] = copy
+sys.argv = [module] + sys.argv[4:]
+runpy.run_module(module, run_name="__main__", alter_sys=True)
+""".replace("CODE_CHANGED_EXIT", str(CODE_CHANGED_EXIT))
 
 
-#: runs the worker with no script folder on sys.path on any Python (what -P does from 3.11 on)
-_SAFE_START = "import runpy, sys; del sys.path[0]; runpy.run_module('gpuferry.worker', run_name='__main__')"
+def verified_module_argv(python: str, code_path: str, code_sha256: str, module: str, *args: str) -> list[str]:
+    """``python -m module args`` run from the code zip at ``code_path`` only if it has ``code_sha256``."""
+    return [python, "-c", _VERIFIED_START, code_path, code_sha256, module, *args]
 
 
-def worker_argv(python: str, job_dir: str, caps: Capabilities | None) -> list[str]:
-    """The worker's command: its job folder (its cwd) never comes first on the import path, so a
-    ``gpuferry/`` placed there cannot stand in for our code."""
-    version = str((caps.values if caps else {}).get("python") or "0")
-    major_minor = tuple(int(part) for part in version.split(".")[:2] if part.isdigit())
-    if major_minor >= (3, 11):
-        return [python, "-P", "-m", "gpuferry.worker", job_dir]
-    return [python, "-c", _SAFE_START, job_dir]
+def worker_argv(python: str, code_path: str, code_sha256: str, job_dir: str) -> list[str]:
+    """The worker's command: our code, checked as it starts (see ``_VERIFIED_START``)."""
+    return verified_module_argv(python, code_path, code_sha256, "gpuferry.worker", job_dir)
+
+
+def code_changed_error(code_path: str, detail: str = "") -> TransferIntegrityError:
+    """What a start refused by the check says (the next attempt sends the code afresh)."""
+    return TransferIntegrityError(
+        f"the worker code on the target changed since it was sent{detail}; it was not run",
+        path=code_path, step="setup", remote=True,
+        hints=["Someone else can write to the remote folder: use a remote root of your own.",
+               "Run the job again; the code is sent afresh."],
+    )
 
 
 def install_worker_code(

@@ -32,7 +32,6 @@ from gpuferry.errors import (
     GpuferryError,
     GpuOutOfMemoryError,
     StallError,
-    TransferIntegrityError,
     error_class_for_kind,
 )
 from gpuferry.events import EventSink, ignore, make_event
@@ -44,12 +43,13 @@ from gpuferry.jobs.lock import JobLock
 from gpuferry.jobs.plan import encode_from_record, request_from_record
 from gpuferry.jobs.policy import RuntimeRecycledError, WorkerEndedError, backoff_seconds, is_retried, rule_for
 from gpuferry.jobs.remote_setup import (
+    CODE_CHANGED_EXIT,
     Capabilities,
     RemotePaths,
+    code_changed_error,
     ensure_dependencies,
     install_worker_code,
     make_job_dir,
-    verify_worker_code,
     worker_argv,
 )
 from gpuferry.jobs.runtime_leftovers import STALE_SECONDS, leftover_folders, sweep_due
@@ -271,8 +271,8 @@ class RemoteJobRunner:
         fetcher = SegmentFetcher(backend, paths, self.segments_dir, self.options.transfer)
         if self.options.stream and backend.streams_output and self._code_path:
             source: PollingSource | StreamingSource = StreamingSource(
-                backend, paths, pid, self._python(backend), self._code_path, lifetime=self.options.follow_lifetime,
-                tick=min(1.0, self.options.poll_interval),
+                backend, paths, pid, self._python(backend), self._code_path, worker_code().sha256,
+                lifetime=self.options.follow_lifetime, tick=min(1.0, self.options.poll_interval),
                 fallback=lambda: PollingSource(backend, paths, pid, self.options.poll_interval))
         else:
             source = PollingSource(backend, paths, pid, self.options.poll_interval)
@@ -306,6 +306,9 @@ class RemoteJobRunner:
                                            step="worker")
             self.store.add_lost_frames(self.job.id, lost, "worker vanished")
             raise WorkerEndedError("the worker is gone (killed, or the runtime was recycled)", step="worker")
+        if outcome.exit_code == CODE_CHANGED_EXIT:
+            self._ready = False  # the next attempt sends the code afresh
+            raise code_changed_error(self._code_path or "the code zip")
         self.store.add_lost_frames(self.job.id, lost, f"worker exit {outcome.exit_code}")
         if outcome.exit_code == OOM_EXIT:
             tile = self._halve_tile(outcome)
@@ -467,19 +470,14 @@ class RemoteJobRunner:
 
     def _spawn(self, backend: Backend, paths: RemotePaths) -> int:
         assert self._code_path is not None
-        # checked just before every start: the input's upload (minutes) left time to swap it
-        try:
-            verify_worker_code(backend, self._code_path, worker_code())
-        except TransferIntegrityError:
-            self._ready = False  # the next attempt sends the code afresh
-            raise
+        # the zip is checked as the worker starts: the input's upload (minutes) left time to swap it
         pid = backend.spawn(
-            worker_argv(self._python(backend), paths.job_dir, self._caps),
+            worker_argv(self._python(backend), self._code_path, worker_code().sha256, paths.job_dir),
             log_path=paths.in_job(LOG_FILE),
             exit_code_path=paths.in_job(EXIT_FILE),
             pid_path=paths.in_job(PID_FILE),
             cwd=paths.job_dir,
-            env={"PYTHONPATH": self._code_path, "PYTHONUNBUFFERED": "1", "PYTHONSAFEPATH": "1"},
+            env={"PYTHONUNBUFFERED": "1"},
         )
         self.store.event(self.job.id, "spawned", pid=pid, todo=[s.index for s in self._pending()])
         self.emit(make_event("spawned", job=self.job.id, pid=pid, segments_left=len(self._pending())))

@@ -21,7 +21,7 @@ from typing import Any
 from gpuferry.backends.base import Backend
 from gpuferry.errors import CommandTimeoutError, StallError
 from gpuferry.jobs.policy import RuntimeRecycledError
-from gpuferry.jobs.remote_setup import RemotePaths
+from gpuferry.jobs.remote_setup import RemotePaths, verified_module_argv
 from gpuferry.worker.layout import ERROR_FILE, EXIT_FILE, PROGRESS_FILE, SEGMENTS_DIR, marker_index
 
 log = logging.getLogger(__name__)
@@ -123,10 +123,10 @@ class StreamingSource:
     """One follower per attempt, read on its own thread; a new one when it ends before the worker does."""
 
     def __init__(self, backend: Backend, paths: RemotePaths, pid: int, python: str, code_path: str,
-                 lifetime: float = 600.0, tick: float = 1.0,
+                 code_sha256: str, lifetime: float = 600.0, tick: float = 1.0,
                  fallback: Callable[[], PollingSource] | None = None) -> None:
-        self.argv = ["env", f"PYTHONPATH={code_path}", python, "-m", "gpuferry.worker.follow", paths.job_dir,
-                     str(pid), "--tick", f"{tick:g}", "--lifetime", f"{lifetime:g}"]
+        self.argv = verified_module_argv(python, code_path, code_sha256, "gpuferry.worker.follow", paths.job_dir,
+                                         str(pid), "--tick", f"{tick:g}", "--lifetime", f"{lifetime:g}")
         self.backend, self.lifetime = backend, lifetime
         self.calls = 0
         self._queue: queue.Queue[Snapshot | BaseException] = queue.Queue()
