@@ -102,7 +102,9 @@ def test_the_worker_start_checks_the_zip_and_runs_a_private_copy(tmp_path):
     job_dir = tmp_path / "job folder; $(touch pwned)"
     job_dir.mkdir()
     _plant_package(job_dir, shadow_ran)  # the working folder is never on the import path
-    clean_env = {key: value for key, value in os.environ.items() if key != "PYTHONPATH"}
+    temp = tmp_path / "far side tmp"
+    temp.mkdir()
+    clean_env = {key: value for key, value in os.environ.items() if key != "PYTHONPATH"} | {"TMPDIR": str(temp)}
     argv = worker_argv(sys.executable, str(shared), hashlib.sha256(ours).hexdigest(), str(job_dir))
 
     shared.write_bytes(ours)
@@ -116,3 +118,4 @@ def test_the_worker_start_checks_the_zip_and_runs_a_private_copy(tmp_path):
                                timeout=60)
     assert completed.returncode == CODE_CHANGED_EXIT and "GPUFERRY-CODE-CHANGED" in completed.stderr
     assert not ran.exists() and not shadow_ran.exists() and not (job_dir / "pwned").exists()
+    assert list(temp.iterdir()) == []  # no private copy left behind by either start

@@ -130,34 +130,39 @@ def make_job_dir(backend: Backend, paths: RemotePaths) -> None:
 CODE_CHANGED_EXIT = 86
 
 #: Starts one of our modules from a private copy of the code zip, checked against its sha256 first.
-#: The check is part of the start (no call of its own: each cgpu call is seconds), and the copy lives
-#: in a fresh 0700 folder, so a zip swapped in the shared folder after the check never runs either:
-#: zipimport reads the archive again at each later import. Nothing from the zip is importable before
+#: The check is part of the start (no call of its own: each cgpu call is seconds), and the copy is a
+#: private temporary file (0600; on Linux only an open file, so a kill -9 leaves nothing), so a zip
+#: swapped in the shared folder after the check never runs either: zipimport reads the archive again
+#: at each later import. Nothing from the zip is importable before
 #: the check (no PYTHONPATH), and the working folder is never on the import path.
 _VERIFIED_START = r"""
-import hashlib, os, runpy, shutil, sys, tempfile
+import hashlib, os, runpy, sys, tempfile
 if sys.path[:1] == [""]:
     del sys.path[0]
 source, expected, module = sys.argv[1:4]
-private = tempfile.mkdtemp(prefix="gpuferry-code-")
-copy = os.path.join(private, "gpuferry.zip")
+handle, copy = tempfile.mkstemp(prefix="gpuferry-code-", suffix=".zip")
 digest = hashlib.sha256()
 try:
-    with open(source, "rb") as zipped, open(copy, "wb") as kept:
+    with open(source, "rb") as zipped:
         for block in iter(lambda: zipped.read(1 << 20), b""):
             digest.update(block)
-            kept.write(block)
+            os.write(handle, block)
 except OSError as exc:
     digest = None
     found = "unreadable (%s)" % exc
 if digest is None or digest.hexdigest() != expected:
-    shutil.rmtree(private, ignore_errors=True)
+    os.remove(copy)
     sys.stderr.write("GPUFERRY-CODE-CHANGED %s\n" % (digest.hexdigest() if digest else found))
     raise SystemExit(CODE_CHANGED_EXIT)
-import atexit
-atexit.register(shutil.rmtree, private, True)
+if os.path.isdir("/proc/self/fd"):
+    # Linux: the copy lives on as this open file only, so even a kill -9 leaves nothing behind
+    os.remove(copy)
+    copy = "/proc/self/fd/%d" % handle
+else:
+    import atexit
+    atexit.register(os.remove, copy)
+    os.environ["PYTHONPATH"] = copy
 sys.path.insert(0, copy)
-os.environ["PYTHONPATH"] = copy
 sys.argv = [module] + sys.argv[4:]
 runpy.run_module(module, run_name="__main__", alter_sys=True)
 """.replace("CODE_CHANGED_EXIT", str(CODE_CHANGED_EXIT))
