@@ -114,6 +114,7 @@ def _runner(tile: int) -> RemoteJobRunner:
     runner = RemoteJobRunner.__new__(RemoteJobRunner)
     runner.store, runner.job = _Store(), type("Job", (), {"id": "j"})()
     runner.request, runner.options = EngineRequest(tile=tile), RemoteOptions()
+    runner._reported = set()  # no finished segment reported in this attempt
     return runner
 
 
