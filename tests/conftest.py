@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 from pathlib import Path
 
@@ -11,6 +12,11 @@ from gpuferry.media.synth import make_clip
 
 # real servers (sshd, jupyter_server) and fake cgpu runtimes, shared by every suite
 pytest_plugins = ["servers.fixtures"]
+
+# one engine thread per process (ncnn and torch both read it; workers spawned here inherit it, the test
+# sshd sets it too): the suite runs on every core at once, and an engine with more threads than free
+# cores waits on its slowest thread at every layer (ncnn ran ten times slower on a loaded 2-core machine)
+os.environ.setdefault("OMP_NUM_THREADS", "1")
 
 
 @pytest.fixture(scope="session")

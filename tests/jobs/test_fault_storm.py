@@ -12,7 +12,7 @@ import time
 from pathlib import Path
 
 import pytest
-from job_shape import FRAMES
+from job_shape import FRAMES, STALL_TEST_TIMEOUT
 from media_checks import audio_packets, frame_times
 
 from gpuferry.api import resume_job, upscale_on_target
@@ -213,6 +213,7 @@ def test_resume_after_a_kill_past_publishing_finishes_the_clean_up(job_clip, tmp
 def test_a_stall_is_noticed_while_a_download_hangs(job_clip, tmp_path, hooked, remote_options):
     remote_options.segment_seconds = SHORT_SEGMENT
     remote_options.stream = False  # the polling path: each look is its own command
+    remote_options.stall_timeout = STALL_TEST_TIMEOUT  # the test waits it out once
     stall_seen = threading.Event()
     released_by = []
 

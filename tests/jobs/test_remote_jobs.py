@@ -10,7 +10,7 @@ import time
 from pathlib import Path
 
 import pytest
-from job_shape import FRAMES, HEIGHT, SEGMENT_FRAMES, WIDTH
+from job_shape import FRAMES, HEIGHT, SEGMENT_FRAMES, STALL_TEST_TIMEOUT, WIDTH
 from media_checks import audio_packets, frame_times
 from process_checks import process_gone
 
@@ -113,6 +113,7 @@ def test_killed_worker_costs_at_most_one_segment(job_clip, tmp_path, place, remo
 
 
 def test_hung_worker_is_detected_and_replaced(job_clip, tmp_path, place, remote_options):
+    remote_options.stall_timeout = STALL_TEST_TIMEOUT  # the test waits it out once
     stopped = {}
 
     def freeze_worker(event):

@@ -87,3 +87,18 @@ def test_asking_for_a_gpu_that_is_not_there_is_refused_not_silently_downgraded()
 
     with pytest.raises(EngineUnavailableError, match="NVIDIA|CUDA"):
         create_engine(EngineRequest(engine="auto", device="cuda"))
+
+
+def test_ncnn_uses_omp_num_threads_when_set_else_every_core(monkeypatch):
+    """A user sharing a machine caps the engine's threads the OpenMP way, as torch already reads it."""
+    import os
+
+    request = EngineRequest(engine="ncnn", device="cpu", scale=2)
+    monkeypatch.setenv("OMP_NUM_THREADS", "3")
+    capped = create_engine(request).engine
+    assert capped.describe().endswith("CPU, 3 threads)")
+    monkeypatch.delenv("OMP_NUM_THREADS")
+    every = create_engine(request).engine
+    assert every.describe().endswith(f"CPU, {len(os.sched_getaffinity(0))} threads)")
+    assert create_engine(EngineRequest(engine="ncnn", device="cpu", scale=2, threads=1)).engine.describe() \
+        .endswith("CPU, 1 threads)"), "--threads still wins"

@@ -70,3 +70,24 @@ def test_a_far_side_path_never_borrows_the_size_of_a_local_file(tmp_path):
     assert remote.size == 10_000_000 and "10.0 MB" in str(remote)
     # a local path still gets its size looked up
     assert TransferIntegrityError("damaged", path=str(local), step="download").size == 4321
+
+
+def test_the_capability_probe_imports_torch_only_where_a_gpu_device_exists(tmp_path):
+    """Every job's setup and `doctor` probe the far side's Python: importing torch there costs seconds, and
+    without a GPU device node (NVIDIA, WSL, ROCm) torch cannot see CUDA anyway."""
+    import os
+
+    from gpuferry.backends.local import LocalBackend
+    from gpuferry.jobs.remote_setup import probe_capabilities
+
+    log = tmp_path / "imports.log"
+    python = tmp_path / "python"  # the far side's interpreter, noting every module it imports
+    python.write_text(f'#!/bin/sh\nexec {sys.executable} -X importtime "$@" 2>>{log}\n')
+    python.chmod(0o755)
+    caps = probe_capabilities(LocalBackend(str(tmp_path)), str(python), str(tmp_path))
+    imported = {line.split("|")[-1].strip() for line in log.read_text().splitlines() if "|" in line}
+    gpu_node = any(os.path.exists(node) for node in ("/dev/nvidiactl", "/dev/nvidia0", "/dev/dxg", "/dev/kfd"))
+    assert caps.torch, "torch is found all the same (the test environment installs it)"
+    assert ("torch" in imported) == gpu_node
+    if not gpu_node:
+        assert not caps.cuda

@@ -93,6 +93,8 @@ def running_sshd(directory: Path) -> Iterator[SshServer]:
                 "MaxStartups 50",
                 "MaxSessions 50",
                 "LogLevel VERBOSE",
+                # the suite's one engine thread per process (tests/conftest.py) for workers started here too
+                "SetEnv OMP_NUM_THREADS=1",
                 "",
             ]
         )

@@ -15,7 +15,11 @@ from gpuferry.models.weights import NcnnWeights, locate_ncnn_weights
 
 
 def default_threads() -> int:
-    """Use every core this process may run on."""
+    """OMP_NUM_THREADS when set (the OpenMP convention torch follows too: on a shared machine more threads
+    than free cores make ncnn many times slower, not faster), else every core this process may run on."""
+    wanted = os.environ.get("OMP_NUM_THREADS", "").strip()
+    if wanted.isdigit() and int(wanted) > 0:
+        return int(wanted)
     try:
         return max(1, len(os.sched_getaffinity(0)))
     except AttributeError:  # pragma: no cover - not Linux

@@ -19,7 +19,7 @@ from gpuferry.worker.spec import SEGMENTS_DIR
 REQUIRED_MODULES = (("av", "av"), ("numpy", "numpy"), ("PIL", "pillow"))
 
 _CAPABILITIES = r"""
-import importlib.util, json, sys
+import importlib.util, json, os, sys
 def has(name):
     try:
         return importlib.util.find_spec(name) is not None
@@ -35,7 +35,10 @@ try:
 except Exception:
     found["ncnn_weights"] = False
 found["cuda"] = False
-if found["torch"]:
+# importing torch costs seconds on every job's setup: only where a GPU driver shows a device node
+# (NVIDIA, WSL's dxg, ROCm's kfd) can torch see CUDA, so only there is it imported and asked
+gpu_nodes = ("/dev/nvidiactl", "/dev/nvidia0", "/dev/dxg", "/dev/kfd")
+if found["torch"] and any(os.path.exists(node) for node in gpu_nodes):
     try:
         import torch
         found["cuda"] = bool(torch.cuda.is_available())
