@@ -263,7 +263,7 @@ class RemoteJobRunner:
             self.emit(make_event("reattached", job=self.job.id, pid=pid))
             self.store.event(self.job.id, "reattached", pid=pid)
             if self._code_path is None and self.options.stream and backend.streams_output:
-                self._code_path = self._shipped_code(backend, paths)
+                self._code_path = self._shipped_code(paths)
         deadline = time.monotonic() + self.options.attempt_timeout
         if self._last_fetcher is not None:
             # a download the last attempt left running must not write beside this attempt's one
@@ -467,17 +467,12 @@ class RemoteJobRunner:
         upload(backend, local, posixpath.join(paths.job_dir, remote), options=self.options.transfer)
         return remote
 
-    def _shipped_code(self, backend: Backend, paths: RemotePaths) -> str | None:
-        """Our code already on the far side, checked, for a client that reattached without setting up (a
-        resume): it follows the worker with one streaming command, not a poll per look (each cgpu call is
-        seconds). None when it is not there as sent: then the watch polls."""
-        code = worker_code()
-        remote = posixpath.join(paths.lib_dir, code.remote_name)
-        try:
-            verify_worker_code(backend, remote, code)
-        except TransferIntegrityError:
-            return None
-        return remote
+    def _shipped_code(self, paths: RemotePaths) -> str:
+        """Where our code lies on the far side, for a client that reattached without setting up (a
+        resume): it follows the worker with one streaming command, not a poll per look (each cgpu call
+        is seconds). The follower's start checks the zip (``worker_argv``); when it is not there as
+        sent, the follower fails and the watch polls."""
+        return posixpath.join(paths.lib_dir, worker_code().remote_name)
 
     def _python(self, backend: Backend) -> str:
         return self.options.python or backend.far_python
