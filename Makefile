@@ -18,7 +18,7 @@ $(VENV)/.installed: pyproject.toml | $(PY)
 	touch $@
 
 $(VENV)/.installed-test: pyproject.toml $(VENV)/.installed
-	$(PIP) install -q $(TORCH) -e '.[torch,remote,dev]'
+	$(PIP) install -q $(TORCH) -e '.[torch,remote,dev,cluster]'
 	touch $@
 
 install: $(VENV)/.installed

@@ -132,6 +132,10 @@ def check_estimate_quietly(source: Path, place: str, result: FileResult, emit: E
 def run_job(store: JobStore, job: JobRecord, remote: RemoteOptions, emit: EventSink, overwrite: bool) -> FileResult:
     """Drive one stored job to its output on its own target."""
     target = TargetSpec.from_json(job.target)
+    if features_of(target.kind).cluster:
+        from gpuferry.jobs.cluster_runner import ClusterJobRunner
+
+        return ClusterJobRunner(store, job, target, remote, emit=emit).run(overwrite=overwrite)
     runner = RemoteJobRunner(store, job, target.connect, remote, emit=emit)
     return runner.run(overwrite=overwrite)
 
