@@ -3,13 +3,7 @@ over the nodes, a lost node costs only its segments in flight, a killed client r
 
 from __future__ import annotations
 
-import os
-import signal
-import subprocess
-import sys
 import threading
-import time
-from pathlib import Path
 
 import pytest
 from job_shape import FRAMES
@@ -17,7 +11,7 @@ from jobs.test_remote_jobs import assert_complete  # every frame at its source t
 from servers.ray_cluster import add_worker, wait_started
 from servers.waiting import wait_until
 
-from gpuferry.api import cancel_job, resume_job, upscale_on_target
+from gpuferry.api import upscale_on_target
 from gpuferry.jobs.runner import RemoteOptions
 from gpuferry.jobs.store import JobStore
 from gpuferry.jobs.targets import TargetSpec

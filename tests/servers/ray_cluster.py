@@ -122,11 +122,6 @@ def _set_group_nice(pid: int | str, nice: int) -> None:
         pass  # no autogroups here (or not root): the start simply gets the usual share
 
 
-def _start_ahead() -> None:
-    """In the child, after setsid and before exec: the node's session starts ahead (``STARTUP_NICE``)."""
-    _set_group_nice("self", STARTUP_NICE)
-
-
 def _settle_priority(nodes: list[RayNode]) -> None:
     """Back to the usual weight once started: the tasks a node runs later compete like any test."""
     for node in nodes:
@@ -138,7 +133,8 @@ def _start(name: str, argv: list[str], temp_dir: Path) -> RayNode:
     env = {**os.environ, **SLOW_MACHINE}
     with log.open("wb") as out:
         process = subprocess.Popen(argv, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                                   start_new_session=True, env=env, preexec_fn=_start_ahead)
+                                   start_new_session=True, env=env)
+    _set_group_nice(process.pid, STARTUP_NICE)  # its own session is its own group, children included
     return RayNode(name, process, log)
 
 
