@@ -3,15 +3,21 @@ over the nodes, a lost node costs only its segments in flight, a killed client r
 
 from __future__ import annotations
 
+import json
+import os
+import signal
+import subprocess
+import sys
 import threading
+from pathlib import Path
 
 import pytest
 from job_shape import FRAMES
 from jobs.test_remote_jobs import assert_complete  # every frame at its source time, the same audio
-from servers.ray_cluster import add_worker, wait_started
+from servers.ray_cluster import KEEP_LOOPBACK, add_worker, wait_started
 from servers.waiting import wait_until
 
-from gpuferry.api import upscale_on_target
+from gpuferry.api import cancel_job, resume_job, upscale_on_target
 from gpuferry.jobs.runner import RemoteOptions
 from gpuferry.jobs.store import JobStore
 from gpuferry.jobs.targets import TargetSpec
@@ -81,3 +87,67 @@ def test_a_lost_node_costs_only_its_segments_in_flight(job_clip, tmp_path, ray_c
     again = sorted(e["index"] for e in ran if e["attempt"] > 1)
     assert in_flight and again == sorted(in_flight)  # the lost node's segment, and nothing else, ran twice
     assert {e["node"] for e in ran if e["attempt"] > 1}.isdisjoint({doomed_id})
+
+
+def start_client(clip: Path, output: Path, address: str) -> subprocess.Popen:
+    """`gpuferry upscale --backend ray` in its own process (this test kills it), joining over loopback."""
+    argv = [sys.executable, "-c", f"{KEEP_LOOPBACK}; import sys; from gpuferry.cli import main; "
+            "sys.argv[0] = 'gpuferry'; main()", "upscale", str(clip), "-o", str(output), "--scale", "2",
+            "--engine", "ncnn", "--backend", "ray", "--backend-opt", f"address={address}", "--segment-seconds", "1",
+            "--poll-interval", "0.1", "--json"]
+    return subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+
+
+def job_from(client: subprocess.Popen) -> str:
+    assert client.stdout is not None
+    for line in client.stdout:
+        event = json.loads(line)
+        if event.get("event") == "job":
+            return str(event["job"])
+    raise AssertionError("the client never named its job")
+
+
+def test_killed_client_resumes_from_the_verified_segments(job_clip, tmp_path, ray_cluster):
+    output = tmp_path / "out.mp4"
+    client = start_client(job_clip, output, ray_cluster.address)
+    try:
+        job_id = job_from(client)
+        wait_until(lambda: verified(job_id), attempts=4800)
+        os.kill(client.pid, signal.SIGKILL)  # no clean-up of any kind: the owner on the cluster goes on
+        client.wait(timeout=30)
+    finally:
+        client.kill()
+    events: list[dict] = []
+    result = resume_job(job_id, on_event=events.append)
+    assert result.frames == FRAMES
+    assert_complete(job_clip, output)
+    assert any(e["event"] == "reattached" for e in events)
+    assert sorted(e["index"] for e in starts(job_id)) == [0, 1, 2]  # nothing computed twice
+
+
+def test_cancel_stops_the_jobs_tasks(job_clip, tmp_path, ray_cluster):
+    from gpuferry.worker.cluster_owner import find_owner
+
+    client = start_client(job_clip, tmp_path / "out.mp4", ray_cluster.address)
+    try:
+        job_id = job_from(client)
+        wait_until(lambda: starts(job_id), attempts=4800)
+        cancel_job(job_id)
+        assert client.wait(timeout=120) != 0  # the client sees the cancel and stops
+    finally:
+        client.kill()
+    assert JobStore().get(job_id).state == "cancelled"
+    assert find_owner(job_id) is None
+
+    def segment_tasks_running() -> list[str]:
+        found = []
+        for pid in ray_cluster.all_pids():
+            try:
+                with open(f"/proc/{pid}/cmdline", "rb") as cmdline:
+                    if b"segment_task" in cmdline.read():
+                        found.append(str(pid))
+            except OSError:
+                continue
+        return found
+
+    wait_until(lambda: not segment_tasks_running(), attempts=600, pause=0.1)

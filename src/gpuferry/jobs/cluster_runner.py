@@ -68,6 +68,9 @@ class ClusterJobRunner(RemoteJobRunner):
         owner = find_owner(self.job.id)
         if owner is not None:
             self._call(owner.ensure.remote(spec_json, todo))
+            # the owner's list of starts is append-only and every client records it in order: an earlier
+            # client of this owner (killed, then resumed) recorded the first ones
+            self._starts_seen = len(self._stored_starts()) - self._starts_before_owner()
             self.emit(make_event("reattached", job=self.job.id, owner=f"ray actor for job {self.job.id}"))
             self.store.event(self.job.id, "reattached", owner="ray")
         else:
@@ -75,7 +78,8 @@ class ClusterJobRunner(RemoteJobRunner):
             owner = start_owner(self.job.id, spec_json, todo, source, cluster.segment_resources(), cluster.window(),
                                 cluster.owner_options())
             self._starts_seen = 0
-            self.store.event(self.job.id, "spawned", owner="ray", todo=todo, window=cluster.window())
+            self.store.event(self.job.id, "spawned", owner="ray", todo=todo, window=cluster.window(),
+                             starts_before=len(self._stored_starts()))
             self.emit(make_event("spawned", job=self.job.id, segments_left=len(todo), slots=cluster.slots()))
         deadline = time.monotonic() + self.options.attempt_timeout
         while self._pending():
@@ -142,14 +146,24 @@ class ClusterJobRunner(RemoteJobRunner):
 
     def _record_starts(self, starts: list[tuple[int, str]]) -> None:
         """Each task start (a retry after a lost node shows as a second start) as a job event."""
-        for position in range(self._starts_seen, len(starts)):
-            index, node = starts[position]
-            attempt = sum(1 for i, _ in starts[:position + 1] if i == index)
+        stored = self._stored_starts()
+        for index, node in starts[self._starts_seen:]:
+            attempt = 1 + sum(1 for event in stored if event["index"] == index)
             self.store.event(self.job.id, "segment_started", index=index, node=node, attempt=attempt)
+            stored.append({"index": index})
             if attempt > 1:
                 self.emit(make_event("warning", input=self.job.input,
                                      message=f"segment {index} started again on node {node[:12]} (its node was lost)"))
         self._starts_seen = len(starts)
+
+    def _stored_starts(self) -> list[dict[str, Any]]:
+        return [event for event in self.store.events(self.job.id) if event["event"] == "segment_started"]
+
+    def _starts_before_owner(self) -> int:
+        """Starts recorded before the job's current owner was spawned (by earlier owners)."""
+        spawned = [event for event in self.store.events(self.job.id)
+                   if event["event"] == "spawned" and event.get("owner") == "ray"]
+        return int(spawned[-1].get("starts_before") or 0) if spawned else 0
 
     def _failed(self, failed: dict[Any, dict[str, Any]]) -> None:
         """A task failed in our code (or beyond Ray's retries): the worker's outcome, the same policy."""
