@@ -151,3 +151,13 @@ def test_cancel_stops_the_jobs_tasks(job_clip, tmp_path, ray_cluster):
         return found
 
     wait_until(lambda: not segment_tasks_running(), attempts=600, pause=0.1)
+
+
+def test_doctor_reports_the_cluster(ray_cluster, ray_target):
+    from gpuferry.diagnostics.doctor import target_checks
+
+    checks = {check.name: check for check in target_checks("cluster", ray_target)}
+    assert all(check.status == "pass" for check in checks.values()), checks
+    assert int(checks["nodes"].detail.split()[0]) >= 3  # the head and the worker nodes (a lost one may linger)
+    assert float(checks["GPUs and CPUs"].detail.split()[0]) >= 2
+    assert "engines: ncnn" in checks["segment code on a node"].detail

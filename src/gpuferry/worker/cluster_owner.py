@@ -170,3 +170,23 @@ def find_owner(job_id: str) -> Any | None:
         return ray.get_actor(owner_name(job_id), namespace=NAMESPACE)
     except ValueError:
         return None
+
+
+@ray.remote
+def probe_node() -> dict[str, Any]:
+    """What a node that takes segments runs: its Python and Ray, and whether gpuferry's segment code and
+    an engine import there."""
+    import importlib.util
+    import sys
+
+    found: dict[str, Any] = {"python": sys.version.split()[0], "ray": ray.__version__,
+                             "node": ray.get_runtime_context().get_node_id()}
+    try:
+        import gpuferry
+        import gpuferry.worker.cluster_task  # the segment code itself
+
+        found["gpuferry"] = getattr(gpuferry, "__version__", "installed")
+    except ImportError as exc:
+        found["gpuferry_error"] = repr(exc)
+    found["engines"] = [name for name in ("ncnn", "torch") if importlib.util.find_spec(name) is not None]
+    return found
