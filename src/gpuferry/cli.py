@@ -30,7 +30,7 @@ from gpuferry.config import Settings, load_settings
 from gpuferry.engines.select import DEVICE_NAMES, ENGINE_NAMES
 from gpuferry.errors import CancelledError, EngineUnavailableError, GpuferryError, UsageError
 from gpuferry.events import Event, JsonLines
-from gpuferry.jobs.chain import places_from_settings, remote_options
+from gpuferry.jobs.chain import locked, places_from_settings, remote_options, run_in_turn, run_side_by_side
 from gpuferry.jobs.fallback import LocalEngine, Stage
 from gpuferry.jobs.targets import TargetSpec
 from gpuferry.media.encode import EncodeOptions
@@ -227,7 +227,10 @@ def upscale(
             places = {"places": [stage.name for stage in chain], "engine": engine,
                       **({"model_path": str(model_path)} if model_path else {})}  # batches before keep their identity
             sys.exit(_run_folder(folder, output, globs, config, encode, places, run_chain_for, overwrite, view, sink))
-        sys.exit(_each_input(targets, run_chain_for, view, as_json, sink))
+        # a cluster schedules segments itself: every input's job runs at once, their tasks interleaved
+        cluster = any(s.target is not None and features_of(s.target.kind).cluster for s in chain[:1])
+        sys.exit(_each_input(targets, run_chain_for, view, as_json, locked(sink) if cluster else sink,
+                             side_by_side=cluster))
     upscaler = Upscaler(
         scale=config.scale,
         model=config.model,
@@ -271,14 +274,15 @@ def _each_input(
     view: ProgressView | None,
     as_json: bool,
     sink: Callable[[Event], None],
+    side_by_side: bool = False,
 ) -> int:
-    """Process inputs in turn; one bad input does not stop the others. Returns the exit code."""
+    """Process inputs in turn (side by side on a cluster); one bad input does not stop the others.
+    Returns the exit code."""
     exit_code = 0
     try:
-        for source, target in plans:
-            try:
-                result = run_one(source, target)
-            except GpuferryError as exc:
+        for result in (run_side_by_side if side_by_side else run_in_turn)(plans, run_one):
+            if isinstance(result, GpuferryError):
+                exc = result
                 _print_error(exc)
                 exit_code = exit_code or exc.exit_code
                 if isinstance(exc, (UsageError, EngineUnavailableError)):

@@ -89,13 +89,15 @@ def test_a_lost_node_costs_only_its_segments_in_flight(job_clip, tmp_path, ray_c
     assert {e["node"] for e in ran if e["attempt"] > 1}.isdisjoint({doomed_id})
 
 
-def start_client(clip: Path, output: Path, address: str) -> subprocess.Popen:
+def start_client(clip: Path, output: Path | None, address: str, *more: Path, engine: str = "ncnn",
+                 stderr: int = subprocess.DEVNULL) -> subprocess.Popen:
     """`gpuferry upscale --backend ray` in its own process (this test kills it), joining over loopback."""
+    outputs = ["-o", str(output)] if output is not None else []
     argv = [sys.executable, "-c", f"{KEEP_LOOPBACK}; import sys; from gpuferry.cli import main; "
-            "sys.argv[0] = 'gpuferry'; main()", "upscale", str(clip), "-o", str(output), "--scale", "2",
-            "--engine", "ncnn", "--backend", "ray", "--backend-opt", f"address={address}", "--segment-seconds", "1",
+            "sys.argv[0] = 'gpuferry'; main()", "upscale", str(clip), *map(str, more), *outputs, "--scale", "2",
+            "--engine", engine, "--backend", "ray", "--backend-opt", f"address={address}", "--segment-seconds", "1",
             "--poll-interval", "0.1", "--json"]
-    return subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+    return subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=stderr, text=True)
 
 
 def job_from(client: subprocess.Popen) -> str:
@@ -161,3 +163,25 @@ def test_doctor_reports_the_cluster(ray_cluster, ray_target):
     assert int(checks["nodes"].detail.split()[0]) >= 3  # the head and the worker nodes (a lost one may linger)
     assert float(checks["GPUs and CPUs"].detail.split()[0]) >= 2
     assert "engines: ncnn" in checks["segment code on a node"].detail
+
+
+def test_several_inputs_run_side_by_side(job_clip, tmp_path, ray_cluster):
+    """Two inputs on --backend ray are two jobs at once: each one's segments start before the other ends."""
+    first, second = tmp_path / "a.mp4", tmp_path / "b.mp4"
+    first.write_bytes(job_clip.read_bytes())
+    second.write_bytes(job_clip.read_bytes())
+    client = start_client(first, None, ray_cluster.address, second, engine="resample", stderr=subprocess.STDOUT)
+    try:
+        out, _ = client.communicate(timeout=280)
+    finally:
+        client.kill()
+    assert client.returncode == 0, out[-2000:]
+    jobs = [json.loads(line)["job"] for line in out.splitlines() if json.loads(line).get("event") == "job"]
+    assert len(set(jobs)) == 2
+    for source in (first, second):
+        assert_complete(job_clip, tmp_path / f"{source.stem}_x2.mp4")
+    events = {job: JobStore().events(job) for job in jobs}
+    spans = {job: (min(e["time"] for e in found if e["event"] == "spawned"),
+                   max(e["time"] for e in found if e["event"] == "segment_verified")) for job, found in events.items()}
+    (start_a, end_a), (start_b, end_b) = spans.values()
+    assert start_b < end_a and start_a < end_b  # both owners ran at once, not one file after the other
