@@ -66,7 +66,9 @@ class RayCluster:
         address = self.settings.address or ""
         with _CONNECT_LOCK:
             if self.ray.is_initialized():
-                joined = _CONNECTED.get("address", "")
+                if "address" not in _CONNECTED:
+                    return self  # joined by the application that embeds gpuferry (its own ray.init)
+                joined = _CONNECTED["address"]
                 if joined != address:
                     raise UsageError(f"this client is already joined to the Ray cluster {joined or 'here'}",
                                      step="connect", hints=["Run jobs for another cluster from another process."])
