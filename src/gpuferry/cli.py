@@ -107,7 +107,7 @@ def cli() -> None:
     "--backend",
     type=click.Choice(BACKEND_KINDS),
     default=None,
-    help="Run as a resumable job on this backend (local worker, ssh, jupyter, cgpu), then fall back.",
+    help="Run as a resumable job on this backend (local worker, ssh, jupyter, cgpu, ray: a cluster), then fall back.",
 )
 @click.option(
     "--backend-opt",
@@ -115,8 +115,8 @@ def cli() -> None:
     multiple=True,
     metavar="KEY=VALUE",
     help="Setting for --backend, repeatable (ssh: host=, port=, username=, client_keys=; jupyter: url=, "
-    "token_file=; cgpu: executable=, config_dir=, config_file=, remote_root=; any: workdir=). Tokens never on "
-    "the command line.",
+    "token_file=; cgpu: executable=, config_dir=, config_file=, remote_root=; ray: address=auto|ray://HOST:10001, "
+    "num_gpus=, num_cpus=, shared_input=; any: workdir=). Tokens never on the command line.",
 )
 @click.option("--target", "target_name", default=None, help="A target from the config file ([targets.NAME]).")
 @click.option("--strict", is_flag=True, default=None,
@@ -172,7 +172,7 @@ def upscale(
     as_json: bool,
     verbose: bool,
 ) -> None:
-    """Upscale one or more videos or images (processed in turn), or a whole folder.
+    """Upscale one or more videos or images (processed in turn; side by side on a Ray cluster), or a whole folder.
 
     A folder is one resumable batch (see `gpuferry jobs`): every video and image under it (or those
     matching --glob), outputs in the same tree under -o (default: FOLDER_x<scale> beside it), a table
