@@ -536,7 +536,9 @@ class RemoteJobRunner:
         for fetched in arrived:
             done, segment = fetched.done, fetched.segment
             self.store.mark_verified(self.job.id, segment.index, done.sha256, done.size)
-            if fetcher is not None:  # a live download thread: the far side's copy goes now, else at next report
+            if fetcher is not None and self._pending():
+                # a live download thread: the far side's copy goes now (else at the next report); the
+                # last one stays for the job folder's removal (one call less through cgpu)
                 fetcher.release(segment)
             self.emit(make_event("segment", job=self.job.id, index=segment.index, frames=segment.frames,
                                  engine=done.engine, seconds=done.seconds))
