@@ -82,44 +82,45 @@ def test_hostile_file_names_work_and_execute_nothing(clips, tmp_path, name):
     assert not Path("CANARY").exists()
 
 
-def test_ctrl_c_leaves_no_partial_output(clips, tmp_path):
-    source = shutil.copy(clips.get("slow.mp4", frames=240, width=160, height=96), tmp_path / "in.mp4")
-    process = subprocess.Popen(
-        [sys.executable, "-m", "gpuferry", "upscale", "--json", "--engine", "ncnn", str(source)],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
-    assert process.stdout is not None
-    deadline = time.monotonic() + 120
-    for line in process.stdout:  # wait until encoded frames are really on disk
-        if any("partial" in name for name in listing(tmp_path)) or time.monotonic() > deadline:
+def _interrupted_run(clips, tmp_path: Path, signal_number: int) -> tuple[subprocess.Popen, Path, Path]:
+    """Start an ncnn upscale, wait (bounded) until its partial output is on disk, then send the signal.
+
+    Events go to a file, not a pipe: a pipe read line by line wakes only when the child's buffer fills,
+    which on a slow machine can be near the end of the job, after which the signal comes too late.
+    """
+    work = tmp_path / "work"
+    work.mkdir()
+    source = shutil.copy(clips.get("slow.mp4", frames=240, width=160, height=96), work / "in.mp4")
+    events = tmp_path / "events.jsonl"
+    with events.open("w") as sink:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "gpuferry", "upscale", "--json", "--engine", "ncnn", str(source)],
+            stdout=sink, stderr=subprocess.PIPE, text=True,
+        )
+    deadline = time.monotonic() + 240
+    while process.poll() is None and time.monotonic() < deadline:  # bounded by time
+        if any("partial" in name for name in listing(work)):
             break
-    assert any("partial" in name for name in listing(tmp_path)), "the partial file exists while working"
-    process.send_signal(signal.SIGINT)
-    rest, errors = process.communicate(timeout=240)  # a bound for a starved CI machine, not a speed check
+        time.sleep(0.05)
+    assert any("partial" in name for name in listing(work)), "the partial file exists while working"
+    process.send_signal(signal_number)
+    return process, work, events
+
+
+def test_ctrl_c_leaves_no_partial_output(clips, tmp_path):
+    process, work, events = _interrupted_run(clips, tmp_path, signal.SIGINT)
+    _, errors = process.communicate(timeout=240)  # a bound for a starved CI machine, not a speed check
     assert process.returncode == 130, errors
-    failed = [json.loads(line) for line in rest.splitlines() if '"failed"' in line]
+    failed = [json.loads(line) for line in events.read_text().splitlines() if '"failed"' in line]
     assert failed and failed[-1]["error"]["kind"] == "cancelled"
-    assert listing(tmp_path) == {"in.mp4"}
+    assert listing(work) == {"in.mp4"}
 
 
 def test_sigterm_also_cleans_up(clips, tmp_path):
-    source = shutil.copy(clips.get("slow.mp4", frames=240, width=160, height=96), tmp_path / "in.mp4")
-    process = subprocess.Popen(
-        [sys.executable, "-m", "gpuferry", "upscale", "--json", "--engine", "ncnn", str(source)],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
-    assert process.stdout is not None
-    for line in process.stdout:
-        if json.loads(line)["event"] == "progress":
-            break
-    process.terminate()
-    process.communicate(timeout=240)
-    assert process.returncode == 130
-    assert listing(tmp_path) == {"in.mp4"}
+    process, work, _ = _interrupted_run(clips, tmp_path, signal.SIGTERM)
+    _, errors = process.communicate(timeout=240)
+    assert process.returncode == 130, errors
+    assert listing(work) == {"in.mp4"}
 
 
 def test_models_command_lists_scales_as_json():
