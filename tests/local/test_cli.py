@@ -82,6 +82,13 @@ def test_hostile_file_names_work_and_execute_nothing(clips, tmp_path, name):
     assert not Path("CANARY").exists()
 
 
+#: ``python -m gpuferry`` with Ctrl-C as a terminal delivers it. A process started with SIGINT ignored
+#: keeps it ignored (Python installs its handler only over the default), and in CI's pytest-xdist
+#: workers the CLI's children ran the whole job after the signal (exit 0) though SIGTERM worked.
+AS_FROM_A_TERMINAL = ("import runpy, signal, sys; signal.signal(signal.SIGINT, signal.default_int_handler); "
+                      "sys.argv[0] = 'gpuferry'; runpy.run_module('gpuferry', run_name='__main__', alter_sys=True)")
+
+
 def _interrupted_run(clips, tmp_path: Path, signal_number: int) -> tuple[subprocess.Popen, Path, Path]:
     """Start an ncnn upscale, wait (bounded) until its partial output is on disk, then send the signal.
 
@@ -94,7 +101,7 @@ def _interrupted_run(clips, tmp_path: Path, signal_number: int) -> tuple[subproc
     events = tmp_path / "events.jsonl"
     with events.open("w") as sink:
         process = subprocess.Popen(
-            [sys.executable, "-m", "gpuferry", "upscale", "--json", "--engine", "ncnn", str(source)],
+            [sys.executable, "-c", AS_FROM_A_TERMINAL, "upscale", "--json", "--engine", "ncnn", str(source)],
             stdout=sink, stderr=subprocess.PIPE, text=True,
         )
     deadline = time.monotonic() + 240
