@@ -22,7 +22,8 @@ from gpuferry.progress_view import ProgressView
 # issue 11: a 5 s clip in 2 s segments (three segments, as job_clip) within 20 calls of the real client
 # (cgpu 0.1.4, 2026-11-29: 18 with the worker code already on the runtime, 20 with it uploaded; the check
 # of the code zip is part of the worker's start, not a call). A fresh stand-in runtime takes the code
-# too: 20. A follower whose call ended early on a loaded machine is started again; such restarts are
+# too: 20, and 18 since the input's check also rides on the worker's start (one copy, no survey, no
+# settle call). A follower whose call ended early on a loaded machine is started again; such restarts are
 # counted apart (the first follower is one of the 20). Before issue 11's cuts this job took 33.
 MAX_CALLS = 20
 

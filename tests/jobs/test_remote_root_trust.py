@@ -9,12 +9,14 @@ import os
 import subprocess
 import sys
 import zipfile
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
 from job_shape import FRAMES
 
 from gpuferry.api import upscale_on_target
+from gpuferry.backends.local import LocalBackend
 from gpuferry.errors import RemoteFileError
 from gpuferry.jobs.remote_setup import CODE_CHANGED_EXIT, worker_argv
 from gpuferry.jobs.targets import TargetSpec
@@ -119,3 +121,85 @@ def test_the_worker_start_checks_the_zip_and_runs_a_private_copy(tmp_path):
     assert completed.returncode == CODE_CHANGED_EXIT and "GPUFERRY-CODE-CHANGED" in completed.stderr
     assert not ran.exists() and not shadow_ran.exists() and not (job_dir / "pwned").exists()
     assert list(temp.iterdir()) == []  # no private copy left behind by either start
+
+
+def test_the_worker_start_settles_the_uploads_left_to_it(tmp_path):
+    """An upload whose check rides on the worker's start: the start puts it in place only when its sha256
+    is the one sent; a damaged copy is removed and nothing of the worker runs (exit 87)."""
+    from gpuferry.jobs.remote_setup import UPLOAD_DAMAGED_EXIT
+    from gpuferry.transfer.far_side import AGENT_PATH
+    from gpuferry.transfer.report import PendingCheck
+
+    buffer = io.BytesIO()
+    read = tmp_path / "the worker read"
+    with zipfile.ZipFile(buffer, "w") as archive:
+        archive.writestr("gpuferry/__init__.py", "")
+        # the check loads the agent alone: its package imports the client's dependencies
+        archive.writestr("gpuferry/transfer/__init__.py", "raise SystemExit('gpuferry.transfer was imported')")
+        archive.writestr("gpuferry/transfer/far_side_agent.py", AGENT_PATH.read_text())
+        archive.writestr("gpuferry/worker/__init__.py", "")
+        archive.writestr("gpuferry/worker/__main__.py",
+                         f"import sys\nopen({str(read)!r}, 'wb').write(open(sys.argv[1] + '/input.mp4', 'rb').read())\n")
+    code = tmp_path / "code.zip"
+    code.write_bytes(buffer.getvalue())
+    job_dir = tmp_path / "job 'ü' $(touch pwned)"
+    job_dir.mkdir()
+    payload = os.urandom(100_000)
+    check = PendingCheck(part=str(job_dir / "input.mp4.gpuferry-part"), dest=str(job_dir / "input.mp4"),
+                         size=len(payload), sha256=hashlib.sha256(payload).hexdigest(),
+                         manifest=str(job_dir / "input.mp4.gpuferry-part.json"),
+                         chunk_dir=str(job_dir / "input.mp4.gpuferry-part.chunks"))
+    sha = hashlib.sha256(code.read_bytes()).hexdigest()
+    clean_env = {key: value for key, value in os.environ.items() if key != "PYTHONPATH"}
+
+    def start() -> subprocess.CompletedProcess:
+        return subprocess.run(worker_argv(sys.executable, str(code), sha, str(job_dir), checks=[check]),
+                              check=False, cwd=job_dir, env=clean_env, capture_output=True, text=True, timeout=60)
+
+    Path(check.part).write_bytes(payload[:-1] + bytes([payload[-1] ^ 1]))  # one bit off on the way
+    completed = start()
+    assert completed.returncode == UPLOAD_DAMAGED_EXIT and "GPUFERRY-UPLOAD-DAMAGED" in completed.stderr
+    assert not read.exists() and not Path(check.part).exists() and not Path(check.dest).exists()
+
+    Path(check.part).write_bytes(payload)
+    completed = start()
+    assert completed.returncode == 0, completed.stderr
+    assert read.read_bytes() == payload and not Path(check.part).exists()
+    read.unlink()
+    completed = start()  # a relaunch carrying the same check: in place already, checked again
+    assert completed.returncode == 0, completed.stderr
+    assert read.read_bytes() == payload
+    assert not (job_dir / "pwned").exists()
+
+
+class CopiesWhole(LocalBackend):
+    """The local backend moving files as cgpu does (one whole copy, checked afterwards), with the first
+    copy of the job's input damaged on the way."""
+
+    features = replace(LocalBackend.features, whole_uploads=True)
+    input_writes: list[str] = []
+
+    def write_bytes(self, path, data, offset=0):
+        if "/input." in path:
+            CopiesWhole.input_writes.append(path)
+            if len(CopiesWhole.input_writes) == 1:
+                data = data[:-1] + bytes([data[-1] ^ 1])
+        return super().write_bytes(path, data, offset)
+
+
+def test_an_input_damaged_on_the_way_is_never_used_and_is_sent_again(job_clip, tmp_path, remote_options,
+                                                                       monkeypatch):
+    root = tmp_path / "far side"
+    root.mkdir()
+    CopiesWhole.input_writes = []
+    monkeypatch.setattr(TargetSpec, "connect", lambda self: CopiesWhole(workdir=str(root)))
+    events = []
+    result = upscale_on_target(job_clip, tmp_path / "out.mp4", target=TargetSpec("local", {}),
+                               remote=remote_options, engine="resample", on_event=events.append)
+    assert probe(result.output).video.frames == FRAMES
+    # each time one copy to the partial name, checked by the worker's start, not by a call of its own
+    assert len(CopiesWhole.input_writes) == 2
+    assert all(path.endswith("input.mp4.gpuferry-part") for path in CopiesWhole.input_writes)
+    recoveries = [e for e in events if e["event"] == "recovery"]
+    assert [e["kind"] for e in recoveries] == ["transfer_integrity"]
+    assert "did not arrive whole" in recoveries[0]["message"]

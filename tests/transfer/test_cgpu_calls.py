@@ -8,6 +8,7 @@ from typing import Any
 
 from gpuferry.backends.cgpu import CgpuBackend
 from gpuferry.transfer import TransferOptions, download, upload
+from gpuferry.transfer.far_side import FarSide
 from gpuferry.transfer.upload import WHOLE_UPLOAD_MIN
 
 from .conftest import TEST_CHUNK, FakeCgpuRuntime
@@ -90,3 +91,42 @@ def test_a_damaged_whole_copy_is_sent_again_through_the_chunked_path(tmp_path: P
     assert (workdir / "input.mp4").read_bytes() == source.read_bytes()
     assert report.resent_chunks == 1
     assert sorted(path.name for path in workdir.iterdir()) == ["input.mp4"]
+
+
+def test_an_upload_checked_later_is_one_copy_and_in_place_only_once_settled(tmp_path: Path) -> None:
+    """A job's input (``check_later``): one ``cgpu copy`` and no call of its own for the check, even under
+    WHOLE_UPLOAD_MIN; it lies at its partial name until the far side's settle (the worker's start) has
+    checked it, and a settle repeated (a relaunch, a lost reply) finds it in place and checks it again."""
+    runtime = FakeCgpuRuntime(tmp_path / "cgpu")
+    workdir = runtime.content / "work"
+    workdir.mkdir(parents=True)
+    source = tmp_path / "small clip.mp4"
+    source.write_bytes(hashlib.sha256(b"later").digest() * 4096)  # 128 KiB
+    backend = runtime.backend(workdir)
+    calls = counting_calls(backend)
+    report = upload(backend, source, "input.mp4", check_later=True)
+    assert calls == ["copy"]
+    check = report.pending_check
+    assert check is not None and check.sha256 == hashlib.sha256(source.read_bytes()).hexdigest()
+    assert not (workdir / "input.mp4").exists()
+    assert (workdir / "input.mp4.gpuferry-part").read_bytes() == source.read_bytes()
+
+    far = FarSide(backend)
+    assert far.call("settle_whole", check.arguments(), 60)["done"]
+    assert (workdir / "input.mp4").read_bytes() == source.read_bytes()
+    assert far.call("settle_whole", check.arguments(), 60)["done"]  # idempotent: checks what is in place
+    (workdir / "input.mp4").write_bytes(b"changed")
+    assert not far.call("settle_whole", check.arguments(), 60)["done"]
+
+
+def test_a_file_over_one_chunk_is_checked_here_even_when_asked_to_check_later(tmp_path: Path) -> None:
+    """Only a whole copy can leave its check to the caller: a chunked upload is verified as always."""
+    runtime = FakeCgpuRuntime(tmp_path / "cgpu")
+    workdir = runtime.content / "work"
+    workdir.mkdir(parents=True)
+    source = tmp_path / "clip.mp4"
+    source.write_bytes(hashlib.sha256(b"chunks").digest() * (3 * TEST_CHUNK // 32))
+    report = upload(runtime.backend(workdir), source, "input.mp4", options=TransferOptions(chunk_size=TEST_CHUNK),
+                    check_later=True)
+    assert report.pending_check is None
+    assert (workdir / "input.mp4").read_bytes() == source.read_bytes()

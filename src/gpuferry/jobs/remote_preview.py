@@ -11,7 +11,15 @@ from PIL import Image
 
 from gpuferry.errors import RemoteCommandError, error_class_for_kind
 from gpuferry.events import EventSink, make_event
-from gpuferry.jobs.remote_setup import RemotePaths, ensure_dependencies, install_worker_code, make_job_dir
+from gpuferry.jobs.remote_setup import (
+    CODE_CHANGED_EXIT,
+    RemotePaths,
+    code_changed_error,
+    ensure_dependencies,
+    install_worker_code,
+    make_job_dir,
+    verified_module_argv,
+)
 from gpuferry.jobs.targets import TargetSpec
 from gpuferry.jobs.worker_code import worker_code
 from gpuferry.pipeline.preview import ModelRunner, ModelTiming
@@ -47,8 +55,12 @@ def remote_runner(target: TargetSpec, *, engine: str = "auto", device: str = "au
             request = {"models": models, "scale": scale, "engine": engine, "device": device, "frames": names}
             backend.write_bytes(paths.in_job("request.json"), json.dumps(request).encode())
             emit(make_event("preview_remote", target=target.kind, frames=len(frames), models=models))
-            result = backend.run([interpreter, "-m", "gpuferry.worker.preview", paths.job_dir],
-                                 timeout=PREVIEW_TIMEOUT, env={"PYTHONPATH": code_path})
+            # started like the worker: from a private copy of the zip, checked against what we sent
+            result = backend.run(verified_module_argv(interpreter, code_path, worker_code().sha256,
+                                                      "gpuferry.worker.preview", paths.job_dir),
+                                 timeout=PREVIEW_TIMEOUT)
+            if result.exit_code == CODE_CHANGED_EXIT:
+                raise code_changed_error(code_path)
             answer = json.loads(backend.read_bytes(paths.in_job("result.json")).decode()) \
                 if backend.stat(paths.in_job("result.json")) is not None else None
             if answer is None or "error" in answer:

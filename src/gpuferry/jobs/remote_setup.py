@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import posixpath
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -13,6 +14,7 @@ from gpuferry.errors import NotInstalledError, RemoteFileError, TransferIntegrit
 from gpuferry.jobs.runtime_leftovers import STALE_SECONDS, SWEEP_FUNCTION
 from gpuferry.jobs.worker_code import WorkerCode
 from gpuferry.transfer import TransferOptions, upload
+from gpuferry.transfer.report import PendingCheck
 from gpuferry.worker.spec import SEGMENTS_DIR
 
 # what the worker imports, as (module, pip name)
@@ -131,6 +133,9 @@ def make_job_dir(backend: Backend, paths: RemotePaths) -> None:
 
 #: how a far-side process ends when the code zip is not the one we sent: nothing of it ran
 CODE_CHANGED_EXIT = 86
+#: how it ends when a file uploaded with its check left to the start (``upload(check_later=True)``)
+#: is not the one we sent: it was removed, nothing ran
+UPLOAD_DAMAGED_EXIT = 87
 
 #: Starts one of our modules from a private copy of the code zip, checked against its sha256 first.
 #: The check is part of the start (no call of its own: each cgpu call is seconds), and the copy is a
@@ -138,11 +143,13 @@ CODE_CHANGED_EXIT = 86
 #: swapped in the shared folder after the check never runs either: zipimport reads the archive again
 #: at each later import. Nothing from the zip is importable before
 #: the check (no PYTHONPATH), and the working folder is never on the import path.
+#: Then it settles the uploads whose check was left to it (argv[3], JSON: the transfer agent's
+#: ``settle_whole`` arguments, run by the agent from the checked copy), again without a call of its own.
 _VERIFIED_START = r"""
-import hashlib, os, runpy, sys, tempfile
+import hashlib, json, os, runpy, sys, tempfile
 if sys.path[:1] == [""]:
     del sys.path[0]
-source, expected, module = sys.argv[1:4]
+source, expected, checks, module = sys.argv[1:5]
 handle, copy = tempfile.mkstemp(prefix="gpuferry-code-", suffix=".zip")
 digest = hashlib.sha256()
 try:
@@ -165,20 +172,48 @@ else:
     import atexit
     atexit.register(os.remove, copy)
     os.environ["PYTHONPATH"] = copy
+checks = json.loads(checks)
+if checks:
+    # the agent module alone (not its package, whose imports are the client's): stdlib only
+    import importlib.util, zipimport
+    spec = zipimport.zipimporter(copy + "/gpuferry/transfer/").find_spec("far_side_agent")
+    agent = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(agent)
+    for check in checks:
+        reply = agent.op_settle_whole(check)
+        if not reply.get("done"):
+            sys.stderr.write("GPUFERRY-UPLOAD-DAMAGED %s: %s\n" % (check["dest"], reply.get("reason")))
+            raise SystemExit(UPLOAD_DAMAGED_EXIT)
 sys.path.insert(0, copy)
-sys.argv = [module] + sys.argv[4:]
+sys.argv = [module] + sys.argv[5:]
 runpy.run_module(module, run_name="__main__", alter_sys=True)
-""".replace("CODE_CHANGED_EXIT", str(CODE_CHANGED_EXIT))
+""".replace("CODE_CHANGED_EXIT", str(CODE_CHANGED_EXIT)).replace("UPLOAD_DAMAGED_EXIT", str(UPLOAD_DAMAGED_EXIT))
 
 
-def verified_module_argv(python: str, code_path: str, code_sha256: str, module: str, *args: str) -> list[str]:
-    """``python -m module args`` run from the code zip at ``code_path`` only if it has ``code_sha256``."""
-    return [python, "-c", _VERIFIED_START, code_path, code_sha256, module, *args]
+def verified_module_argv(python: str, code_path: str, code_sha256: str, module: str, *args: str,
+                         checks: Sequence[PendingCheck] = ()) -> list[str]:
+    """``python -m module args`` run from the code zip at ``code_path`` only if it has ``code_sha256``,
+    after settling ``checks`` (uploads left at their partial names)."""
+    settle = json.dumps([check.arguments() for check in checks])
+    return [python, "-c", _VERIFIED_START, code_path, code_sha256, settle, module, *args]
 
 
-def worker_argv(python: str, code_path: str, code_sha256: str, job_dir: str) -> list[str]:
-    """The worker's command: our code, checked as it starts (see ``_VERIFIED_START``)."""
-    return verified_module_argv(python, code_path, code_sha256, "gpuferry.worker", job_dir)
+def worker_argv(python: str, code_path: str, code_sha256: str, job_dir: str,
+                checks: Sequence[PendingCheck] = ()) -> list[str]:
+    """The worker's command: our code, checked as it starts (see ``_VERIFIED_START``), and the job's
+    uploads whose check was left to this start."""
+    return verified_module_argv(python, code_path, code_sha256, "gpuferry.worker", job_dir, checks=checks)
+
+
+def upload_damaged_error(paths: Sequence[str]) -> TransferIntegrityError:
+    """What a start refused by an upload's check says (the next attempt sends the files again)."""
+    return TransferIntegrityError(
+        "a file uploaded for the job did not arrive whole (its sha256 differed on the target); it was "
+        "removed and nothing ran",
+        path=", ".join(paths) or None, step="upload", remote=True,
+        hints=["Nothing to do: the next attempt sends the file again.",
+               "If it keeps happening, the link or the target's disk corrupts data: try another target."],
+    )
 
 
 def code_changed_error(code_path: str, detail: str = "") -> TransferIntegrityError:

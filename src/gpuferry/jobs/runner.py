@@ -44,12 +44,14 @@ from gpuferry.jobs.plan import encode_from_record, request_from_record
 from gpuferry.jobs.policy import RuntimeRecycledError, WorkerEndedError, backoff_seconds, is_retried, rule_for
 from gpuferry.jobs.remote_setup import (
     CODE_CHANGED_EXIT,
+    UPLOAD_DAMAGED_EXIT,
     Capabilities,
     RemotePaths,
     code_changed_error,
     ensure_dependencies,
     install_worker_code,
     make_job_dir,
+    upload_damaged_error,
     worker_argv,
 )
 from gpuferry.jobs.runtime_leftovers import STALE_SECONDS, leftover_folders, sweep_due
@@ -61,7 +63,9 @@ from gpuferry.media.probe import probe
 from gpuferry.media.segments import Segment
 from gpuferry.pipeline.files import FileResult, verify_video
 from gpuferry.pipeline.outputs import check_output, partial_output, publish
-from gpuferry.transfer import TransferOptions, progress_event, upload
+from gpuferry.transfer import TransferOptions, TransferProgress, progress_event, upload
+from gpuferry.transfer.chunks import PART_SUFFIX
+from gpuferry.transfer.report import PendingCheck
 from gpuferry.worker.spec import (
     EXIT_FILE,
     JOB_FILE,
@@ -148,6 +152,8 @@ class RemoteJobRunner:
         #: set up on this target by this runner: a relaunch needs only a new job file while the input
         #: is still there (a recycled runtime takes it, and then everything is set up again)
         self._ready = False
+        #: uploads left at their partial names, checked and put in place by the worker's start
+        self._unsettled: list[PendingCheck] = []
         self._started = time.monotonic()
         self.follower_calls = 0
         #: segments the worker reported finished in this attempt (a recycle takes those not yet here)
@@ -311,6 +317,11 @@ class RemoteJobRunner:
         if outcome.exit_code == CODE_CHANGED_EXIT:
             self._ready = False  # the next attempt sends the code afresh
             raise code_changed_error(self._code_path or "the code zip")
+        if outcome.exit_code == UPLOAD_DAMAGED_EXIT:
+            damaged = [check.dest for check in self._unsettled]
+            self._ready = False  # the next attempt sends them again
+            self._unsettled = []
+            raise upload_damaged_error(damaged)
         self.store.add_lost_frames(self.job.id, lost, f"worker exit {outcome.exit_code}")
         if outcome.exit_code == OOM_EXIT:
             tile = self._halve_tile(outcome)
@@ -381,10 +392,13 @@ class RemoteJobRunner:
         if not self._ready:
             return False
         found = backend.stat(paths.in_job(self._remote_input()))
+        if found is None and self._unsettled:  # not yet put in place by a worker's start
+            found = backend.stat(paths.in_job(self._remote_input()) + PART_SUFFIX)
         if found is not None and found.size == Path(self.job.input).stat().st_size:
             self.emit(make_event("setup", job=self.job.id, step="relaunch", reused=True))
             return True
         self._ready = False
+        self._unsettled = []
         self.emit(make_event("warning", input=self.job.input,
                              message="the target lost the job's files (runtime recycled): setting it up again"))
         return False
@@ -404,15 +418,23 @@ class RemoteJobRunner:
                                  older_than_s=STALE_SECONDS))
         source = Path(self.job.input)
         self.emit(make_event("setup", job=self.job.id, step="upload input", path=str(source)))
-        upload(
+        self._unsettled = []
+        self._upload(
             backend,
             source,
             paths.in_job(self._remote_input()),
-            options=options,
             on_progress=lambda p: self.emit(progress_event(p, "upload", str(source))),
         )
         self._model_file = self._upload_weights_if_needed(backend, paths)
         self._ready = True
+
+    def _upload(self, backend: Backend, local: Path, remote: str,
+                on_progress: Callable[[TransferProgress], None] | None = None) -> None:
+        """A verified upload whose check, where it would be a call of its own, rides on the worker's start."""
+        report = upload(backend, local, remote, options=self.options.transfer, on_progress=on_progress,
+                        check_later=True)
+        if report.pending_check is not None:
+            self._unsettled.append(report.pending_check)
 
     def _write_spec(self, backend: Backend, paths: RemotePaths) -> None:
         spec = JobSpec(
@@ -447,7 +469,7 @@ class RemoteJobRunner:
         spec = get_model(self.request.model)
         converted = converted_weights(spec, resolve_scale(spec, self.request.scale))
         remote = f"weights-{converted.sha256[:16]}.safetensors"
-        upload(backend, converted.cache_path, posixpath.join(paths.job_dir, remote), options=self.options.transfer)
+        self._upload(backend, converted.cache_path, posixpath.join(paths.job_dir, remote))
         return remote
 
     def _upload_model_file(self, backend: Backend, paths: RemotePaths) -> str:
@@ -464,7 +486,7 @@ class RemoteJobRunner:
             )
         remote = f"weights-{str(planned)[:16]}{local.suffix.lower()}"
         self.emit(make_event("setup", job=self.job.id, step="upload model", path=str(local)))
-        upload(backend, local, posixpath.join(paths.job_dir, remote), options=self.options.transfer)
+        self._upload(backend, local, posixpath.join(paths.job_dir, remote))
         return remote
 
     def _shipped_code(self, paths: RemotePaths) -> str:
@@ -481,7 +503,8 @@ class RemoteJobRunner:
         assert self._code_path is not None
         # the zip is checked as the worker starts: the input's upload (minutes) left time to swap it
         pid = backend.spawn(
-            worker_argv(self._python(backend), self._code_path, worker_code().sha256, paths.job_dir),
+            worker_argv(self._python(backend), self._code_path, worker_code().sha256, paths.job_dir,
+                        checks=self._unsettled),
             log_path=paths.in_job(LOG_FILE),
             exit_code_path=paths.in_job(EXIT_FILE),
             pid_path=paths.in_job(PID_FILE),
@@ -507,6 +530,7 @@ class RemoteJobRunner:
     def _on_snapshot(self, fetcher: SegmentFetcher, snapshot: Snapshot) -> None:
         self._check_cancelled()
         if snapshot.progress:
+            self._unsettled = []  # the worker runs: its start put them in place
             self._last_progress = snapshot.progress
             self._moved_on(int(snapshot.progress.get("frames_done") or 0))
         records = {record.segment.index: record for record in self.store.segments(self.job.id)}

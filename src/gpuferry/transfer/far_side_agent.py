@@ -147,11 +147,18 @@ def op_finish(args):
 
 def op_settle_whole(args):
     """A whole file copied straight to its partial name: when its size and sha256 are the expected ones,
-    rename it into place and remove what earlier tries left (manifest, staged chunks); else remove it."""
+    rename it into place and remove what earlier tries left (manifest, staged chunks); else remove it.
+    Idempotent: a settle whose reply was lost, or a relaunch carrying the same check, finds the file
+    already in place and checks that instead."""
     part, dest = args["part"], args["dest"]
     try:
         size = os.path.getsize(part)
     except FileNotFoundError:
+        try:
+            if os.path.getsize(dest) == args["size"] and hash_file(dest) == args["sha256"]:
+                return {"done": True, "sha256": args["sha256"], "size": args["size"]}
+        except FileNotFoundError:
+            pass
         return {"done": False, "reason": "the copied file is missing"}
     digest = hash_file(part)
     if size != args["size"] or digest != args["sha256"]:

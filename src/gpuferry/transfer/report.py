@@ -40,10 +40,31 @@ class TransferReport:
     sha256: str = ""
     #: the whole file was already at the destination
     skipped_identical: bool = False
+    #: set when the caller asked to check later (``upload(check_later=True)``): the file lies at its
+    #: partial name, and the caller's next far-side command must settle it before anything reads it
+    pending_check: PendingCheck | None = None
 
     @property
     def payload_rate(self) -> float:
         return self.bytes_sent / self.seconds if self.seconds > 0 else 0.0
+
+
+@dataclass(frozen=True)
+class PendingCheck:
+    """A whole file copied to its partial name, not yet checked: the far side's ``settle_whole``
+    (size and sha256, then the rename into place) rides on a command the caller makes anyway."""
+
+    part: str
+    dest: str
+    size: int
+    sha256: str
+    manifest: str
+    chunk_dir: str
+
+    def arguments(self) -> dict[str, object]:
+        """The far-side agent's ``settle_whole`` arguments."""
+        return {"part": self.part, "dest": self.dest, "size": self.size, "sha256": self.sha256,
+                "manifest": self.manifest, "chunk_dir": self.chunk_dir}
 
 
 ProgressCallback = Callable[[TransferProgress], None]

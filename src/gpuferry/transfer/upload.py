@@ -13,7 +13,7 @@ from ..errors import BadInputError, StallError, TransferIntegrityError
 from .chunks import Chunk, ChunkPlan, PartNames, sha256_of_file
 from .commits import Committer
 from .options import TransferOptions
-from .report import ProgressCallback, TransferReport
+from .report import PendingCheck, ProgressCallback, TransferReport
 from .session import TransferSession
 from .workers import ChunkWorkers
 
@@ -31,11 +31,17 @@ def upload(
     *,
     options: TransferOptions = TransferOptions(),
     on_progress: ProgressCallback | None = None,
+    check_later: bool = False,
 ) -> TransferReport:
     """Copy ``local_path`` to ``remote_path`` on ``backend``; resumes from chunks already verified there.
 
     The destination appears only when the far side's sha256 of the whole file matches ours; until
     then it is ``<remote_path>.gpuferry-part`` with a JSON-lines manifest next to it.
+
+    ``check_later``: where a file goes up as one whole copy (``whole_uploads`` backends), leave it at
+    its partial name and return the check in ``report.pending_check`` for the caller to fold into its
+    next far-side command (a job's worker start): through cgpu each call is seconds, and the check
+    alone would cost one. Other uploads are checked here as always (``pending_check`` is None).
     """
     local_path = Path(local_path)
     try:
@@ -49,8 +55,11 @@ def upload(
     names = PartNames.for_dest(backend.resolve(remote_path))
     header = {"kind": "gpuferry-upload", "version": 1, "size": info.st_size,
               "mtime_ns": info.st_mtime_ns, "chunk_size": options.chunk_size}
-    if backend.features.whole_uploads and WHOLE_UPLOAD_MIN < info.st_size <= options.chunk_size:
-        whole = upload_whole(session, local_path, names, info.st_size)
+    # a whole copy skips the survey (and so the "identical content is not sent again" check): worth it
+    # above WHOLE_UPLOAD_MIN, and always when the check rides on the caller's next command (one call)
+    whole_size = 0 < info.st_size <= options.chunk_size and (check_later or info.st_size > WHOLE_UPLOAD_MIN)
+    if backend.features.whole_uploads and whole_size:
+        whole = upload_whole(session, local_path, names, info.st_size, check_later)
         if whole is not None:
             return whole
 
@@ -88,20 +97,27 @@ def upload(
     return session.finish(whole_sha)
 
 
-def upload_whole(session: TransferSession, local_path: Path, names: PartNames, size: int) -> TransferReport | None:
+def upload_whole(session: TransferSession, local_path: Path, names: PartNames, size: int,
+                 check_later: bool = False) -> TransferReport | None:
     """A file of one chunk in two calls: copied to its partial name, then checked (sha256), renamed and
-    tidied by one far call. None when the copy arrived wrong (the chunked path then sends it again, one
-    chunk re-sent); a drop is retried like any chunk. Memory: the one chunk."""
+    tidied by one far call (with ``check_later``, by the caller's next command). None when the copy
+    arrived wrong (the chunked path then sends it again, one chunk re-sent); a drop is retried like any
+    chunk. Memory: the one chunk."""
     data = local_path.read_bytes()
     if len(data) != size:
         raise BadInputError("the file changed size while it was being uploaded", path=str(local_path))
     digest = hashlib.sha256(data).hexdigest()
+    check = PendingCheck(part=names.part, dest=names.dest, size=size, sha256=digest, manifest=names.manifest,
+                         chunk_dir=names.chunk_dir)
     try:
         session.retrying(lambda: session.timed_move(0, size, lambda: session.backend.write_bytes(names.part, data),
                                                     "upload chunk 0"))
-        reply = session.far_call("settle_whole", {"part": names.part, "dest": names.dest, "size": size,
-                                                  "sha256": digest, "manifest": names.manifest,
-                                                  "chunk_dir": names.chunk_dir}, size, path=names.dest)
+        if check_later:
+            session.meter.advance(0, size)
+            report = session.finish(digest)
+            report.pending_check = check
+            return report
+        reply = session.far_call("settle_whole", check.arguments(), size, path=names.dest)
     except BaseException as error:
         session.attach_partial_report(error)
         raise
