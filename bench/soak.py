@@ -2,9 +2,10 @@
 
 Faults (each made from outside: the stand-in's faults.json, signals, the runtime's folder): link drops
 (during a command, during a transfer), runtime recycle (during compute, during a
-download, during assembly), hang (SIGSTOP of the worker), worker kill -9, target unreachable for a
-while, slow link, and client kill -9 followed by `gpuferry resume`. (GPU out of memory is not made:
-neither the stand-in nor the OS can make one without a hook in the worker.)
+download, during assembly), hang (SIGSTOP of the worker), worker kill -9, out of memory (the OS's: the
+worker's address space is capped a few MiB above what it holds, RLIMIT_AS, so its next large
+allocation fails wherever it falls: the engine, the decoder or the encoder; no GPU exists here to fill),
+target unreachable for a while, slow link, and client kill -9 followed by `gpuferry resume`.
 
 Checks: frame count, every frame's timestamp and content in order (against a fault-free run of the
 same clip in the same run), audio packets byte for byte, no leftovers on either side, `gpuferry jobs`
@@ -40,8 +41,10 @@ from servers.fixtures import FAKE_CGPU, write_cgpu_login  # noqa: E402
 
 from gpuferry.media.synth import make_clip  # noqa: E402
 
-KINDS = ("drop_command", "drop_transfer", "recycle_compute", "hang", "worker_kill",
+KINDS = ("drop_command", "drop_transfer", "recycle_compute", "hang", "worker_kill", "out_of_memory",
          "recycle_download", "unreachable", "slow_link", "client_kill", "recycle_assembly")
+#: how much more address space a starved worker may take (its next large allocation fails)
+STARVE_MARGIN = 8 << 20
 
 
 class Runtime:
@@ -82,6 +85,30 @@ class Runtime:
             except (ProcessLookupError, ValueError, PermissionError):
                 pass
         shutil.rmtree(self.content / "gpuferry", ignore_errors=True)
+
+
+def starve_memory(group: int) -> int:
+    """Out of memory, made by the OS: each process of the worker's group may grow only STARVE_MARGIN more
+    (RLIMIT_AS, the limit a container or a full device sets), so its next large allocation fails.
+    The number of processes limited."""
+    import resource
+
+    limited = 0
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat = (entry / "stat").read_text()
+            if int(stat.rsplit(")", 1)[1].split()[2]) != group:  # the fields after "(comm)": state ppid pgrp
+                continue
+            size = next(int(line.split()[1]) * 1024 for line in (entry / "status").read_text().splitlines()
+                        if line.startswith("VmSize:"))
+            _, hard = resource.prlimit(int(entry.name), resource.RLIMIT_AS)
+            resource.prlimit(int(entry.name), resource.RLIMIT_AS, (size + STARVE_MARGIN, hard))
+            limited += 1
+        except (OSError, StopIteration, ValueError, IndexError):
+            continue  # gone meanwhile, or a kernel thread
+    return limited
 
 
 def cli(*args: str) -> list[str]:
@@ -188,6 +215,9 @@ def run_job(args: argparse.Namespace, clip: Path, output: Path, home: Path, runt
             waited += args.stall_timeout
         elif fault == "worker_kill" and pid:
             os.killpg(pid, signal.SIGKILL)
+        elif fault == "out_of_memory" and pid:
+            if not starve_memory(pid):
+                injected.pop()  # the worker was gone: nothing was made
         elif fault == "unreachable":
             runtime.faults(unreachable=True)
             outage = 3 + rng.random() * 3

@@ -72,8 +72,10 @@ def test_streamed_lines_arrive_while_the_command_runs(kind, tmp_path, request):
     assert arrived == ["line 0", "line 1"], "the second line stopped it: the third never came"
 
 
-def test_a_follower_that_cannot_start_costs_speed_only(job_clip, tmp_path, remote_options, monkeypatch):
-    """Its code missing on the far side (say, a stale zip): the job watches by polling and finishes."""
+@pytest.mark.parametrize("why", ["its module is missing", "its code check refuses the zip"])
+def test_a_follower_that_cannot_start_costs_speed_only(job_clip, tmp_path, remote_options, monkeypatch, why):
+    """Its code missing on the far side (say, a stale zip), or a zip that is not the one sent (the launcher
+    exits 86 before anything of it runs): the job watches by polling and finishes."""
     from job_shape import FRAMES
 
     from gpuferry.api import upscale_on_target
@@ -82,10 +84,22 @@ def test_a_follower_that_cannot_start_costs_speed_only(job_clip, tmp_path, remot
     from gpuferry.media import probe
 
     started = watch.StreamingSource.__init__
+    failures = []
 
-    def broken_follower(self, *args, **kwargs):
-        started(self, *args, **kwargs)
-        self.argv = [word.replace("gpuferry.worker.follow", "gpuferry.worker.no_such_follower") for word in self.argv]
+    def broken_follower(self, backend, paths, pid, python, code_path, code_sha256, *args, **kwargs):
+        if why.startswith("its code check"):
+            code_sha256 = "0" * 64
+        started(self, backend, paths, pid, python, code_path, code_sha256, *args, **kwargs)
+        if why.startswith("its module"):
+            self.argv = [word.replace("gpuferry.worker.follow", "gpuferry.worker.no_such_follower")
+                         for word in self.argv]
+        fallback = self._fallback
+
+        def counted_fallback():
+            failures.append(why)
+            return fallback()
+
+        self._fallback = counted_fallback
 
     monkeypatch.setattr(watch.StreamingSource, "__init__", broken_follower)
     root = tmp_path / "far side"
@@ -93,3 +107,4 @@ def test_a_follower_that_cannot_start_costs_speed_only(job_clip, tmp_path, remot
     result = upscale_on_target(job_clip, tmp_path / "out.mp4", target=TargetSpec("local", {"workdir": str(root)}),
                                remote=remote_options, engine="resample")
     assert probe(result.output).video.frames == FRAMES
+    assert failures, "the follower failed and the attempt fell back to polling"

@@ -14,7 +14,7 @@ def test_a_short_soak_finishes_exact_with_nothing_left_over(gpuferry_home):
     spec.loader.exec_module(soak)
     args = soak.parse_args(["--seconds", "8", "--fps", "12", "--engine", "resample", "--segment-seconds", "1",
                             "--stall-timeout", "5", "--poll-interval", "0.5", "--seed", "3",
-                            "--faults", "drop_command,worker_kill,recycle_compute,client_kill,hang"])
+                            "--faults", "drop_command,out_of_memory,recycle_compute,client_kill,hang"])
     result = soak.soak(args)
     assert result["frame_exact"] == 1 and result["audio_exact"] == 1
     assert result["survived"] == result["faults"] >= 4

@@ -130,6 +130,9 @@ def test_out_of_memory_is_recognised_in_its_forms() -> None:
     assert is_out_of_memory(torch.cuda.OutOfMemoryError("CUDA out of memory"))
     assert is_out_of_memory(RuntimeError("CUDA error: out of memory"))
     assert not is_out_of_memory(RuntimeError("shape mismatch"))
+    with pytest.raises(RuntimeError) as refused:  # the CPU allocator's own refusal: a smaller tile helps too
+        torch.empty(1 << 60, dtype=torch.uint8)
+    assert is_out_of_memory(refused.value)
     assert not is_out_of_memory(ValueError("out of memory"))
 
 

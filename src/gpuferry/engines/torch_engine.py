@@ -84,7 +84,8 @@ def import_torch() -> Any:
 
 
 def is_out_of_memory(exc: BaseException) -> bool:
-    """True for CUDA (or other accelerator) out-of-memory errors, whatever torch version raised them."""
+    """True for out-of-memory errors of the device, whatever torch version raised them: CUDA (or another
+    accelerator), or the CPU allocator's refusal (a smaller tile helps there too)."""
     torch_oom = getattr(
         sys.modules.get("torch"), "OutOfMemoryError", None
     )  # set once torch is imported
@@ -92,7 +93,7 @@ def is_out_of_memory(exc: BaseException) -> bool:
         return True
     text = str(exc).lower()
     return isinstance(exc, RuntimeError) and (
-        "out of memory" in text or "cudnn_status_alloc_failed" in text
+        "out of memory" in text or "cudnn_status_alloc_failed" in text or "can't allocate memory" in text
     )
 
 

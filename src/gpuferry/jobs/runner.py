@@ -325,7 +325,7 @@ class RemoteJobRunner:
         self.store.add_lost_frames(self.job.id, lost, f"worker exit {outcome.exit_code}")
         if outcome.exit_code == OOM_EXIT:
             tile = self._halve_tile(outcome)
-            raise WorkerEndedError(f"out of GPU memory: redoing the segment with tile {tile}", step="worker")
+            raise WorkerEndedError(f"the worker ran out of memory: redoing the segment with tile {tile}", step="worker")
         error = outcome.error or {}
         message = str(error.get("message") or f"the worker exited with {outcome.exit_code}")
         cls = error_class_for_kind(str(error.get("kind", "")))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import os
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -10,8 +11,11 @@ from typing import cast
 import av
 import numpy as np
 
-from gpuferry.errors import BadInputError
+from gpuferry.errors import BadInputError, GpuferryError
 from gpuferry.media.colour import check_sdr, frame_to_rgb
+
+#: what FFmpeg says when the system, not the file, is at fault (no memory, no thread)
+RESOURCE_ERRNOS = (errno.ENOMEM, errno.EAGAIN)
 
 
 @dataclass(frozen=True)
@@ -71,6 +75,14 @@ def iter_video_frames(
                 index += 1
     except av.FFmpegError as exc:
         reason = getattr(exc, "strerror", None) or str(exc)
+        if getattr(exc, "errno", None) in RESOURCE_ERRNOS:
+            # the system refused the decoder memory or a thread: the file is not at fault, and a run
+            # with more room (a fresh remote worker) decodes it
+            raise GpuferryError(
+                f"decoding stopped at frame {index}: the system refused resources ({reason})", path=source,
+                step="decode", hints=["Free memory on the machine that decodes, then run again.",
+                                      "A remote job starts a fresh worker by itself."],
+            ) from None
         raise BadInputError(
             f"video is corrupt or truncated at frame {index} ({reason})", path=source, step="decode"
         ) from None

@@ -13,7 +13,7 @@ from pathlib import Path
 
 from gpuferry.engines import create_engine
 from gpuferry.engines.base import Engine
-from gpuferry.errors import EncodeError, GpuferryError
+from gpuferry.errors import EncodeError, GpuferryError, GpuOutOfMemoryError
 from gpuferry.hashing import file_sha256
 from gpuferry.media.decode import iter_video_frames
 from gpuferry.media.encode import VideoWriter
@@ -188,12 +188,26 @@ def run_job(job_dir: Path) -> int:
             if segment.index not in spec.todo or is_done(job_dir, segment):
                 continue
             wait_for_room(job_dir, spec, heartbeat)
-            done = encode_segment(job_dir, spec, info, engine, segment, heartbeat)
+            try:
+                done = encode_segment(job_dir, spec, info, engine, segment, heartbeat)
+            except EncodeError as exc:
+                if not (job_dir / COMPUTED_LOG).is_file():
+                    raise  # nothing of this job was encoded yet: the settings may well be the cause
+                # the same settings encoded this job's earlier segments: the cause is of the moment (the
+                # encoder could not get memory, a full disk), and a fresh worker is what can help
+                raise GpuferryError(
+                    f"the encoder failed on segment {segment.index} with the settings that encoded the "
+                    f"segments before it: {exc.cause}", path=exc.path, step="encode") from exc
             log.info("segment %d done: %d frames in %.1f s", done.index, done.frames, done.seconds)
             heartbeat.update(segments_done=heartbeat.state.get("segments_done", 0) + 1)
             heartbeat.write()
         engine.close()
-    except GpuferryError as exc:
+    except (GpuferryError, MemoryError) as exc:
+        if isinstance(exc, MemoryError):
+            # the host ran out (a CPU engine, a container's limit): what helps is what helps on a full GPU,
+            # a fresh process with a smaller tile, which the client starts on this exit code
+            exc = GpuOutOfMemoryError(f"out of memory on the target ({str(exc) or type(exc).__name__})",
+                                      step="upscale")
         write_atomic(job_dir / ERROR_FILE, json.dumps(exc.to_json()))
         heartbeat.stop("failed")
         log.error("%s", exc.render())
