@@ -83,23 +83,26 @@ def test_a_follower_that_cannot_start_costs_speed_only(job_clip, tmp_path, remot
     from gpuferry.jobs.targets import TargetSpec
     from gpuferry.media import probe
 
-    started = watch.StreamingSource.__init__
+    started, argv_for = watch.StreamingSource.__init__, watch.verified_module_argv
     failures = []
+
+    def missing_module(python, code_path, code_sha256, module, *args, **kwargs):
+        return argv_for(python, code_path, code_sha256, "gpuferry.worker.no_such_follower", *args, **kwargs)
+
+    if why.startswith("its module"):
+        monkeypatch.setattr(watch, "verified_module_argv", missing_module)
 
     def broken_follower(self, backend, paths, pid, python, code_path, code_sha256, *args, **kwargs):
         if why.startswith("its code check"):
             code_sha256 = "0" * 64
-        started(self, backend, paths, pid, python, code_path, code_sha256, *args, **kwargs)
-        if why.startswith("its module"):
-            self.argv = [word.replace("gpuferry.worker.follow", "gpuferry.worker.no_such_follower")
-                         for word in self.argv]
-        fallback = self._fallback
+        fallback = kwargs["fallback"]
 
         def counted_fallback():
             failures.append(why)
             return fallback()
 
-        self._fallback = counted_fallback
+        kwargs["fallback"] = counted_fallback
+        started(self, backend, paths, pid, python, code_path, code_sha256, *args, **kwargs)
 
     monkeypatch.setattr(watch.StreamingSource, "__init__", broken_follower)
     root = tmp_path / "far side"
