@@ -105,7 +105,9 @@ class ProgressView:
         self.console.print(f"[yellow]recovering:[/] {escape(str(event.get('message') or event.get('kind')))}")
 
     def _on_reattached(self, event: Event) -> None:
-        self.console.print(f"reattached to the running worker (pid {event['pid']})")
+        how = {"stream": ", following it with one streaming command",
+               "poll": ", looking at it by polling"}.get(str(event.get("watch")), "")
+        self.console.print(f"reattached to the running worker (pid {event['pid']}){how}")
 
     def _on_warning(self, event: Event) -> None:
         self.console.print(f"[yellow]warning:[/] {event['message']}")

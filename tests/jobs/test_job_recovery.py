@@ -79,11 +79,12 @@ def _cli(*args: str) -> list[str]:
 
 
 def _start_job(job_clip: Path, output: Path, root: Path, env: dict[str, str],
-               backend: tuple[str, list[str]] | None = None) -> subprocess.Popen:
+               backend: tuple[str, list[str]] | None = None,
+               segment_seconds: float = SEGMENT_SECONDS) -> subprocess.Popen:
     kind, options = backend or ("local", ["--backend-opt", f"workdir={root}"])
     return subprocess.Popen(
         _cli("upscale", "--json", "--backend", kind, *options, "--engine", "ncnn",
-             "--segment-seconds", str(SEGMENT_SECONDS), "--poll-interval", "0.25", "--keep-remote",
+             "--segment-seconds", str(segment_seconds), "--poll-interval", "0.25", "--keep-remote",
              "--remote-python", sys.executable, "-o", str(output), str(job_clip)),
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
     )
@@ -149,6 +150,27 @@ def test_kill_9_client_then_resume_computes_every_segment_once(job_clip, tmp_pat
     listing = json.loads(subprocess.run(_cli("jobs", "--json"), capture_output=True, text=True,
                                         env=cli_env, timeout=60).stdout)
     assert [(row["id"], row["state"]) for row in listing] == [(job_id, "done")]
+
+
+def test_a_resumed_client_follows_the_running_worker_by_streaming(job_clip, tmp_path, cli_env):
+    """A client that comes back to a running worker follows it with one streaming command, as the first
+    client did, not a poll per look (through cgpu each look would be a call of seconds). Six segments: the
+    worker finishes two more after the kill and then waits for them to be taken, so it is still running."""
+    root, output = tmp_path / "far side", tmp_path / "out.mp4"
+    root.mkdir()
+    client = _start_job(job_clip, output, root, cli_env, segment_seconds=SEGMENT_SECONDS / 2)
+    seen = _read_until(client, lambda e: e["event"] == "segment")
+    job_id = next(e["job"] for e in seen if e["event"] == "job")
+    client.kill()
+    client.wait(timeout=30)
+    resumed = subprocess.run(_cli("resume", "--json", job_id), capture_output=True, text=True, env=cli_env,
+                             timeout=300)
+    assert resumed.returncode == 0, resumed.stderr
+    events = [json.loads(line) for line in resumed.stdout.splitlines()]
+    reattached = [e for e in events if e["event"] == "reattached"]
+    assert [e["watch"] for e in reattached] == ["stream"], events
+    assert not [e for e in events if e["event"] == "spawned"]
+    assert probe(output).video.frames == FRAMES
 
 
 def test_a_second_client_on_the_same_job_is_refused(job_clip, tmp_path, cli_env, gpuferry_home):

@@ -260,16 +260,14 @@ class RemoteJobRunner:
         backend = self._backend()
         paths = self._paths(backend)
         pid = self._running_worker(backend, paths)
+        reattached = pid is not None
         if pid is None:
             if not self._still_set_up(backend, paths):
                 self._setup(backend, paths)
             self._write_spec(backend, paths)
             pid = self._spawn(backend, paths)
-        else:
-            self.emit(make_event("reattached", job=self.job.id, pid=pid))
-            self.store.event(self.job.id, "reattached", pid=pid)
-            if self._code_path is None and self.options.stream and backend.streams_output:
-                self._code_path = self._shipped_code(paths)
+        elif self._code_path is None and self.options.stream and backend.streams_output:
+            self._code_path = self._shipped_code(paths)
         deadline = time.monotonic() + self.options.attempt_timeout
         if self._last_fetcher is not None:
             # a download the last attempt left running must not write beside this attempt's one
@@ -284,6 +282,10 @@ class RemoteJobRunner:
                 fallback=lambda: PollingSource(backend, paths, pid, self.options.poll_interval))
         else:
             source = PollingSource(backend, paths, pid, self.options.poll_interval)
+        if reattached:
+            how = "stream" if isinstance(source, StreamingSource) else "poll"
+            self.emit(make_event("reattached", job=self.job.id, pid=pid, watch=how))
+            self.store.event(self.job.id, "reattached", pid=pid, watch=how)
         try:
             outcome = watch_worker(
                 source,
