@@ -86,7 +86,8 @@ def write_text_atomically(path, text):
 
 
 def commit_one(part, entry):
-    """Check a staged chunk file (size, sha256) and copy it into the partial file at its offset; None when it fits."""
+    """Check a staged chunk file (size, sha256) and copy it into the partial file at its offset; None when it
+    fits. The staged file stays until the chunk is recorded (see ``op_commit``)."""
     stage = entry["stage"]
     try:
         size = os.path.getsize(stage)
@@ -99,24 +100,26 @@ def commit_one(part, entry):
     with open(part, "r+b") as target, open(stage, "rb") as source:
         target.seek(entry["offset"])
         shutil.copyfileobj(source, target, BLOCK)
-    os.remove(stage)
     return None
 
 
 def op_commit(args):
-    """Commit a batch of staged chunks (``chunks``: stage, index, offset, length, sha256); record the good ones."""
-    failed, lines = {}, []
+    """Commit a batch of staged chunks (``chunks``: stage, index, offset, length, sha256); record the good ones.
+
+    Each chunk is recorded in the manifest as soon as it is in the partial file, and only then is its
+    staged file removed: a commit killed half way through a batch (a cut link ends the command) leaves
+    every chunk either recorded or still staged, so a resumed upload re-sends none of them."""
+    failed = {}
     for entry in args["chunks"]:
         reason = commit_one(args["part"], entry)
-        if reason is None:
-            lines.append(json.dumps({"chunk": entry["index"], "sha256": entry["sha256"]}) + "\n")
-        else:
+        if reason is not None:
             failed[str(entry["index"])] = reason
-    if lines:
-        with open(args["manifest"], "a") as handle:
-            fcntl.flock(handle.fileno(), fcntl.LOCK_EX)
-            handle.write("".join(lines))
-            handle.flush()
+            continue
+        with open(args["manifest"], "a") as manifest:  # one open per chunk: chunks are megabytes
+            fcntl.flock(manifest.fileno(), fcntl.LOCK_EX)
+            manifest.write(json.dumps({"chunk": entry["index"], "sha256": entry["sha256"]}) + "\n")
+            manifest.flush()
+        os.remove(entry["stage"])
     return {"failed": failed}
 
 
