@@ -24,6 +24,7 @@ import json
 import os
 import queue
 import random
+import resource
 import shutil
 import signal
 import sqlite3
@@ -91,8 +92,6 @@ def starve_memory(group: int) -> int:
     """Out of memory, made by the OS: each process of the worker's group may grow only STARVE_MARGIN more
     (RLIMIT_AS, the limit a container or a full device sets), so its next large allocation fails.
     The number of processes limited."""
-    import resource
-
     limited = 0
     for entry in Path("/proc").iterdir():
         if not entry.name.isdigit():

@@ -11,6 +11,7 @@ import sys
 import zipfile
 from dataclasses import replace
 from pathlib import Path
+from typing import ClassVar
 
 import pytest
 from job_shape import FRAMES
@@ -127,6 +128,7 @@ def test_the_worker_start_settles_the_uploads_left_to_it(tmp_path):
     """An upload whose check rides on the worker's start: the start puts it in place only when its sha256
     is the one sent; a damaged copy is removed and nothing of the worker runs (exit 87)."""
     from gpuferry.jobs.remote_setup import UPLOAD_DAMAGED_EXIT
+    from gpuferry.transfer.chunks import PartNames
     from gpuferry.transfer.far_side import AGENT_PATH
     from gpuferry.transfer.report import PendingCheck
 
@@ -138,17 +140,15 @@ def test_the_worker_start_settles_the_uploads_left_to_it(tmp_path):
         archive.writestr("gpuferry/transfer/__init__.py", "raise SystemExit('gpuferry.transfer was imported')")
         archive.writestr("gpuferry/transfer/far_side_agent.py", AGENT_PATH.read_text())
         archive.writestr("gpuferry/worker/__init__.py", "")
-        archive.writestr("gpuferry/worker/__main__.py",
-                         f"import sys\nopen({str(read)!r}, 'wb').write(open(sys.argv[1] + '/input.mp4', 'rb').read())\n")
+        archive.writestr("gpuferry/worker/__main__.py", "import sys\n"
+                         f"open({str(read)!r}, 'wb').write(open(sys.argv[1] + '/input.mp4', 'rb').read())\n")
     code = tmp_path / "code.zip"
     code.write_bytes(buffer.getvalue())
     job_dir = tmp_path / "job 'ü' $(touch pwned)"
     job_dir.mkdir()
     payload = os.urandom(100_000)
-    check = PendingCheck(part=str(job_dir / "input.mp4.gpuferry-part"), dest=str(job_dir / "input.mp4"),
-                         size=len(payload), sha256=hashlib.sha256(payload).hexdigest(),
-                         manifest=str(job_dir / "input.mp4.gpuferry-part.json"),
-                         chunk_dir=str(job_dir / "input.mp4.gpuferry-part.chunks"))
+    check = PendingCheck(PartNames.for_dest(str(job_dir / "input.mp4")), len(payload),
+                         hashlib.sha256(payload).hexdigest())
     sha = hashlib.sha256(code.read_bytes()).hexdigest()
     clean_env = {key: value for key, value in os.environ.items() if key != "PYTHONPATH"}
 
@@ -177,7 +177,7 @@ class CopiesWhole(LocalBackend):
     copy of the job's input damaged on the way."""
 
     features = replace(LocalBackend.features, whole_uploads=True)
-    input_writes: list[str] = []
+    input_writes: ClassVar[list[str]] = []
 
     def write_bytes(self, path, data, offset=0):
         if "/input." in path:

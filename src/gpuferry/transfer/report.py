@@ -8,6 +8,8 @@ from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from .chunks import PartNames
+
 
 @dataclass(frozen=True)
 class TransferProgress:
@@ -54,17 +56,22 @@ class PendingCheck:
     """A whole file copied to its partial name, not yet checked: the far side's ``settle_whole``
     (size and sha256, then the rename into place) rides on a command the caller makes anyway."""
 
-    part: str
-    dest: str
+    names: PartNames
     size: int
     sha256: str
-    manifest: str
-    chunk_dir: str
+
+    @property
+    def part(self) -> str:
+        return self.names.part
+
+    @property
+    def dest(self) -> str:
+        return self.names.dest
 
     def arguments(self) -> dict[str, object]:
         """The far-side agent's ``settle_whole`` arguments."""
-        return {"part": self.part, "dest": self.dest, "size": self.size, "sha256": self.sha256,
-                "manifest": self.manifest, "chunk_dir": self.chunk_dir}
+        return {"part": self.names.part, "dest": self.names.dest, "size": self.size, "sha256": self.sha256,
+                "manifest": self.names.manifest, "chunk_dir": self.names.chunk_dir}
 
 
 ProgressCallback = Callable[[TransferProgress], None]

@@ -107,8 +107,7 @@ def upload_whole(session: TransferSession, local_path: Path, names: PartNames, s
     if len(data) != size:
         raise BadInputError("the file changed size while it was being uploaded", path=str(local_path))
     digest = hashlib.sha256(data).hexdigest()
-    check = PendingCheck(part=names.part, dest=names.dest, size=size, sha256=digest, manifest=names.manifest,
-                         chunk_dir=names.chunk_dir)
+    check = PendingCheck(names, size, digest)
     try:
         session.retrying(lambda: session.timed_move(0, size, lambda: session.backend.write_bytes(names.part, data),
                                                     "upload chunk 0"))
