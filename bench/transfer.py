@@ -1,6 +1,8 @@
 """Transfer benchmark: payload throughput against a link of known rate per backend, and re-sends after a drop at 90%.
 
-ssh and jupyter run against real servers behind the test fault proxy (token-bucket rate per direction);
+ssh and jupyter run against real servers behind the test fault proxy (token-bucket rate per direction), in a
+process of its own: inside this one it would share the client's interpreter lock and bill the client's CPU work
+as lost link time (see tests/servers/proxy.py ProxyProcess);
 cgpu runs the stand-in CLI with its own rate fault (one link shared by its concurrent calls).
 Efficiency = payload bytes/s / link bytes/s, so the base64-bound directions (jupyter uploads through
 the contents API, cgpu both ways) top out at 0.75; jupyter downloads are raw (ranged GETs of /files/).
@@ -32,7 +34,7 @@ sys.path.insert(0, str(ROOT / "src"))
 
 from servers.fixtures import write_cgpu_login  # noqa: E402
 from servers.jupyter import running_jupyter  # noqa: E402
-from servers.proxy import running_proxy  # noqa: E402
+from servers.proxy import running_proxy_process  # noqa: E402
 from servers.sshd import running_sshd  # noqa: E402
 
 from gpuferry.backends.cgpu import CgpuBackend  # noqa: E402
@@ -267,8 +269,8 @@ def main() -> None:
         results: dict[str, dict[str, float]] = {}
         resent_chunks: dict[str, float] = {}
         with running_sshd(work / "sshd") as sshd, running_jupyter(work / "jupyter") as jupyter, \
-                running_proxy(sshd.port, rate) as ssh_proxy, \
-                running_proxy(int(jupyter.url.rsplit(":", 1)[1]), rate) as jupyter_proxy:
+                running_proxy_process(sshd.port, rate) as ssh_proxy, \
+                running_proxy_process(int(jupyter.url.rsplit(":", 1)[1]), rate) as jupyter_proxy:
             jupyter_remote = jupyter.root_dir / "gpuferry" / "bench"
             jupyter_remote.mkdir(parents=True)
             key_type, key = sshd.host_public_key.read_text().split()[:2]

@@ -34,7 +34,7 @@ def steps_run(backend: JupyterBackend) -> list[str]:
         return helper(operation, *args, **kwargs)  # type: ignore[arg-type]
 
     def agent_step(argv: list[str], timeout: float) -> object:
-        steps.append(argv[2])  # [python, installed agent, operation, arguments]
+        steps.append(argv[-2])  # [python, -S, installed agent, operation, arguments]
         return run_program(argv, timeout)
 
     backend._helper = helper_step  # type: ignore[method-assign]

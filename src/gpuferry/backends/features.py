@@ -13,6 +13,9 @@ class ChunkShape:
 
     chunk_size: int
     parallel: int = 1
+    #: chunks read and hashed ahead of the ones moving (uploads): with one chunk at a time, reading and
+    #: hashing the next one would otherwise leave the link idle between chunks; each costs a chunk of memory
+    read_ahead: int = 0
 
 
 @dataclass(frozen=True)

@@ -13,6 +13,7 @@ from ..backends.base import Backend
 from ..errors import OutputNotWritableError, RemoteFileError, TransferIntegrityError
 from .chunks import PART_SUFFIX, Chunk, ChunkPlan, LocalManifest, sha256_of_file
 from .options import TransferOptions
+from .ordered_hash import OrderedFileHash
 from .report import ProgressCallback, TransferReport
 from .session import TransferSession
 from .workers import ChunkWorkers
@@ -117,9 +118,13 @@ def _download(session: TransferSession, source: str, local_path: Path, plan: Chu
             manifest.start(header)
             verified = {}
         os.ftruncate(descriptor, plan.size)
-        fetcher = ChunkFetcher(session, source, descriptor, manifest, far_hashes)
-        fetcher.fetch_missing(plan, verified)
-        whole_sha = repair_until_whole(session, fetcher, descriptor, plan)
+        ordered = OrderedFileHash(descriptor, plan)
+        try:
+            fetcher = ChunkFetcher(session, source, descriptor, manifest, far_hashes, ordered)
+            fetcher.fetch_missing(plan, verified)
+            whole_sha = repair_until_whole(session, fetcher, descriptor, plan, ordered.result())
+        finally:
+            ordered.close()
         os.fsync(descriptor)
     finally:
         os.close(descriptor)
@@ -132,12 +137,14 @@ class ChunkFetcher:
     """Fetches one chunk, checks it against the far side's sha256 and writes it at its offset."""
 
     def __init__(self, session: TransferSession, source: str, descriptor: int, manifest: LocalManifest,
-                 far_hashes: Future[Any]) -> None:
+                 far_hashes: Future[Any], ordered: OrderedFileHash | None = None) -> None:
         self.session = session
         self.source = source
         self.descriptor = descriptor
         self.manifest = manifest
         self.far_hashes = far_hashes
+        #: hashes the whole file in order as chunks land (told by ``fetch`` and ``fetch_missing``)
+        self.ordered = ordered
 
     def read(self, chunk: Chunk) -> bytes | bytearray:
         backend = self.session.backend
@@ -168,6 +175,8 @@ class ChunkFetcher:
                 )
             os.pwrite(self.descriptor, data, chunk.offset)
             self.manifest.record(chunk.index, digest)
+            if self.ordered is not None:
+                self.ordered.landed(chunk.index)
 
         session.retrying(attempt)
         session.meter.advance(chunk.index, chunk.length)
@@ -188,6 +197,8 @@ class ChunkFetcher:
         try:
             for chunk in plan:
                 if self.already_here(chunk, verified):
+                    if self.ordered is not None:
+                        self.ordered.landed(chunk.index)
                     self.session.tally.skipped()
                     self.session.meter.advance(chunk.index, chunk.length, moved=False)
                     continue
@@ -217,9 +228,15 @@ def local_range_hashes(descriptor: int, plan: ChunkPlan) -> tuple[list[str], str
     return chunks, whole.hexdigest()
 
 
-def repair_until_whole(session: TransferSession, fetcher: ChunkFetcher, descriptor: int, plan: ChunkPlan) -> str:
-    """Compare the whole file's sha256 with the far side's; fetch damaged chunks again until it matches."""
+def repair_until_whole(session: TransferSession, fetcher: ChunkFetcher, descriptor: int, plan: ChunkPlan,
+                       read_back: str | None = None) -> str:
+    """Compare the whole file's sha256 with the far side's; fetch damaged chunks again until it matches.
+
+    ``read_back``: the whole file's sha256 already read back as chunks landed (``OrderedFileHash``); when it
+    matches, no second pass over the file is needed."""
     far = fetcher.far_hashes.result()
+    if read_back is not None and read_back == far["sha256"]:
+        return read_back
     for _ in range(REPAIR_ROUNDS):
         local_chunks, whole = local_range_hashes(descriptor, plan)
         if whole == far["sha256"]:

@@ -38,7 +38,9 @@ class FarSide:
         """The argv that starts the agent: its installed file where the backend keeps one, else inline."""
         if self._program is None:
             installed = self.backend.installed_script("far_side_agent", agent_source().encode("utf-8"))
-            self._program = [self.python, installed] if installed else [self.python, "-c", agent_source()]
+            # -S: the agent needs the standard library only, and without site's path setup (site-packages,
+            # .pth files) a Python starts in 0.12 s instead of 0.20 s here; every far step pays it
+            self._program = [self.python, "-S", installed] if installed else [self.python, "-S", "-c", agent_source()]
         return self._program
 
     def read_range(self, path: str, offset: int, length: int, timeout: float) -> bytes | bytearray:

@@ -13,6 +13,8 @@ class TransferOptions:
 
     chunk_size: int | None = None
     parallel: int | None = None
+    #: chunks read ahead of the moving ones (uploads; see ``ChunkShape.read_ahead``)
+    read_ahead: int | None = None
     #: seconds without a chunk finishing (past the throughput-based deadline) before StallError
     stall_timeout: float = 60.0
     #: how much longer than the measured throughput predicts a chunk may take
@@ -37,6 +39,7 @@ class TransferOptions:
             self,
             chunk_size=self.chunk_size or shape.chunk_size,
             parallel=max(1, self.parallel or shape.parallel),
+            read_ahead=max(0, shape.read_ahead if self.read_ahead is None else self.read_ahead),
         )
         if resolved.chunk_size is not None and resolved.chunk_size <= 0:
             raise ValueError("chunk_size must be positive")

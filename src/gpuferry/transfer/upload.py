@@ -211,11 +211,12 @@ class ChunkSender:
         """Read the file once in order (hashing every chunk and the whole), sending what is not verified."""
         whole = hashlib.sha256()
         chunk_sha: list[str] = []
-        workers = ChunkWorkers(self.session.options.parallel or 1, "gpuferry-upload")
+        options = self.session.options
+        workers = ChunkWorkers(options.parallel or 1, "gpuferry-upload", ahead=options.read_ahead or 0)
         try:
             with open(local_path, "rb") as handle:
                 for chunk in plan:
-                    workers.reserve()  # read a chunk only once a slot is free: at most `parallel` in memory
+                    workers.reserve()  # read a chunk only once a slot is free: parallel + read-ahead in memory
                     data = handle.read(chunk.length)
                     if len(data) != chunk.length:
                         workers.release()

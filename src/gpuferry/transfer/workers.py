@@ -1,4 +1,5 @@
-"""Run chunk jobs on a few threads with at most ``parallel`` in flight; the first failure stops new ones."""
+"""Run chunk jobs on a few threads with at most ``parallel`` in flight (and ``ahead`` more read and queued);
+the first failure stops new ones."""
 
 from __future__ import annotations
 
@@ -8,11 +9,12 @@ from concurrent.futures import Future, ThreadPoolExecutor
 
 
 class ChunkWorkers:
-    """A bounded pool: ``submit`` blocks while ``parallel`` jobs run, so memory stays at parallel chunks."""
+    """A bounded pool: ``parallel`` jobs run, ``ahead`` more may wait their turn, and ``submit`` blocks
+    beyond that, so memory stays at ``parallel + ahead`` chunks."""
 
-    def __init__(self, parallel: int, name: str) -> None:
+    def __init__(self, parallel: int, name: str, ahead: int = 0) -> None:
         self._pool = ThreadPoolExecutor(max_workers=parallel, thread_name_prefix=name)
-        self._slots = threading.BoundedSemaphore(parallel)
+        self._slots = threading.BoundedSemaphore(parallel + ahead)
         self._futures: list[Future[None]] = []
         self._failed = threading.Event()
 
@@ -21,8 +23,8 @@ class ChunkWorkers:
         return self._failed.is_set()
 
     def reserve(self) -> None:
-        """Wait for a free slot before reading the next chunk, so memory holds ``parallel`` chunks, not one
-        more; the slot goes to the next ``submit(reserved=True)``, or back with ``release``."""
+        """Wait for a free slot before reading the next chunk, so memory holds ``parallel + ahead`` chunks,
+        not one more; the slot goes to the next ``submit(reserved=True)``, or back with ``release``."""
         self._slots.acquire()
 
     def release(self) -> None:
@@ -36,10 +38,15 @@ class ChunkWorkers:
         if self._failed.is_set():
             self._slots.release()
             return False
-        future = self._pool.submit(job)
+        future = self._pool.submit(self._unless_failed, job)
         future.add_done_callback(self._finished)
         self._futures.append(future)
         return True
+
+    def _unless_failed(self, job: Callable[[], None]) -> None:
+        """A job queued behind one that failed does not start (read-ahead queues jobs)."""
+        if not self._failed.is_set():
+            job()
 
     def _finished(self, future: Future[None]) -> None:
         if future.exception() is not None:
