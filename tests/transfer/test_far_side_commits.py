@@ -52,3 +52,68 @@ def test_a_commit_cut_short_leaves_every_done_chunk_recorded_or_still_staged(tmp
     assert not Path(entries[0]["stage"]).exists()
     assert Path(entries[2]["stage"]).is_file(), "the chunk not reached is still staged, to be adopted"
     assert part.read_bytes()[:CHUNK] == payloads[0]
+
+
+def staged_upload(tmp_path: Path, chunks: int) -> tuple[dict, list[dict], bytes]:
+    """A surveyed upload of ``chunks`` random chunks, each staged: the names, the entries, the whole file."""
+    names = {"dest": str(tmp_path / "f"), "part": str(tmp_path / "f.gpuferry-part"),
+             "manifest": str(tmp_path / "f.gpuferry-part.json"), "chunk_dir": str(tmp_path / "f.gpuferry-part.chunks")}
+    content = os.urandom(chunks * CHUNK - 5)
+    entries = []
+    for index in range(chunks):
+        data = content[index * CHUNK:(index + 1) * CHUNK]
+        entries.append({"stage": f"{names['chunk_dir']}/{index:08d}", "index": index, "offset": index * CHUNK,
+                        "length": len(data), "sha256": hashlib.sha256(data).hexdigest(), "data": data})
+    return names, entries, content
+
+
+def stage(entries: list[dict]) -> list[dict]:
+    for entry in entries:
+        Path(entry["stage"]).write_bytes(entry["data"])
+    return [{key: value for key, value in entry.items() if key != "data"} for entry in entries]
+
+
+def survey(far, names: dict, size: int) -> None:  # type: ignore[no-untyped-def]
+    far.op_survey({**names, "size": size, "hash_dest": False, "header": {"kind": "gpuferry-upload", "size": size}})
+
+
+def flip_byte(path: str, offset: int) -> None:
+    with open(path, "r+b") as handle:
+        handle.seek(offset)
+        value = handle.read(1)
+        handle.seek(offset)
+        handle.write(bytes([value[0] ^ 0xFF]))
+
+
+def test_a_kept_running_agent_finishes_from_its_commits_and_the_file_is_the_source(tmp_path: Path) -> None:
+    far = agent()  # one module, as one agent kept running serves a whole upload
+    names, entries, content = staged_upload(tmp_path, 4)
+    survey(far, names, len(content))
+    far.op_commit({"part": names["part"], "manifest": names["manifest"], "chunks": stage(entries[:3])})
+    reply = far.op_finish({**names, "size": len(content), "sha256": hashlib.sha256(content).hexdigest(),
+                           "chunks": stage(entries[3:])})
+    assert reply["done"] and Path(names["dest"]).read_bytes() == content
+
+
+def test_chunks_committed_out_of_order_are_checked_by_reading_the_whole_file(tmp_path: Path) -> None:
+    far = agent()
+    names, entries, content = staged_upload(tmp_path, 4)
+    survey(far, names, len(content))
+    far.op_commit({"part": names["part"], "manifest": names["manifest"], "chunks": stage([entries[1], entries[0]])})
+    flip_byte(names["part"], CHUNK + 1)  # damaged after its commit: only reading the file finds it
+    reply = far.op_finish({**names, "size": len(content), "sha256": hashlib.sha256(content).hexdigest(),
+                           "chunks": stage(entries[2:])})
+    assert not reply["done"] and not Path(names["dest"]).exists()
+
+
+def test_a_resumed_upload_never_relies_on_what_the_agent_saw_before(tmp_path: Path) -> None:
+    far = agent()
+    names, entries, content = staged_upload(tmp_path, 4)
+    survey(far, names, len(content))
+    far.op_commit({"part": names["part"], "manifest": names["manifest"], "chunks": stage(entries[:2])})
+    flip_byte(names["part"], 10)  # the interrupted upload's partial file was damaged meanwhile
+    survey(far, names, len(content))  # the resume: chunks 0 and 1 are recorded, the rest follows
+    far.op_commit({"part": names["part"], "manifest": names["manifest"], "chunks": stage(entries[2:3])})
+    reply = far.op_finish({**names, "size": len(content), "sha256": hashlib.sha256(content).hexdigest(),
+                           "chunks": stage(entries[3:])})
+    assert not reply["done"], "the damage must be found: the finish reads the whole file again"

@@ -98,6 +98,15 @@ class Backend(ABC):
         """
         return self.run(argv, timeout=timeout)
 
+    def exchange_with_program(self, argv: Sequence[str], line: str, timeout: float) -> str:
+        """Send ``line`` to the far-side program ``argv``, started on first use and kept running for later
+        requests, and return its reply line (backends whose features declare ``program_sessions``).
+
+        ConnectionLostError when the program or the link is gone (the next call starts it afresh),
+        CommandTimeoutError past ``timeout`` (the program is stopped).
+        """
+        raise NotImplementedError(f"{self.kind} keeps no far-side programs running")
+
     @property
     def streams_output(self) -> bool:
         """Whether ``run_streaming`` hands over output lines as they arrive; when False it hands them over

@@ -46,6 +46,9 @@ class BackendFeatures:
     typed_lines: bool = False
     #: ``run_streaming`` hands over output lines as they arrive (else only once the command ended)
     streams_output: bool = False
+    #: ``exchange_with_program`` keeps a far-side program running between requests (one request line, one
+    #: reply line), where starting one per step costs (ssh: a channel, a login shell and a Python, 0.3 s)
+    program_sessions: bool = False
     #: the far side is this machine (its python is this interpreter, its work folder is in our data folder)
     far_is_here: bool = False
     #: the python the far side runs when the target's settings name none (None: this interpreter)

@@ -16,6 +16,7 @@ from ..errors import (
     CommandTimeoutError,
     ConnectionLostError,
     NotAuthenticatedError,
+    RemoteCommandError,
     RemoteFileError,
     UsageError,
 )
@@ -23,6 +24,7 @@ from .base import CommandResult, FileStat
 from .event_loop_thread import EventLoopThread
 from .features import MIB, BackendFeatures, ChunkShape
 from .helper_ops import HelperOperations
+from .program_sessions import ProgramSessions
 from .registry import BackendEntry
 from .secrets import Secret, as_secret
 from .shell_line import shell_line
@@ -132,7 +134,7 @@ class SshBackend(HelperOperations):
     #: those: 0.85-0.89 of it against 0.94 at 256 MB). Uploads read and hash the next chunk while one moves
     #: (without: 0.1 s idle between 32 MiB chunks, 0.7 s of 10 s at 256 MB)
     features = BackendFeatures(upload=ChunkShape(32 * MIB, read_ahead=1), download=ChunkShape(16 * MIB, 2),
-                               background_commits=True, streams_output=True)
+                               background_commits=True, streams_output=True, program_sessions=True)
 
     def __init__(self, settings: SshSettings | None = None, **options: Any) -> None:
         self.settings = settings or SshSettings(**options)
@@ -144,6 +146,8 @@ class SshBackend(HelperOperations):
         self._reconnecting: asyncio.Lock | None = None
         #: why a first-seen host key was not trusted (for the error message)
         self._refusal: str | None = None
+        #: far-side programs kept running between requests (the transfer agent's steps)
+        self._programs = ProgramSessions(self._start_program_session)
         try:
             self._loop.call(self._connect())
         except BaseException:
@@ -250,6 +254,7 @@ class SshBackend(HelperOperations):
 
     def close(self) -> None:
         self._closed = True
+        self._programs.close()
         if self._connection is not None:
             connection, self._connection = self._connection, None
             self._sftp = None
@@ -360,6 +365,25 @@ class SshBackend(HelperOperations):
                 f"connection to {self.where} lost while running `{program}` (outcome unknown)", step=self.kind
             )
         return CommandResult(completed.exit_status or 0, "\n".join(lines))
+
+    def exchange_with_program(self, argv: Sequence[str], line: str, timeout: float) -> str:
+        return self._programs.exchange(argv, line, timeout)
+
+    def _start_program_session(self, argv: Sequence[str]) -> SshProgramSession:
+        async def start() -> SshProgramSession:
+            connection = await self._live()
+            try:
+                process = await connection.create_process(shell_line(argv, replace_shell=True),
+                                                          stderr=asyncssh.STDOUT, encoding="utf-8")
+            except LOST as error:
+                if link_gone(connection, error):
+                    self._drop(connection)
+                raise ConnectionLostError(
+                    f"connection to {self.where} lost while starting `{argv[0]}`: {error}", step=self.kind
+                ) from None
+            return SshProgramSession(self, connection, process, argv[0])
+
+        return self._loop.call(start())
 
     def _drop(self, connection: asyncssh.SSHClientConnection) -> None:
         """Forget a connection found broken, so the next call opens a fresh one."""
@@ -497,6 +521,65 @@ class SshBackend(HelperOperations):
             await sftp.posix_rename(source, target)
 
         self._with_sftp("rename", source, work)
+
+
+class SshProgramSession:
+    """A far-side program on its own channel of the backend's connection: a request line on its stdin, a
+    reply line (a JSON object) from its stdout; other output lines (a warning) are skipped."""
+
+    def __init__(self, backend: SshBackend, connection: asyncssh.SSHClientConnection,
+                 process: asyncssh.SSHClientProcess, program: str) -> None:
+        self._backend = backend
+        self._connection = connection
+        self._process = process
+        self._program = program
+
+    def alive(self) -> bool:
+        return (self._backend._connection is self._connection and not self._connection.is_closed()
+                and not self._process.channel.is_closing())
+
+    def exchange(self, line: str, timeout: float) -> str:
+        return self._backend._loop.call(self._exchange(line, timeout))
+
+    async def _exchange(self, line: str, timeout: float) -> str:
+        where, kind = self._backend.where, self._backend.kind
+        skipped: list[str] = []
+
+        async def reply() -> str:
+            self._process.stdin.write(line + "\n")
+            while True:
+                answer = await self._process.stdout.readline()
+                if not answer:
+                    tail = "".join(skipped)[-300:].strip()
+                    if self._connection.is_closed():
+                        raise ConnectionLostError(f"connection to {where} lost while `{self._program}` ran",
+                                                  step=kind)
+                    # the program itself ended (not found, crashed): like a command that exited non-zero
+                    raise RemoteCommandError(f"`{self._program}` on {where} ended without answering"
+                                             + (f": {tail}" if tail else ""), step=kind)
+                if answer.lstrip().startswith("{"):
+                    return answer
+                skipped.append(answer)
+
+        try:
+            return await asyncio.wait_for(reply(), timeout)
+        except TimeoutError:
+            self._process.close()
+            raise CommandTimeoutError(f"`{self._program}` ran past {timeout:g} s on {where}", step=kind) from None
+        except (*LOST, BrokenPipeError, asyncssh.Error) as error:
+            # the next call opens the connection again if it is gone; a channel alone is never worth
+            # dropping a connection that other calls (sftp writes) share
+            raise ConnectionLostError(f"connection to {where} lost while `{self._program}` ran: {error}",
+                                      step=kind) from None
+
+    def close(self) -> None:
+        async def shut() -> None:
+            self._process.close()
+
+        try:
+            self._backend._loop.call(shut())
+        except RuntimeError:
+            pass  # the backend's loop is gone, and the connection with it
 
 
 def _open_ssh(**settings: Any) -> SshBackend:

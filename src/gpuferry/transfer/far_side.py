@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from ..backends.base import Backend, CommandResult
-from ..errors import ConnectionLostError, RemoteFileError
+from ..errors import ConnectionLostError, RemoteCommandError, RemoteFileError
 
 AGENT_PATH = Path(__file__).with_name("far_side_agent.py")
 
@@ -117,9 +117,21 @@ class FarSide:
         return data, reply.get("result")  # a bytearray: copying 64 MiB into bytes would double the peak
 
     def call(self, operation: str, arguments: dict[str, Any], timeout: float, path: str | None = None) -> Any:
+        if self.backend.features.program_sessions:
+            return self._call_in_session(operation, arguments, timeout, path)
         argv = [*self.program(), operation, json.dumps(arguments)]
         result = self.backend.run_program(argv, timeout)
         return self._reply(operation, result, path)
+
+    def _call_in_session(self, operation: str, arguments: dict[str, Any], timeout: float, path: str | None) -> Any:
+        """The step answered by an agent kept running between steps (``serve``): no process start per step."""
+        request = json.dumps({"op": operation, "args": arguments})
+        try:
+            line = self.backend.exchange_with_program([*self.program(), "serve"], request, timeout)
+        except RemoteCommandError as error:
+            raise RemoteFileError(f"transfer {operation}: {error.cause}", path=path,
+                                  step=self.backend.kind) from None
+        return self._reply(operation, CommandResult(0, line), path)
 
     def _reply(self, operation: str, result: CommandResult, path: str | None) -> Any:
         for raw_line in reversed(result.output.splitlines()):

@@ -1,7 +1,8 @@
 """Far-side transfer agent: survey, commit chunks, finish a partial file, hash chunks (stdlib only).
 
 Run as ``python3 -c <this source> <operation> <json arguments>``: every path travels inside the JSON
-argument, never through a shell. Prints one JSON line ``{"ok": ..., "result": ...}``.
+argument, never through a shell. Prints one JSON line ``{"ok": ..., "result": ...}``. Or kept running with
+``serve``: one request line in, one reply line out, until stdin closes.
 The manifest is JSON lines: a header object, then one ``{"chunk": k, "sha256": h}`` per verified chunk.
 """
 
@@ -13,6 +14,11 @@ import shutil
 import sys
 
 BLOCK = 1 << 20
+
+#: in an agent kept running (``serve``): per partial file, the sha256 of the chunks committed in order from
+#: its start, as [bytes covered, hash], so ``finish`` need not read the whole file again (a one-step agent,
+#: or chunks committed out of order, leave it to ``finish``)
+RUNNING = {}  # type: dict[str, list]
 
 
 def read_manifest(path):
@@ -64,6 +70,7 @@ def op_survey(args):
             # folder, and an upload that is skipped must leave nothing behind
             return result
     header, verified = read_manifest(manifest)
+    RUNNING.pop(part, None)  # a new upload or a resumed one: what this agent saw before is not relied on
     if header == args["header"] and os.path.isfile(part):
         result["verified"] = {str(index): digest for index, digest in verified.items()}
     else:
@@ -97,9 +104,21 @@ def commit_one(part, entry):
     if size != entry["length"] or digest != entry["sha256"]:
         os.remove(stage)
         return "staged chunk has %d bytes, sha256 %s" % (size, digest[:12])
+    running = RUNNING.pop(part, None)
+    if entry["offset"] == 0:
+        running = [0, hashlib.sha256()]
+    follows = running is not None and running[0] == entry["offset"]
     with open(part, "r+b") as target, open(stage, "rb") as source:
         target.seek(entry["offset"])
-        shutil.copyfileobj(source, target, BLOCK)
+        while True:
+            block = source.read(BLOCK)
+            if not block:
+                break
+            target.write(block)
+            if follows:
+                running[1].update(block)  # the bytes as written into the partial file
+    if follows:
+        RUNNING[part] = [entry["offset"] + size, running[1]]
     return None
 
 
@@ -135,7 +154,10 @@ def op_finish(args):
         with open(part, "r+b") as handle:
             handle.truncate(args["size"])
         size = args["size"]
-    digest = hash_file(part)
+    running = RUNNING.pop(part, None)
+    # every byte went in, in order, through this agent's commits: their hash is the file's
+    in_order = running is not None and running[0] == size == args["size"]
+    digest = running[1].hexdigest() if in_order else hash_file(part)
     if size == args["size"] and digest == args["sha256"]:
         os.replace(part, dest)
         for leftover in (args["manifest"],):
@@ -206,6 +228,7 @@ def op_hash_chunks(args):
 def op_forget(args):
     """Drop a chunk's record from the manifest (its bytes in the partial file proved wrong)."""
     header, verified = read_manifest(args["manifest"])
+    RUNNING.clear()  # a forgotten chunk is rewritten out of order: finish reads the file again
     if header is None:
         return
     for index in args["chunks"]:
@@ -240,15 +263,38 @@ OPERATIONS = {
 }
 
 
-def main():
-    operation, arguments = sys.argv[-2], json.loads(sys.argv[-1])
+def answer(operation, arguments):
+    """The reply object for one operation: ``{"ok": true, "result": ...}`` or ``{"ok": false, "message": ...}``."""
     try:
-        result = OPERATIONS[operation](arguments)
+        return {"ok": True, "result": OPERATIONS[operation](arguments)}
     except OSError as error:
-        message = "%s: %s" % (error.strerror or error, error.filename)
-        sys.stdout.write("\n" + json.dumps({"ok": False, "message": message}) + "\n")
+        return {"ok": False, "message": "%s: %s" % (error.strerror or error, error.filename)}
+
+
+def serve():
+    """Answer requests until stdin closes: one JSON line in (``{"op": ..., "args": ...}``), one reply line
+    out. One process then serves a whole transfer's steps, instead of one process start per step (over ssh
+    each start is a channel, a login shell and a Python: 0.3 s). ``read`` is not served (it prints data)."""
+    for line in sys.stdin:
+        if not line.strip():
+            continue
+        try:
+            request = json.loads(line)
+            if request["op"] == "read":
+                raise ValueError("read is not served in a session")
+            reply = answer(request["op"], request["args"])
+        except Exception as error:  # noqa: BLE001 - the session outlives one bad request, which is answered
+            reply = {"ok": False, "message": "%s: %s" % (type(error).__name__, error)}
+        sys.stdout.write(json.dumps(reply) + "\n")
+        sys.stdout.flush()
+
+
+def main():
+    if sys.argv[-1] == "serve":
+        serve()
         return
-    sys.stdout.write("\n" + json.dumps({"ok": True, "result": result}) + "\n")
+    operation, arguments = sys.argv[-2], json.loads(sys.argv[-1])
+    sys.stdout.write("\n" + json.dumps(answer(operation, arguments)) + "\n")
     sys.stdout.flush()
 
 

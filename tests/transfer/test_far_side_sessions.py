@@ -1,0 +1,88 @@
+"""Over ssh one far-side agent, kept running, answers a transfer's steps: no process start per step, and
+a dropped link or a missing python never leaves a transfer asking a dead one."""
+
+from __future__ import annotations
+
+import hashlib
+import random
+import time
+from pathlib import Path
+
+import pytest
+
+from gpuferry.backends.ssh import SshBackend
+from gpuferry.errors import RemoteFileError
+from gpuferry.failure_policy import retried_in_transfer
+from gpuferry.transfer import TransferOptions, download, upload
+from gpuferry.transfer.far_side import FarSide
+
+from .conftest import TEST_CHUNK, known_hosts_for
+
+pytestmark = pytest.mark.timeout(120)
+
+
+def count_far_starts(backend: SshBackend) -> dict[str, int]:
+    """How many agent processes ``backend`` starts from now on, kept running or one per step."""
+    counts = {"kept": 0, "per_step": 0}
+    start, run_program = backend._programs._start, backend.run_program
+
+    def counted_start(argv):  # type: ignore[no-untyped-def]
+        counts["kept"] += 1
+        return start(argv)
+
+    def counted_run(argv, timeout):  # type: ignore[no-untyped-def]
+        counts["per_step"] += 1
+        return run_program(argv, timeout)
+
+    backend._programs._start = counted_start
+    backend.run_program = counted_run  # type: ignore[method-assign]
+    return counts
+
+
+def test_an_ssh_transfers_far_steps_share_one_running_agent(sshd_server, tmp_path: Path) -> None:
+    remote = tmp_path / "remote"
+    remote.mkdir()
+    source = tmp_path / "source.bin"
+    source.write_bytes(random.Random(11).randbytes(5 * TEST_CHUNK + 3))
+    options = TransferOptions(chunk_size=TEST_CHUNK, parallel=1)
+    with SshBackend(**sshd_server.backend_options(workdir=str(remote))) as backend:
+        starts = count_far_starts(backend)
+        upload(backend, source, "copy.bin", options=options)  # survey, five commits, finish
+        download(backend, "copy.bin", tmp_path / "back.bin", options=options)  # the far side's hashes
+    assert (tmp_path / "back.bin").read_bytes() == source.read_bytes()
+    assert hashlib.sha256((remote / "copy.bin").read_bytes()).digest() == hashlib.sha256(source.read_bytes()).digest()
+    assert starts == {"kept": 1, "per_step": 0}
+
+
+def test_an_agent_on_a_dropped_connection_is_never_asked_again(sshd_server, ssh_proxy_session,
+                                                               tmp_path: Path) -> None:
+    proxy = ssh_proxy_session
+    proxy.reset()
+    known = known_hosts_for(sshd_server, proxy.port, tmp_path)
+    (tmp_path / "file").write_bytes(b"x" * 1000)
+    arguments = {"path": str(tmp_path / "file"), "chunk_size": 4096}
+    try:
+        with SshBackend(**sshd_server.backend_options(port=proxy.port, known_hosts=str(known),
+                                                      workdir=str(tmp_path))) as backend:
+            starts = count_far_starts(backend)
+            far = FarSide(backend)
+            first = far.call("hash_chunks", arguments, timeout=30)
+            proxy.cut()
+            deadline = time.monotonic() + 10
+            while backend._connection is not None and not backend._connection.is_closed():
+                assert time.monotonic() < deadline, "the cut connection was never noticed"
+                time.sleep(0.02)
+            # no retry wrapper here: the first try must go to a fresh agent on a fresh connection
+            assert far.call("hash_chunks", arguments, timeout=30) == first
+            assert starts["kept"] == 2
+    finally:
+        proxy.reset()
+
+
+def test_an_agent_that_cannot_start_is_a_clear_error_not_a_retry(sshd_server, tmp_path: Path) -> None:
+    with SshBackend(**sshd_server.backend_options(workdir=str(tmp_path), python="/nowhere/python3")) as backend:
+        with pytest.raises(RemoteFileError) as caught:
+            FarSide(backend).call("survey", {}, timeout=30, path="/some/dest")
+    message = str(caught.value)
+    assert "survey" in message and "ended without answering" in message and "/nowhere/python3" in message
+    assert not retried_in_transfer(caught.value)
