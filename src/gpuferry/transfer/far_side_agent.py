@@ -99,7 +99,7 @@ def commit_one(part, entry):
     try:
         size = os.path.getsize(stage)
     except FileNotFoundError:
-        return "staged chunk is missing"
+        return MISSING
     digest = hash_file(stage)
     if size != entry["length"] or digest != entry["sha256"]:
         os.remove(stage)
@@ -122,15 +122,24 @@ def commit_one(part, entry):
     return None
 
 
+MISSING = "staged chunk is missing"
+
+
 def op_commit(args):
     """Commit a batch of staged chunks (``chunks``: stage, index, offset, length, sha256); record the good ones.
 
     Each chunk is recorded in the manifest as soon as it is in the partial file, and only then is its
     staged file removed: a commit killed half way through a batch (a cut link ends the command) leaves
-    every chunk either recorded or still staged, so a resumed upload re-sends none of them."""
+    every chunk either recorded or still staged, so a resumed upload re-sends none of them.
+
+    A chunk whose staged file is gone but which the manifest records with the same sha256 is done: another
+    commit of it got there first. That one can still be running when the link comes back (a commit whose
+    command the cut left running), while the resumed upload found the chunk staged and commits it too."""
     failed = {}
     for entry in args["chunks"]:
         reason = commit_one(args["part"], entry)
+        if reason == MISSING and read_manifest(args["manifest"])[1].get(int(entry["index"])) == entry["sha256"]:
+            continue  # read afresh each time (a rare case): the other commit may still be recording
         if reason is not None:
             failed[str(entry["index"])] = reason
             continue
