@@ -1,5 +1,5 @@
-"""Over ssh one far-side agent, kept running, answers a transfer's steps: no process start per step, and
-a dropped link or a missing python never leaves a transfer asking a dead one."""
+"""Over ssh and Jupyter one far-side agent, kept running, answers a transfer's steps: no process start per
+step, and a dropped link or a missing python never leaves a transfer asking a dead one."""
 
 from __future__ import annotations
 
@@ -10,6 +10,8 @@ from pathlib import Path
 
 import pytest
 
+from gpuferry.backends.base import Backend
+from gpuferry.backends.jupyter import JupyterBackend
 from gpuferry.backends.ssh import SshBackend
 from gpuferry.errors import RemoteFileError
 from gpuferry.failure_policy import retried_in_transfer
@@ -21,7 +23,7 @@ from .conftest import TEST_CHUNK, known_hosts_for
 pytestmark = pytest.mark.timeout(120)
 
 
-def count_far_starts(backend: SshBackend) -> dict[str, int]:
+def count_far_starts(backend: Backend) -> dict[str, int]:
     """How many agent processes ``backend`` starts from now on, kept running or one per step."""
     counts = {"kept": 0, "per_step": 0}
     start, run_program = backend._programs._start, backend.run_program
@@ -34,24 +36,45 @@ def count_far_starts(backend: SshBackend) -> dict[str, int]:
         counts["per_step"] += 1
         return run_program(argv, timeout)
 
-    backend._programs._start = counted_start
+    backend._programs._start = counted_start  # type: ignore[attr-defined]
     backend.run_program = counted_run  # type: ignore[method-assign]
     return counts
 
 
-def test_an_ssh_transfers_far_steps_share_one_running_agent(sshd_server, tmp_path: Path) -> None:
-    remote = tmp_path / "remote"
-    remote.mkdir()
+def open_backend(kind: str, request: pytest.FixtureRequest, remote: Path, **settings: object) -> Backend:
+    """A backend of ``kind`` on the suite's real server, working in ``remote``."""
+    if kind == "ssh":
+        server = request.getfixturevalue("sshd_server")
+        return SshBackend(**server.backend_options(workdir=str(remote), **settings))
+    server = request.getfixturevalue("jupyter_server")
+    return JupyterBackend(url=server.url, token=server.token(), root_dir=str(server.root_dir), workdir=str(remote),
+                          **settings)
+
+
+@pytest.mark.parametrize("kind", ["ssh", "jupyter"])
+def test_a_transfers_far_steps_share_one_running_agent(kind: str, request: pytest.FixtureRequest,
+                                                       tmp_path: Path) -> None:
+    remote = far_folder(kind, request, tmp_path)
     source = tmp_path / "source.bin"
     source.write_bytes(random.Random(11).randbytes(5 * TEST_CHUNK + 3))
     options = TransferOptions(chunk_size=TEST_CHUNK, parallel=1)
-    with SshBackend(**sshd_server.backend_options(workdir=str(remote))) as backend:
+    with open_backend(kind, request, remote) as backend:
         starts = count_far_starts(backend)
         upload(backend, source, "copy.bin", options=options)  # survey, five commits, finish
         download(backend, "copy.bin", tmp_path / "back.bin", options=options)  # the far side's hashes
     assert (tmp_path / "back.bin").read_bytes() == source.read_bytes()
     assert hashlib.sha256((remote / "copy.bin").read_bytes()).digest() == hashlib.sha256(source.read_bytes()).digest()
     assert starts == {"kept": 1, "per_step": 0}
+
+
+def far_folder(kind: str, request: pytest.FixtureRequest, tmp_path: Path) -> Path:
+    """A fresh far-side folder the backend of ``kind`` reaches (Jupyter: inside its server's root)."""
+    if kind == "jupyter":
+        remote = Path(request.getfixturevalue("jupyter_server").root_dir) / f"sessions-{tmp_path.name}"
+    else:
+        remote = tmp_path / "remote"
+    remote.mkdir()
+    return remote
 
 
 def test_an_agent_on_a_dropped_connection_is_never_asked_again(sshd_server, ssh_proxy_session,
@@ -79,8 +102,11 @@ def test_an_agent_on_a_dropped_connection_is_never_asked_again(sshd_server, ssh_
         proxy.reset()
 
 
-def test_an_agent_that_cannot_start_is_a_clear_error_not_a_retry(sshd_server, tmp_path: Path) -> None:
-    with SshBackend(**sshd_server.backend_options(workdir=str(tmp_path), python="/nowhere/python3")) as backend:
+@pytest.mark.parametrize("kind", ["ssh", "jupyter"])
+def test_an_agent_that_cannot_start_is_a_clear_error_not_a_retry(kind: str, request: pytest.FixtureRequest,
+                                                                 tmp_path: Path) -> None:
+    remote = far_folder(kind, request, tmp_path)
+    with open_backend(kind, request, remote, python="/nowhere/python3") as backend:
         with pytest.raises(RemoteFileError) as caught:
             FarSide(backend).call("survey", {}, timeout=30, path="/some/dest")
     message = str(caught.value)

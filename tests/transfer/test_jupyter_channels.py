@@ -8,6 +8,7 @@ server refuses to serve, the same transfers go through the terminal and still ar
 from __future__ import annotations
 
 import hashlib
+import json
 import random
 from pathlib import Path
 
@@ -37,8 +38,15 @@ def steps_run(backend: JupyterBackend) -> list[str]:
         steps.append(argv[-2])  # [python, -S, installed agent, operation, arguments]
         return run_program(argv, timeout)
 
+    exchange = backend.exchange_with_program
+
+    def kept_agent_step(argv: list[str], line: str, timeout: float) -> str:
+        steps.append(json.loads(line)["op"])  # a request to the agent kept running
+        return exchange(argv, line, timeout)
+
     backend._helper = helper_step  # type: ignore[method-assign]
     backend.run_program = agent_step  # type: ignore[method-assign]
+    backend.exchange_with_program = kept_agent_step  # type: ignore[method-assign]
     return steps
 
 

@@ -20,8 +20,9 @@ from .features import MIB, BackendFeatures, ChunkShape
 from .framed_commands import FramedCommands
 from .helper_call import encode_arguments, helper_source, parse_reply, script_helper_argv
 from .jupyter_http import JupyterHttp
-from .jupyter_terminal import LineNotSent, TerminalSession
+from .jupyter_terminal import LineNotSent, TerminalProgram, TerminalSession
 from .markers import Framing, parse_framed
+from .program_sessions import TERMINAL_READY, ProgramSessions
 from .registry import BackendEntry
 from .secrets import Secret, as_secret, redact_url, split_url_secret, url_secrets
 
@@ -90,7 +91,7 @@ class JupyterBackend(FramedCommands):
     #: its root they come over plain HTTP.
     features = BackendFeatures(upload=ChunkShape(4 * MIB, 6), download=ChunkShape(4 * MIB, 2),
                                piecewise_upload=True, background_commits=True, commit_batch_bytes=16 * MIB,
-                               line_based_reads=True, typed_lines=True)
+                               line_based_reads=True, typed_lines=True, program_sessions=True)
     #: a bare line stays well inside the pty's 4 KiB input buffer once framed (see TYPED_ARGUMENTS_LIMIT)
     bare_line_limit = 2048
 
@@ -106,6 +107,9 @@ class JupyterBackend(FramedCommands):
         self._idle_terminals: list[TerminalSession] = []
         self._busy_terminals: set[TerminalSession] = set()
         self._terminals_lock = threading.Lock()
+        #: far-side programs kept running in terminals of their own (the transfer agent: a Python start per
+        #: step, typed into a terminal beside a server busy decoding uploads, cost 0.3-0.5 s)
+        self._programs = ProgramSessions(self._start_program)
         self._scripts: dict[str, str] = {}
         #: server paths whose ranged GET /files/ did not answer 206: read through the terminal instead
         self._unserved: set[str] = set()
@@ -125,6 +129,7 @@ class JupyterBackend(FramedCommands):
         return self.settings.workdir or self.settings.root_dir or "."
 
     def close(self) -> None:
+        self._programs.close()
         with self._terminals_lock:
             terminals = self._idle_terminals + list(self._busy_terminals)
             self._idle_terminals, self._busy_terminals = [], set()
@@ -243,6 +248,28 @@ class JupyterBackend(FramedCommands):
                 step=self.kind,
             )
         return CommandResult(framed.exit_code, framed.output)
+
+    def exchange_with_program(self, argv: Sequence[str], line: str, timeout: float) -> str:
+        return self._programs.exchange(argv, line, timeout)
+
+    def _start_program(self, argv: Sequence[str]) -> TerminalProgram:
+        """The program in place of the shell of an idle terminal (opening one costs), else of a new one. An
+        idle terminal whose link dropped unnoticed fails the start: then once more, in a new terminal (a
+        start changes nothing on the far side, and the failed terminal is deleted)."""
+        while True:
+            with self._terminals_lock:
+                terminal = self._idle_terminals.pop() if self._idle_terminals else None
+            if terminal is None or terminal.connected:
+                break
+            terminal.close()
+        if terminal is not None:
+            try:
+                return TerminalProgram.start(terminal, shlex.join(argv), argv[0], TERMINAL_READY,
+                                             self.operation_timeout)
+            except ConnectionLostError:
+                pass
+        return TerminalProgram.start(TerminalSession(self._http, self.settings.request_timeout), shlex.join(argv),
+                                     argv[0], TERMINAL_READY, self.operation_timeout)
 
     # --- uploads --------------------------------------------------------------------------------
 

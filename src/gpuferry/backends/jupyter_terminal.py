@@ -10,9 +10,16 @@ from contextlib import ExitStack
 from urllib.parse import quote, urlsplit, urlunsplit
 
 from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidStatus
+from websockets.protocol import State
 from websockets.sync.client import ClientConnection, connect
 
-from ..errors import CommandTimeoutError, ConnectionLostError, GpuferryError, NotAuthenticatedError
+from ..errors import (
+    CommandTimeoutError,
+    ConnectionLostError,
+    GpuferryError,
+    NotAuthenticatedError,
+    RemoteCommandError,
+)
 from .jupyter_http import JupyterHttp
 from .markers import Framing, normalise_newlines
 
@@ -141,6 +148,35 @@ class TerminalSession:
             self.broken = True
             return "".join(chunks)
 
+    @property
+    def connected(self) -> bool:
+        """Whether the terminal's socket is still open (as far as this side has noticed)."""
+        return not self.broken and self._socket.state is State.OPEN
+
+    def type_text(self, text: str) -> None:
+        """Send ``text`` to the terminal's input as it is (a running program reads it)."""
+        try:
+            self._socket.send(json.dumps(["stdin", text]))
+        except (ConnectionClosed, OSError):
+            self.broken = True
+            raise ConnectionLostError("the terminal's connection dropped", step="jupyter") from None
+
+    def read_output(self, timeout: float) -> str | None:
+        """The terminal's next output ("" when none came within ``timeout``); None once the terminal ended
+        (its program exited); ConnectionLostError when the socket dropped."""
+        try:
+            message = self._socket.recv(timeout=max(0.01, timeout))
+        except TimeoutError:
+            return ""
+        except (ConnectionClosed, OSError):
+            self.broken = True
+            raise ConnectionLostError("the terminal's connection dropped", step="jupyter") from None
+        kind, payload = decode_message(message)
+        if kind == "disconnect":
+            self.broken = True
+            return None
+        return payload if kind == "stdout" else ""
+
     def close(self) -> None:
         """Close the socket and delete the terminal (hanging up whatever still runs in it)."""
         self.broken = True
@@ -152,3 +188,62 @@ class TerminalSession:
             self._http.request("DELETE", f"api/terminals/{quote(self.name, safe='')}", what="close the terminal")
         except GpuferryError:
             pass  # already gone
+
+
+class TerminalProgram:
+    """A far-side program that replaced the shell of a terminal of its own: request lines typed to it, one
+    reply line (a JSON object) read back for each (see the transfer agent's ``serve``)."""
+
+    def __init__(self, terminal: TerminalSession, program: str) -> None:
+        self._terminal = terminal
+        self._program = program
+        self._pending = ""
+        self._seen: list[str] = []
+
+    @classmethod
+    def start(cls, terminal: TerminalSession, command_line: str, program: str, ready: str,
+              timeout: float) -> TerminalProgram:
+        """``exec`` the program in place of ``terminal``'s shell and wait for its ``ready`` line; a program
+        that cannot start ends the terminal (``|| exit``), which is then reported. The terminal is closed
+        if it does not start."""
+        started = cls(terminal, program)
+        try:
+            terminal.type_text(f"exec {command_line} || exit 97\r")
+            deadline = time.monotonic() + timeout
+            while not started._next_line(deadline).rstrip().endswith(f'"{ready}"}}'):
+                pass
+        except BaseException:
+            terminal.close()
+            raise
+        started._seen.clear()
+        return started
+
+    def _next_line(self, deadline: float) -> str:
+        while "\n" not in self._pending:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                raise CommandTimeoutError(f"`{self._program}` did not answer in time in a Jupyter terminal",
+                                          step="jupyter")
+            piece = self._terminal.read_output(remaining)
+            if piece is None:
+                tail = normalise_newlines("".join(self._seen) + self._pending).strip()[-300:]
+                raise RemoteCommandError(f"`{self._program}` in a Jupyter terminal ended without answering"
+                                         + (f": {tail}" if tail else ""), step="jupyter")
+            self._pending += piece
+        line, self._pending = self._pending.split("\n", 1)
+        self._seen = [*self._seen, line + "\n"][-5:]
+        return line.rstrip("\r")
+
+    def exchange(self, line: str, timeout: float) -> str:
+        deadline = time.monotonic() + timeout
+        self._terminal.type_text(line + "\n")
+        while True:
+            answer = self._next_line(deadline)
+            if answer.lstrip().startswith("{"):
+                return answer
+
+    def alive(self) -> bool:
+        return self._terminal.connected
+
+    def close(self) -> None:
+        self._terminal.close()

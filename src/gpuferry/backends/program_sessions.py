@@ -6,6 +6,10 @@ import threading
 from collections.abc import Callable, Sequence
 from typing import Protocol
 
+#: the line a kept-running program prints once it reads requests on a terminal (where typing earlier could
+#: be cut short by the terminal's line editing); the transfer agent's ``SERVING`` says the same
+TERMINAL_READY = "gpuferry-agent-serving"
+
 
 class ProgramSession(Protocol):
     """One far-side program started once and asked many times."""
@@ -65,7 +69,10 @@ class ProgramSessions:
             session.close()  # its connection dropped since: start afresh rather than fail a try on it
 
     def close(self) -> None:
-        """Forget every idle session (closing the connection ends their programs)."""
+        """Close every idle session; one in use is closed when its call returns."""
         with self._lock:
             self._closed = True
+            idle = [session for sessions in self._idle.values() for session in sessions]
             self._idle.clear()
+        for session in idle:
+            session.close()

@@ -371,17 +371,9 @@ class SshBackend(HelperOperations):
 
     def _start_program_session(self, argv: Sequence[str]) -> SshProgramSession:
         async def start() -> SshProgramSession:
-            connection = await self._live()
-            try:
-                process = await connection.create_process(shell_line(argv, replace_shell=True),
-                                                          stderr=asyncssh.STDOUT, encoding="utf-8")
-            except LOST as error:
-                if link_gone(connection, error):
-                    self._drop(connection)
-                raise ConnectionLostError(
-                    f"connection to {self.where} lost while starting `{argv[0]}`: {error}", step=self.kind
-                ) from None
-            return SshProgramSession(self, connection, process, argv[0])
+            process = await self._start_process(shell_line(argv, replace_shell=True), argv[0], talk=True)
+            assert self._connection is not None
+            return SshProgramSession(self, self._connection, process, argv[0])
 
         return self._loop.call(start())
 
@@ -391,11 +383,15 @@ class SshBackend(HelperOperations):
             self._connection, self._sftp = None, None
         connection.abort()
 
-    async def _start_process(self, line: str, program: str) -> asyncssh.SSHClientProcess:
-        """The started process; a connection that dropped while idle is replaced once (nothing ran yet)."""
+    async def _start_process(self, line: str, program: str, talk: bool = False) -> asyncssh.SSHClientProcess:
+        """The started process; a connection that dropped while idle is replaced once (nothing ran yet).
+
+        ``talk``: its stdin is ours to write to, and its output is text (a kept-running program)."""
         for attempt in range(2):
             connection = await self._live()
             try:
+                if talk:
+                    return await connection.create_process(line, stderr=asyncssh.STDOUT, encoding="utf-8")
                 return await connection.create_process(line, stdin=asyncssh.DEVNULL, stderr=asyncssh.STDOUT,
                                                        encoding=None)
             except LOST as error:

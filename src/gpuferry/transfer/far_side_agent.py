@@ -15,10 +15,36 @@ import sys
 
 BLOCK = 1 << 20
 
-#: in an agent kept running (``serve``): per partial file, the sha256 of the chunks committed in order from
-#: its start, as [bytes covered, hash], so ``finish`` need not read the whole file again (a one-step agent,
-#: or chunks committed out of order, leave it to ``finish``)
+#: in an agent kept running (``serve``): per partial file of an upload it surveyed fresh, the sha256 of the
+#: file read back from its start as far as its chunks are committed without a gap, as [bytes covered, hash,
+#: {offset: length} of chunks committed beyond], so ``finish`` need not read the whole file again (a one-step
+#: agent, a resumed upload or a chunk rewritten behind the covered bytes leave it to ``finish``)
 RUNNING = {}  # type: dict[str, list]
+
+
+def follow_commits(part, offset, length):
+    """Extend the partial file's running hash with a chunk just committed (and any that waited for it)."""
+    running = RUNNING.get(part)
+    if running is None:
+        return
+    if offset < running[0]:
+        del RUNNING[part]  # rewritten behind what was hashed: finish reads the file again
+        return
+    running[2][offset] = length
+    if running[0] not in running[2]:
+        return
+    with open(part, "rb") as handle:
+        while running[0] in running[2]:
+            remaining = running[2].pop(running[0])
+            handle.seek(running[0])
+            while remaining > 0:
+                block = handle.read(min(BLOCK, remaining))
+                if not block:
+                    del RUNNING[part]
+                    return
+                running[1].update(block)
+                running[0] += len(block)
+                remaining -= len(block)
 
 
 def read_manifest(path):
@@ -70,12 +96,13 @@ def op_survey(args):
             # folder, and an upload that is skipped must leave nothing behind
             return result
     header, verified = read_manifest(manifest)
-    RUNNING.pop(part, None)  # a new upload or a resumed one: what this agent saw before is not relied on
+    RUNNING.pop(part, None)  # a resumed upload: what this agent saw before is not relied on
     if header == args["header"] and os.path.isfile(part):
         result["verified"] = {str(index): digest for index, digest in verified.items()}
     else:
         with open(part, "wb"):
             pass
+        RUNNING[part] = [0, hashlib.sha256(), {}]
         write_text_atomically(manifest, json.dumps(args["header"], sort_keys=True) + "\n")
         shutil.rmtree(chunk_dir, ignore_errors=True)  # staged for another source: never to be continued
     os.makedirs(chunk_dir, exist_ok=True)
@@ -104,21 +131,10 @@ def commit_one(part, entry):
     if size != entry["length"] or digest != entry["sha256"]:
         os.remove(stage)
         return "staged chunk has %d bytes, sha256 %s" % (size, digest[:12])
-    running = RUNNING.pop(part, None)
-    if entry["offset"] == 0:
-        running = [0, hashlib.sha256()]
-    follows = running is not None and running[0] == entry["offset"]
     with open(part, "r+b") as target, open(stage, "rb") as source:
         target.seek(entry["offset"])
-        while True:
-            block = source.read(BLOCK)
-            if not block:
-                break
-            target.write(block)
-            if follows:
-                running[1].update(block)  # the bytes as written into the partial file
-    if follows:
-        RUNNING[part] = [entry["offset"] + size, running[1]]
+        shutil.copyfileobj(source, target, BLOCK)
+    follow_commits(part, entry["offset"], size)
     return None
 
 
@@ -280,10 +296,27 @@ def answer(operation, arguments):
         return {"ok": False, "message": "%s: %s" % (error.strerror or error, error.filename)}
 
 
+#: what a kept-running agent on a terminal says once it reads requests (backends/program_sessions.py's
+#: TERMINAL_READY: this file runs alone on the far side, so it cannot import it)
+SERVING = "gpuferry-agent-serving"
+
+
 def serve():
     """Answer requests until stdin closes: one JSON line in (``{"op": ..., "args": ...}``), one reply line
     out. One process then serves a whole transfer's steps, instead of one process start per step (over ssh
-    each start is a channel, a login shell and a Python: 0.3 s). ``read`` is not served (it prints data)."""
+    each start is a channel, a login shell and a Python: 0.3 s). ``read`` is not served (it prints data).
+
+    On a terminal (a Jupyter terminal's pty) it first stops the terminal from echoing and from holding input
+    in lines of at most 4 KiB, then says it is ready: requests typed before that could be cut."""
+    if os.isatty(0):
+        import termios
+
+        attributes = termios.tcgetattr(0)
+        attributes[3] &= ~(termios.ICANON | termios.ECHO)
+        attributes[6][termios.VMIN], attributes[6][termios.VTIME] = 1, 0
+        termios.tcsetattr(0, termios.TCSANOW, attributes)
+        sys.stdout.write("\n" + json.dumps({"ok": True, "result": SERVING}) + "\n")
+        sys.stdout.flush()
     for line in sys.stdin:
         if not line.strip():
             continue
