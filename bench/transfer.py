@@ -34,7 +34,7 @@ sys.path.insert(0, str(ROOT / "src"))
 
 from servers.fixtures import write_cgpu_login  # noqa: E402
 from servers.jupyter import running_jupyter  # noqa: E402
-from servers.proxy import running_proxy_process  # noqa: E402
+from servers.proxy import running_proxy, running_proxy_process  # noqa: E402
 from servers.sshd import running_sshd  # noqa: E402
 
 from gpuferry.backends.cgpu import CgpuBackend  # noqa: E402
@@ -246,6 +246,8 @@ def main() -> None:
     parser.add_argument("--rate-mb", type=float, default=32.0)
     parser.add_argument("--real-cgpu", action="store_true", help="only cgpu: the real client on PATH, vs raw cgpu")
     parser.add_argument("--cgpu-only", action="store_true", help="only cgpu vs raw cgpu, on the stand-in")
+    parser.add_argument("--proxy-in-process", action="store_true",
+                        help="the link proxies in this process, as before 2026-11-30 (to compare with older records)")
     args = parser.parse_args()
     if args.real_cgpu:
         real_cgpu_main(args.size_mb)
@@ -254,6 +256,7 @@ def main() -> None:
         fake_cgpu_main(args.size_mb, args.rate_mb * MB)
         return
     rate = args.rate_mb * MB
+    link_proxy = running_proxy if args.proxy_in_process else running_proxy_process
     work = Path(tempfile.mkdtemp(prefix="gpuferry-bench-"))
     try:
         source = work / "source.bin"
@@ -269,8 +272,8 @@ def main() -> None:
         results: dict[str, dict[str, float]] = {}
         resent_chunks: dict[str, float] = {}
         with running_sshd(work / "sshd") as sshd, running_jupyter(work / "jupyter") as jupyter, \
-                running_proxy_process(sshd.port, rate) as ssh_proxy, \
-                running_proxy_process(int(jupyter.url.rsplit(":", 1)[1]), rate) as jupyter_proxy:
+                link_proxy(sshd.port, rate) as ssh_proxy, \
+                link_proxy(int(jupyter.url.rsplit(":", 1)[1]), rate) as jupyter_proxy:
             jupyter_remote = jupyter.root_dir / "gpuferry" / "bench"
             jupyter_remote.mkdir(parents=True)
             key_type, key = sshd.host_public_key.read_text().split()[:2]

@@ -273,7 +273,7 @@ class JupyterBackend(FramedCommands):
 
     # --- uploads --------------------------------------------------------------------------------
 
-    def _put_chunk(self, api_path: str, data: bytes, chunk: int | None, expected_size: int) -> None:
+    def _put_chunk(self, api_path: str, data: bytes | memoryview, chunk: int | None, expected_size: int) -> None:
         model: dict[str, Any] = {
             "type": "file",
             "format": "base64",
@@ -305,7 +305,8 @@ class JupyterBackend(FramedCommands):
         marks the last; the server checks no order, which is why every reply's size is checked.
         """
         step = self.settings.upload_chunk_size
-        pieces = [data[start:start + step] for start in range(0, len(data), step)]
+        view = memoryview(data)  # pieces are views of the chunk: no second copy of each chunk in flight
+        pieces = [view[start:start + step] for start in range(0, len(data), step)]
         if offset == 0 and len(pieces) <= 1:
             self._put_chunk(api_path, data, None, len(data))
             return
