@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import hashlib
+import json
 import shlex
 import threading
 import uuid
@@ -274,15 +275,16 @@ class JupyterBackend(FramedCommands):
     # --- uploads --------------------------------------------------------------------------------
 
     def _put_chunk(self, api_path: str, data: bytes | memoryview, chunk: int | None, expected_size: int) -> None:
-        model: dict[str, Any] = {
-            "type": "file",
-            "format": "base64",
-            "content": base64.b64encode(data).decode("ascii"),
-        }
+        # the JSON body built as bytes around the base64 (which needs no escaping): ``json=`` scanned each
+        # piece for characters to escape and copied it twice more, all while holding the interpreter lock
+        # that the other chunks' threads wait for
+        fields: dict[str, Any] = {"type": "file", "format": "base64"}
         if chunk is not None:
-            model["chunk"] = chunk
+            fields["chunk"] = chunk
+        body = b"".join((json.dumps(fields)[:-1].encode("ascii"), b', "content": "', base64.b64encode(data), b'"}'))
         response = self._http.request(
-            "PUT", f"api/contents/{quote(api_path)}", what="upload", remote_path=api_path, json=model
+            "PUT", f"api/contents/{quote(api_path)}", what="upload", remote_path=api_path, content=body,
+            headers={"Content-Type": "application/json"},
         )
         size = response.json().get("size")
         if size != expected_size:
