@@ -5,6 +5,8 @@ from __future__ import annotations
 import functools
 import hashlib
 import os
+import threading
+from concurrent.futures import Future
 from pathlib import Path
 from typing import Any
 
@@ -71,6 +73,9 @@ def upload(
             touched_bytes=info.st_size, path=names.dest,
         )
 
+    # the first chunk is read and hashed while the survey's far call runs (it is needed unless the far
+    # side has it already, and a resumed upload's survey is as long as a fresh one's)
+    first = read_first_chunk(local_path, plan.chunk(0)) if plan.count else None
     found = survey(options.skip_identical)
     if found["dest_sha256"] is not None:
         local_sha = sha256_of_file(local_path)
@@ -85,7 +90,7 @@ def upload(
     try:
         staged = {int(index): int(size) for index, size in (found.get("staged") or {}).items()}
         verified.update(sender.adopt_staged(local_path, plan, staged, verified))
-        chunk_sha, whole_sha = sender.send_missing(local_path, plan, verified)
+        chunk_sha, whole_sha = sender.send_missing(local_path, plan, verified, first)
         repair_until_whole(session, sender, local_path, plan, chunk_sha, whole_sha)
     except BaseException as error:
         if isinstance(error, StallError):
@@ -207,8 +212,10 @@ class ChunkSender:
         return {int(entry["index"]): str(entry["sha256"]) for entry in batch
                 if str(entry["index"]) not in reply["failed"]}
 
-    def send_missing(self, local_path: Path, plan: ChunkPlan, verified: dict[int, str]) -> tuple[list[str], str]:
-        """Read the file once in order (hashing every chunk and the whole), sending what is not verified."""
+    def send_missing(self, local_path: Path, plan: ChunkPlan, verified: dict[int, str],
+                     first: Future[tuple[bytes, str]] | None = None) -> tuple[list[str], str]:
+        """Read the file once in order (hashing every chunk and the whole), sending what is not verified;
+        ``first``: the first chunk already read and hashed (``read_first_chunk``)."""
         whole = hashlib.sha256()
         chunk_sha: list[str] = []
         options = self.session.options
@@ -217,11 +224,15 @@ class ChunkSender:
             with open(local_path, "rb") as handle:
                 for chunk in plan:
                     workers.reserve()  # read a chunk only once a slot is free: parallel + read-ahead in memory
-                    data = handle.read(chunk.length)
+                    if chunk.index == 0 and first is not None:
+                        data, digest = first.result()
+                        handle.seek(len(data))
+                    else:
+                        data = handle.read(chunk.length)
+                        digest = hashlib.sha256(data).hexdigest()
                     if len(data) != chunk.length:
                         workers.release()
                         raise BadInputError("the file shrank while it was being uploaded", path=str(local_path))
-                    digest = hashlib.sha256(data).hexdigest()
                     whole.update(data)
                     chunk_sha.append(digest)
                     if verified.get(chunk.index) == digest:
@@ -238,6 +249,23 @@ class ChunkSender:
             raise
         workers.wait()
         return chunk_sha, whole.hexdigest()
+
+
+def read_first_chunk(local_path: Path, chunk: Chunk) -> Future[tuple[bytes, str]]:
+    """The first chunk's bytes and sha256, read on a thread of its own (hashing releases the interpreter
+    lock, so it runs beside the far call that waits on the link)."""
+    future: Future[tuple[bytes, str]] = Future()
+
+    def read() -> None:
+        try:
+            with open(local_path, "rb") as handle:
+                data = handle.read(chunk.length)
+            future.set_result((data, hashlib.sha256(data).hexdigest()))
+        except BaseException as error:  # noqa: BLE001 - handed to the reader of the future
+            future.set_exception(error)
+
+    threading.Thread(target=read, name="gpuferry-first-chunk", daemon=True).start()
+    return future
 
 
 def resend(session: TransferSession, sender: ChunkSender, local_path: Path, plan: ChunkPlan,
