@@ -149,3 +149,16 @@ def test_a_chunk_another_commit_got_to_first_is_done_not_sent_again(tmp_path: Pa
     assert "2" in far.op_commit({"part": names["part"], "manifest": names["manifest"], "chunks": [other]})["failed"]
     done = far.op_finish({**names, "size": len(content), "sha256": hashlib.sha256(content).hexdigest(), "chunks": []})
     assert done["done"] and Path(names["dest"]).read_bytes() == content
+
+
+def test_a_finish_whose_reply_was_lost_is_done_when_asked_again(tmp_path: Path) -> None:
+    """The link drops after the far side renamed the file into place: the retried finish must not fail on
+    the partial file it already renamed (before: "No such file", and the upload failed at its very end)."""
+    far = agent()
+    names, entries, content = staged_upload(tmp_path, 2)
+    survey(far, names, len(content))
+    finish = {**names, "size": len(content), "sha256": hashlib.sha256(content).hexdigest(), "chunks": stage(entries)}
+    assert far.op_finish(finish)["done"]
+    again = far.op_finish(finish)  # the same request, retried
+    assert again["done"] and again["sha256"] == finish["sha256"]
+    assert Path(names["dest"]).read_bytes() == content

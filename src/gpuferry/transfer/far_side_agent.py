@@ -168,8 +168,15 @@ def op_commit(args):
 
 
 def op_finish(args):
-    """Whole-file sha256 of the partial file; when it is the expected one, rename it into place."""
+    """Whole-file sha256 of the partial file; when it is the expected one, rename it into place.
+
+    Idempotent: a finish whose reply was lost (the link dropped after the rename) finds no partial file
+    and the destination in place, and checks that instead of failing on the missing file."""
     part, dest = args["part"], args["dest"]
+    if not os.path.exists(part) and os.path.isfile(dest) and os.path.getsize(dest) == args["size"]:
+        digest = hash_file(dest)
+        if digest == args["sha256"]:
+            return {"done": True, "sha256": digest, "size": args["size"]}
     if args.get("chunks"):
         failed = op_commit(args)["failed"]
         if failed:
