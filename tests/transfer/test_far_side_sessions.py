@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import hashlib
 import random
+import threading
 import time
 from pathlib import Path
 
@@ -13,7 +14,7 @@ import pytest
 from gpuferry.backends.base import Backend
 from gpuferry.backends.jupyter import JupyterBackend
 from gpuferry.backends.ssh import SshBackend
-from gpuferry.errors import RemoteFileError
+from gpuferry.errors import ConnectionLostError, RemoteFileError
 from gpuferry.failure_policy import retried_in_transfer
 from gpuferry.transfer import TransferOptions, download, upload
 from gpuferry.transfer.far_side import FarSide
@@ -110,5 +111,40 @@ def test_an_agent_that_cannot_start_is_a_clear_error_not_a_retry(kind: str, requ
         with pytest.raises(RemoteFileError) as caught:
             FarSide(backend).call("survey", {}, timeout=30, path="/some/dest")
     message = str(caught.value)
-    assert "survey" in message and "ended without answering" in message and "/nowhere/python3" in message
+    assert "survey" in message and "without answering" in message and "/nowhere/python3" in message
     assert not retried_in_transfer(caught.value)
+
+
+def test_a_link_cut_while_the_agent_works_is_a_lost_connection_not_a_failed_step(sshd_server, ssh_proxy_session,
+                                                                                tmp_path: Path) -> None:
+    """The kept agent's output ends when the link drops mid-step, as it does when the program itself ends:
+    only the second is a failed step. The first must stay a lost connection, which a transfer retries."""
+    proxy = ssh_proxy_session
+    proxy.reset()
+    known = known_hosts_for(sshd_server, proxy.port, tmp_path)
+    big = tmp_path / "big.bin"
+    with open(big, "wb") as handle:
+        handle.truncate(4 << 30)  # sparse: hashing it keeps the agent busy for seconds, with no disk
+    outcome: list[BaseException | object] = []
+    try:
+        with SshBackend(**sshd_server.backend_options(port=proxy.port, known_hosts=str(known),
+                                                      workdir=str(tmp_path))) as backend:
+            far = FarSide(backend)
+            far.call("hash_chunks", {"path": str(known), "chunk_size": 4096},
+                     timeout=30)  # the agent is running now
+
+            def step() -> None:
+                try:
+                    outcome.append(far.call("hash_chunks", {"path": str(big), "chunk_size": 1 << 30}, timeout=60))
+                except BaseException as error:  # noqa: BLE001 - inspected below
+                    outcome.append(error)
+
+            worker = threading.Thread(target=step)
+            worker.start()
+            time.sleep(0.5)
+            proxy.cut()
+            worker.join(60)
+    finally:
+        proxy.reset()
+    assert len(outcome) == 1 and isinstance(outcome[0], ConnectionLostError), outcome
+    assert retried_in_transfer(outcome[0])

@@ -30,32 +30,36 @@ class ProgramSession(Protocol):
 class ProgramSessions:
     """Idle sessions per program: a call takes one (or starts one) and gives it back once it has answered.
 
-    A session that failed is closed, never reused, so a retry starts afresh; concurrent calls each get a
-    session of their own, so a slow step never queues another behind it.
+    A session that failed is closed, never reused, so a retry starts afresh. Up to ``limit`` calls run at
+    once, each in a session of its own; more wait for one to answer. Each session holds a channel (ssh) or
+    a terminal (Jupyter) for as long as the backend is open, and sshd allows ten channels per connection
+    by default (MaxSessions): the worker's follower, the file channel and single commands need theirs.
     """
 
-    def __init__(self, start: Callable[[Sequence[str]], ProgramSession]) -> None:
+    def __init__(self, start: Callable[[Sequence[str]], ProgramSession], limit: int = 3) -> None:
         self._start = start
         self._idle: dict[tuple[str, ...], list[ProgramSession]] = {}
         self._lock = threading.Lock()
+        self._slots = threading.BoundedSemaphore(limit)
         self._closed = False
 
     def exchange(self, argv: Sequence[str], line: str, timeout: float) -> str:
         key = tuple(argv)
-        session = self._take(key)
-        if session is None:
-            session = self._start(argv)
-        try:
-            reply = session.exchange(line, timeout)
-        except BaseException:
+        with self._slots:
+            session = self._take(key)
+            if session is None:
+                session = self._start(argv)
+            try:
+                reply = session.exchange(line, timeout)
+            except BaseException:
+                session.close()
+                raise
+            with self._lock:
+                if not self._closed:
+                    self._idle.setdefault(key, []).append(session)
+                    return reply
             session.close()
-            raise
-        with self._lock:
-            if not self._closed:
-                self._idle.setdefault(key, []).append(session)
-                return reply
-        session.close()
-        return reply
+            return reply
 
     def _take(self, key: tuple[str, ...]) -> ProgramSession | None:
         while True:

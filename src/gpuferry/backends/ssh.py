@@ -519,6 +519,10 @@ class SshBackend(HelperOperations):
         self._with_sftp("rename", source, work)
 
 
+#: how long an ended kept-running program's exit status may take to arrive after its output ended
+EXIT_STATUS_WAIT = 5.0
+
+
 class SshProgramSession:
     """A far-side program on its own channel of the backend's connection: a request line on its stdin, a
     reply line (a JSON object) from its stdout; other output lines (a warning) are skipped."""
@@ -546,13 +550,14 @@ class SshProgramSession:
             while True:
                 answer = await self._process.stdout.readline()
                 if not answer:
-                    tail = "".join(skipped)[-300:].strip()
-                    if self._connection.is_closed():
+                    status = await self._exit_status()
+                    if status is None:  # no exit status: the channel went with the link, not the program
                         raise ConnectionLostError(f"connection to {where} lost while `{self._program}` ran",
                                                   step=kind)
                     # the program itself ended (not found, crashed): like a command that exited non-zero
-                    raise RemoteCommandError(f"`{self._program}` on {where} ended without answering"
-                                             + (f": {tail}" if tail else ""), step=kind)
+                    tail = "".join(skipped)[-300:].strip()
+                    raise RemoteCommandError(f"`{self._program}` on {where} ended (exit {status}) without "
+                                             "answering" + (f": {tail}" if tail else ""), step=kind)
                 if answer.lstrip().startswith("{"):
                     return answer
                 skipped.append(answer)
@@ -567,6 +572,16 @@ class SshProgramSession:
             # dropping a connection that other calls (sftp writes) share
             raise ConnectionLostError(f"connection to {where} lost while `{self._program}` ran: {error}",
                                       step=kind) from None
+
+    async def _exit_status(self) -> int | None:
+        """The ended program's exit status; None when the channel closed without one (the link dropped)."""
+        if self._connection.is_closed():
+            return None
+        try:
+            completed = await asyncio.wait_for(self._process.wait(), EXIT_STATUS_WAIT)
+        except (TimeoutError, *LOST, asyncssh.Error):
+            return None
+        return completed.exit_status
 
     def close(self) -> None:
         async def shut() -> None:

@@ -145,6 +145,8 @@ class RemoteJobRunner:
         self._retried: dict[str, int] = {}
         #: failures since the job last moved on: the retry budget and the backoff count from here
         self._failures = 0
+        #: the pid of a worker found gone (no exit status) when reattaching, until that is reported
+        self._vanished: int | None = None
         self._moved_at: tuple[int, int] = (-1, -1)
         self._code_path: str | None = None
         self._caps: Capabilities | None = None
@@ -261,6 +263,8 @@ class RemoteJobRunner:
         paths = self._paths(backend)
         pid = self._running_worker(backend, paths)
         reattached = pid is not None
+        if pid is None and self._vanished is not None:
+            self._report_vanished_worker()
         if pid is None:
             if not self._still_set_up(backend, paths):
                 self._setup(backend, paths)
@@ -383,7 +387,20 @@ class RemoteJobRunner:
         if backend.stat(pid_path) is None or backend.stat(paths.in_job(EXIT_FILE)) is not None:
             return None
         pid = parse_pid_file(backend.read_bytes(pid_path).decode("ascii", "replace"))
-        return pid if pid is not None and backend.is_alive(pid) else None
+        if pid is not None and backend.is_alive(pid):
+            return pid
+        self._vanished = pid  # it wrote no exit file: killed, or its machine went (see _attempt)
+        return None
+
+    def _report_vanished_worker(self) -> None:
+        """Say that the worker found gone on reattaching is relaunched: the failure that brought us here (a
+        lost connection, a client restart) is another one, and the kill must not go unsaid."""
+        message = f"[worker] the worker (pid {self._vanished}) is gone: it ended without an exit status"
+        self._vanished = None
+        self.store.event(self.job.id, "recovery", error="worker_ended", action="relaunch", message=message,
+                         count=self.recoveries)
+        self.emit(make_event("recovery", job=self.job.id, kind="worker_ended", action="relaunch", message=message,
+                             attempt=self.recoveries, budget=self.options.max_recoveries))
 
     def _remote_input(self) -> str:
         return "input" + Path(self.job.input).suffix.lower()
