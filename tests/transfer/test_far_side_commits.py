@@ -10,6 +10,8 @@ from pathlib import Path
 
 from gpuferry.transfer.far_side import AGENT_PATH
 
+from .test_faults import flip_byte
+
 CHUNK = 4096
 
 
@@ -77,14 +79,6 @@ def survey(far, names: dict, size: int) -> None:  # type: ignore[no-untyped-def]
     far.op_survey({**names, "size": size, "hash_dest": False, "header": {"kind": "gpuferry-upload", "size": size}})
 
 
-def flip_byte(path: str, offset: int) -> None:
-    with open(path, "r+b") as handle:
-        handle.seek(offset)
-        value = handle.read(1)
-        handle.seek(offset)
-        handle.write(bytes([value[0] ^ 0xFF]))
-
-
 def test_a_kept_running_agent_finishes_from_its_commits_and_the_file_is_the_source(tmp_path: Path) -> None:
     far = agent()  # one module, as one agent kept running serves a whole upload
     names, entries, content = staged_upload(tmp_path, 4)
@@ -102,7 +96,7 @@ def test_chunks_committed_out_of_order_are_hashed_as_the_partial_file_holds_them
     names, entries, content = staged_upload(tmp_path, 4)
     survey(far, names, len(content))
     far.op_commit({"part": names["part"], "manifest": names["manifest"], "chunks": stage([entries[1]])})
-    flip_byte(names["part"], CHUNK + 1)  # damaged while it waited for chunk 0
+    flip_byte(Path(names["part"]), CHUNK + 1)  # damaged while it waited for chunk 0
     far.op_commit({"part": names["part"], "manifest": names["manifest"], "chunks": stage([entries[0]])})
     reply = far.op_finish({**names, "size": len(content), "sha256": hashlib.sha256(content).hexdigest(),
                            "chunks": stage(entries[2:])})
@@ -124,7 +118,7 @@ def test_a_resumed_upload_never_relies_on_what_the_agent_saw_before(tmp_path: Pa
     names, entries, content = staged_upload(tmp_path, 4)
     survey(far, names, len(content))
     far.op_commit({"part": names["part"], "manifest": names["manifest"], "chunks": stage(entries[:2])})
-    flip_byte(names["part"], 10)  # the interrupted upload's partial file was damaged meanwhile
+    flip_byte(Path(names["part"]), 10)  # the interrupted upload's partial file was damaged meanwhile
     survey(far, names, len(content))  # the resume: chunks 0 and 1 are recorded, the rest follows
     far.op_commit({"part": names["part"], "manifest": names["manifest"], "chunks": stage(entries[2:3])})
     reply = far.op_finish({**names, "size": len(content), "sha256": hashlib.sha256(content).hexdigest(),
