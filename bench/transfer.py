@@ -37,6 +37,7 @@ from servers.jupyter import running_jupyter  # noqa: E402
 from servers.proxy import running_proxy, running_proxy_process  # noqa: E402
 from servers.sshd import running_sshd  # noqa: E402
 
+from gpuferry.backends.base import Backend  # noqa: E402
 from gpuferry.backends.cgpu import CgpuBackend  # noqa: E402
 from gpuferry.backends.jupyter import JupyterBackend  # noqa: E402
 from gpuferry.backends.registry import features_of  # noqa: E402
@@ -194,10 +195,11 @@ def fake_cgpu_main(size_mb: int, rate: float) -> None:
 def resent_after_drop(link: Link, source: Path) -> tuple[int, float, int]:
     """Upload, drop the link at 90%, resume with a fresh backend: (bytes re-sent, chunks re-sent, chunk size).
 
-    Behind the proxy (ssh, jupyter) the re-sent bytes are measured on the wire: what the interrupted and
-    the resumed upload put on the link together, less what a clean upload of the same file did, in
-    payload bytes (base64 counted back). For cgpu, whose copies land whole or not at all, they are the
-    transfer reports' count, where a cut copy counts in full.
+    ssh: measured on the wire, what the interrupted and the resumed upload put on the link together, less
+    what a clean upload of the same file did. Jupyter: the file bytes both uploads handed to the link (its
+    uploads go raw through a kernel or as base64 PUTs while that kernel starts, so wire bytes say nothing
+    of payload), less the file's size. cgpu, whose copies land whole or not at all: the transfer reports'
+    count, where a cut copy counts in full.
     """
     remote_dir = link.remote_dir
     wire_before = link.wire_up()
@@ -205,6 +207,7 @@ def resent_after_drop(link: Link, source: Path) -> tuple[int, float, int]:
     fired: list[int] = []
     options = TransferOptions(backoff_initial=0.1).for_backend(features_of(link.kind))
     chunk = options.chunk_size or 1
+    handed: list[int] = []  # jupyter: file bytes each backend handed to the link
 
     def hook(progress: TransferProgress) -> None:
         # cgpu: each copy is its own connection, so drop the next one once it is the copy that crosses 90%
@@ -212,27 +215,34 @@ def resent_after_drop(link: Link, source: Path) -> tuple[int, float, int]:
             fired.append(progress.done_bytes)
             link.drop(chunk // 2)
 
+    def close(backend: Backend) -> None:
+        if isinstance(backend, JupyterBackend):
+            handed.append(sum(backend.payload_sent.values()))
+        backend.close()
+
     moved = 0
     backend = link.open()
     if link.kind != "cgpu":
-        # the proxy counts bytes on the wire: cut when 90% of the payload (base64: 4/3 of it) has passed
-        link.drop(int(0.9 * size * (4 / 3 if link.kind == "jupyter" else 1)))
+        # the proxy counts bytes on the wire: cut when 90% of the payload has passed, at the clean upload's
+        # ratio of wire to payload bytes
+        link.drop(int(0.9 * link.clean_upload_wire))
     try:
         report = upload(backend, source, "drop.bin", options=options, on_progress=hook)
         moved += report.bytes_sent
     except GpuferryError as error:
         moved += error.transfer_report.bytes_sent  # type: ignore[attr-defined]
-        backend.close()
+        close(backend)
         link.heal()
         backend = link.open()
         moved += upload(backend, source, "drop.bin", options=options).bytes_sent
     finally:
-        backend.close()
+        close(backend)
         link.heal()
     (remote_dir / "drop.bin").unlink()
-    if link.proxy is not None:
-        encoding = 4 / 3 if link.kind == "jupyter" else 1.0
-        resent = max(0, round((link.wire_up() - wire_before - link.clean_upload_wire) / encoding))
+    if link.kind == "jupyter":
+        resent = max(0, sum(handed) - size)
+    elif link.proxy is not None:
+        resent = max(0, link.wire_up() - wire_before - link.clean_upload_wire)
     else:
         resent = moved - size
     return resent, resent / chunk, chunk

@@ -93,3 +93,21 @@ def test_the_capability_probe_imports_torch_only_where_a_gpu_device_exists(tmp_p
     assert ("torch" in imported) == gpu_node
     if not gpu_node:
         assert not caps.cuda
+
+
+def test_doctor_says_how_large_files_reach_a_jupyter_target(cli, env, jupyter_server, tmp_path):
+    from servers.jupyter import running_jupyter
+
+    with running_jupyter(tmp_path / "bare", kernels=False) as bare:
+        targets = {}
+        for name, server in (("lab", jupyter_server), ("bare", bare)):
+            (tmp_path / f"{name}.token").write_text(server.token())
+            targets[name] = {"kind": "jupyter", "url": server.url, "token_file": str(tmp_path / f"{name}.token")}
+        write_config(Path(env["GPUFERRY_CONFIG"]), targets)
+        routes = {}
+        for name in targets:
+            completed = cli("doctor", "--target", name, "--json")
+            routes[name] = {check["name"]: check for check in json.loads(completed.stdout)}["upload route"]
+    assert routes["lab"]["status"] == "pass" and "raw bytes through a python3 kernel" in routes["lab"]["detail"]
+    assert routes["bare"]["status"] == "warn" and "base64" in routes["bare"]["detail"]
+    assert routes["bare"]["fix"] == "install one where the server runs: python -m pip install ipykernel"

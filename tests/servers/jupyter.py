@@ -28,8 +28,9 @@ class JupyterServer:
 
 
 @contextmanager
-def running_jupyter(directory: Path) -> Iterator[JupyterServer]:
-    """A jupyter_server with terminals enabled until the block ends."""
+def running_jupyter(directory: Path, kernels: bool = True) -> Iterator[JupyterServer]:
+    """A jupyter_server with terminals enabled until the block ends; ``kernels=False`` offers none (a
+    server with no kernel installed)."""
     root = directory / "root"
     runtime = directory / "runtime"
     for path in (root, runtime):
@@ -53,6 +54,7 @@ def running_jupyter(directory: Path) -> Iterator[JupyterServer]:
                 "--ServerApp.ip=127.0.0.1", f"--ServerApp.port={port}", "--ServerApp.port_retries=0",
                 f"--IdentityProvider.token={token}", f"--ServerApp.root_dir={root}",
                 "--ServerApp.open_browser=False", "--allow-root",
+                *([] if kernels else ["--KernelSpecManager.allowed_kernelspecs=no-kernel-at-all"]),
             ],
             env=env, stdin=subprocess.DEVNULL, stdout=log_handle, stderr=subprocess.STDOUT,
         )

@@ -240,6 +240,11 @@ class Backend(ABC):
     def free_disk(self, path: str) -> int:
         """Free bytes on the file system holding ``path``."""
 
+    def upload_route(self) -> tuple[str, str, str] | None:
+        """How large uploads travel to this target, for the doctor: (``pass`` or ``warn``, what it found,
+        how to do better); None where there is only one way."""
+        return None
+
     def installed_script(self, name: str, source: bytes) -> str | None:
         """A far-side path of a file holding ``source``, for backends where typing it with every command
         costs (a terminal's input buffer, a CLI's argument); None means pass the source inline."""

@@ -1,32 +1,42 @@
-"""The jupyter backend: any Jupyter server by URL and token; terminals for commands, contents API for uploads."""
+"""The jupyter backend: any Jupyter server by URL and token; terminals for commands, a kernel (else the
+contents API) for uploads."""
 
 from __future__ import annotations
 
 import base64
 import hashlib
 import json
+import logging
 import shlex
 import threading
 import uuid
-from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager, suppress
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 from urllib.parse import quote
 
-from ..errors import CommandTimeoutError, ConnectionLostError, RemoteFileError, UsageError
+from ..errors import CommandTimeoutError, ConnectionLostError, GpuferryError, RemoteFileError, UsageError
 from .base import CommandResult, FileStat
 from .features import MIB, BackendFeatures, ChunkShape
 from .framed_commands import FramedCommands
 from .helper_call import encode_arguments, helper_source, parse_reply, script_helper_argv
 from .jupyter_http import JupyterHttp
+from .jupyter_kernel import KernelUnavailable, KernelUploads
 from .jupyter_terminal import LineNotSent, TerminalProgram, TerminalSession
 from .markers import Framing, parse_framed
 from .program_sessions import TERMINAL_READY, ProgramSessions
 from .registry import BackendEntry
 from .secrets import Secret, as_secret, redact_url, split_url_secret, url_secrets
 
+logger = logging.getLogger(__name__)
+
+#: A write this large starts the upload kernel (in the background: PUTs carry the writes until it is
+#: ready); smaller files never cost the server a kernel.
+KERNEL_WORTH_BYTES = 4 * MIB
+#: how long closing waits for an upload kernel still starting (it ends itself once up)
+KERNEL_CLOSE_WAIT_S = 5.0
 #: Folder (relative to the server root) holding the far-side programs, content-addressed.
 SCRIPTS_API_DIR = "gpuferry/bin"
 #: Encoded helper arguments longer than this travel as a staged file instead of being typed. Every
@@ -57,6 +67,9 @@ class JupyterSettings:
     #: 0.74. Each reply's size is checked, so a cut costs at most the PUTs in flight.
     upload_chunk_size: int = 512 * 1024
     verify_tls: bool = True
+    #: large uploads through a kernel of gpuferry's own on the server (raw bytes, 0.95 of the link against
+    #: the contents API's base64 at 0.70); off, or with no kernel on the server, the contents API
+    kernel_uploads: bool = True
 
 
 def _token_out_of_url(url: str, token: Secret | str | None) -> tuple[str, Secret]:
@@ -77,13 +90,14 @@ def _token_out_of_url(url: str, token: Secret | str | None) -> tuple[str, Secret
 
 
 class JupyterBackend(FramedCommands):
-    """Commands through a pool of terminals (one per concurrent command), uploads through contents PUTs."""
+    """Commands through a pool of terminals (one per concurrent command); large uploads as raw bytes through
+    a kernel of its own (jupyter_kernel), small ones and any on a server without kernels as contents PUTs."""
 
     kind = "jupyter"
-    #: uploads: 512 KiB contents PUTs, six chunks at a time so PUTs are on the wire while the server decodes
-    #: others and while each waits for its reply (raw PUTs through a 32 MB/s link: 0.62 of it with three
-    #: streams, 0.72 with six, the base64 ceiling being 0.75; eight gain nothing more); each PUT is
-    #: size-checked, so a cut chunk is continued (piecewise). Downloads: ranged GETs of
+    #: uploads: 512 KiB pieces, six chunks at a time, through the upload kernel (0.95 of a 32 MB/s link) or
+    #: as contents PUTs (so PUTs are on the wire while the server decodes others and while each waits for
+    #: its reply: 0.62 of the link with three streams, 0.72 with six, the base64 ceiling being 0.75); each
+    #: piece is size-checked either way, so a cut chunk is continued (piecewise). Downloads: ranged GETs of
     #: /files/ (else the agent's base64 lines through a terminal). The chunk is only the unit of checking
     #: (the PUT is the unit on the wire): 4 MiB keeps the client near 130-150 MB at peak, 8 MiB took it
     #: past 200 MB (chunks in flight, one read ahead, and the allocator keeping freed buffers). Commits are
@@ -114,6 +128,19 @@ class JupyterBackend(FramedCommands):
         self._scripts: dict[str, str] = {}
         #: server paths whose ranged GET /files/ did not answer 206: read through the terminal instead
         self._unserved: set[str] = set()
+        #: the upload kernel (see jupyter_kernel): None until a large write starts it; ``_kernel_refused``
+        #: says why the server has none to give (then uploads stay on the contents API)
+        self._kernel: KernelUploads | None = None
+        self._kernel_lock = threading.Lock()
+        self._kernel_start: threading.Thread | None = None
+        self._kernel_refused: str | None = None
+        self._closed = False
+        #: (kernel, session) of the last upload kernel that broke: a restart reuses it when it still runs
+        self._kernel_ids: tuple[str | None, str | None] = (None, None)
+        #: file bytes handed to the link so far, by the way they went ("kernel" raw, "contents" as base64):
+        #: what a cut costs is measured in these, whatever the encoding on the wire
+        self.payload_sent = {"kernel": 0, "contents": 0}
+        self._payload_lock = threading.Lock()
         if settings.root_dir is None or settings.workdir is None:
             reply = self._run_argv([self.python, "-c", ROOT_PROBE], self.operation_timeout)
             info = parse_reply(reply.output, "find the server root", None, self.kind)
@@ -131,6 +158,7 @@ class JupyterBackend(FramedCommands):
 
     def close(self) -> None:
         self._programs.close()
+        self._close_kernel()
         with self._terminals_lock:
             terminals = self._idle_terminals + list(self._busy_terminals)
             self._idle_terminals, self._busy_terminals = [], set()
@@ -274,10 +302,93 @@ class JupyterBackend(FramedCommands):
 
     # --- uploads --------------------------------------------------------------------------------
 
+    def _upload_kernel(self, size: int) -> KernelUploads | None:
+        """The upload kernel when it is ready; else None (the caller PUTs), after starting one in the
+        background when this write is worth it and the server has not refused."""
+        with self._kernel_lock:
+            kernel = self._kernel
+            if kernel is not None and kernel.broken is None:
+                return kernel
+            if (not self.settings.kernel_uploads or self._kernel_refused is not None or self._kernel_start is not None
+                    or self._closed
+                    or (kernel is None and self._kernel_ids == (None, None) and size < KERNEL_WORTH_BYTES)):
+                return None
+            if kernel is not None:
+                self._kernel_ids = (kernel.kernel_id, kernel.session_id)
+                kernel.close(keep_kernel=True)
+                self._kernel = None
+            self._kernel_start = threading.Thread(target=self._start_kernel, name="gpuferry-kernel-start",
+                                                  daemon=True)
+            self._kernel_start.start()
+        return None
+
+    def upload_route(self) -> tuple[str, str, str]:
+        if not self.settings.kernel_uploads:
+            return ("warn", "kernel uploads are off: files go as base64 through the contents API (about 0.7 "
+                    "of the link)", "drop kernel_uploads=false to send them as raw bytes through a kernel")
+        spec = self._http.request("GET", "api/kernelspecs", what="list the server's kernels").json()
+        name = spec.get("default")
+        if not name or name not in (spec.get("kernelspecs") or {}):
+            return ("warn", "the server has no kernel: files go as base64 through the contents API (about 0.7 "
+                    "of the link)", "install one where the server runs: python -m pip install ipykernel")
+        return ("pass", f"large files go as raw bytes through a {name} kernel of gpuferry's own", "")
+
+    def _count_payload(self, channel: str, size: int) -> None:
+        with self._payload_lock:
+            self.payload_sent[channel] += size
+
+    def _count_kernel_piece(self, size: int) -> None:
+        self._count_payload("kernel", size)
+
+    def _ready_kernel(self) -> KernelUploads | None:
+        kernel = self._kernel
+        return kernel if kernel is not None and kernel.broken is None else None
+
+    def _start_kernel(self) -> None:
+        kernel: KernelUploads | None = None
+        try:
+            kernel = KernelUploads.start(self._http, self.settings.request_timeout, self.settings.upload_chunk_size,
+                                         *self._kernel_ids)
+        except KernelUnavailable as refusal:
+            self._kernel_refused = str(refusal)
+            logger.warning("jupyter: uploads go through the contents API as base64 (about 0.7 of the link): %s",
+                           refusal)
+        except GpuferryError as error:  # the link: the next large write tries again
+            logger.info("jupyter: the upload kernel did not start (%s); uploads go through the contents API", error)
+        except Exception as error:  # noqa: BLE001 - a thread of its own: said, and the uploads go on as PUTs
+            logger.warning("jupyter: the upload kernel did not start (%s: %s); uploads go through the contents API",
+                           type(error).__name__, error)
+        finally:
+            with self._kernel_lock:
+                closed = self._closed
+                if kernel is not None and not closed:
+                    self._kernel, self._kernel_ids = kernel, (None, None)
+                self._kernel_start = None
+            if kernel is not None and closed:  # the backend closed while this started: end it here
+                kernel.close()
+
+    def _close_kernel(self) -> None:
+        with self._kernel_lock:
+            self._closed = True
+            starting = self._kernel_start
+        if starting is not None:
+            starting.join(KERNEL_CLOSE_WAIT_S)  # one still starting after that ends itself when it is up
+        with self._kernel_lock:
+            kernel, self._kernel = self._kernel, None
+            kernel_id, session_id = self._kernel_ids
+            self._kernel_ids = (None, None)
+        if kernel is not None:
+            kernel.close()
+        elif kernel_id is not None:
+            with suppress(GpuferryError):
+                self._http.request("DELETE", f"api/sessions/{session_id}" if session_id else f"api/kernels/{kernel_id}",
+                                   what="end the upload kernel")
+
     def _put_chunk(self, api_path: str, data: bytes | memoryview, chunk: int | None, expected_size: int) -> None:
         # the JSON body built as bytes around the base64 (which needs no escaping): ``json=`` scanned each
         # piece for characters to escape and copied it twice more, all while holding the interpreter lock
         # that the other chunks' threads wait for
+        self._count_payload("contents", len(data))
         fields: dict[str, Any] = {"type": "file", "format": "base64"}
         if chunk is not None:
             fields["chunk"] = chunk
@@ -299,9 +410,11 @@ class JupyterBackend(FramedCommands):
         self._upload_to(api_path, data)
         return f"{(self.settings.root_dir or '').rstrip('/')}/{api_path}"
 
-    def _upload_to(self, api_path: str, data: bytes, offset: int = 0) -> None:
+    def _upload_to(self, api_path: str, data: bytes | memoryview, offset: int = 0,
+                   until: Callable[[], bool] | None = None) -> int:
         """Write ``data`` to ``api_path`` from ``offset`` (the file's current size, or 0 to replace it) with
-        contents PUTs of ``upload_chunk_size``, checking the size each reply reports.
+        contents PUTs of ``upload_chunk_size``, checking the size each reply reports; the bytes written,
+        all of them unless ``until`` turned true between two pieces (the caller goes on another way).
 
         Pieces use the chunked-save protocol: chunk 1 replaces the file, every later number appends, -1
         marks the last; the server checks no order, which is why every reply's size is checked.
@@ -311,14 +424,17 @@ class JupyterBackend(FramedCommands):
         pieces = [view[start:start + step] for start in range(0, len(data), step)]
         if offset == 0 and len(pieces) <= 1:
             self._put_chunk(api_path, data, None, len(data))
-            return
+            return len(data)
         sent = offset
         for index, piece in enumerate(pieces):
+            if index and until is not None and until():
+                break
             sent += len(piece)
             last = index == len(pieces) - 1
             # numbers from 2 append (resuming at ``offset``); 1 starts the file afresh
             number = -1 if last else index + (1 if offset == 0 else 2)
             self._put_chunk(api_path, piece, number, sent)
+        return sent - offset
 
     def _api_path(self, absolute: str) -> str | None:
         """``absolute`` relative to the server root, when the contents API and ``/files/`` serve it as it
@@ -368,11 +484,23 @@ class JupyterBackend(FramedCommands):
 
     def write_bytes(self, path: str, data: bytes, offset: int = 0) -> None:
         absolute = self.resolve(path)
+        kernel = self._upload_kernel(len(data))
+        if kernel is not None:
+            kernel.write(absolute, data, offset, on_piece=self._count_kernel_piece)
+            return
         api_path = self._api_path(absolute)
         if api_path is not None and (offset == 0 or self._api_size(api_path) == offset):
             # no terminal command at all: PUTs replace the file in place (offset 0) or append to it (the
-            # file already ends at ``offset``, as one cut during an earlier write of these bytes does)
-            self._upload_to(api_path, data, offset)
+            # file already ends at ``offset``, as one cut during an earlier write of these bytes does),
+            # until the upload kernel is ready, which then takes the rest
+            written = self._upload_to(api_path, data, offset, until=lambda: self._ready_kernel() is not None)
+            if written < len(data):
+                rest = memoryview(data)[written:]
+                kernel = self._ready_kernel()
+                if kernel is not None:
+                    kernel.write(absolute, rest, offset + written, on_piece=self._count_kernel_piece)
+                else:  # it broke again in between
+                    self._upload_to(api_path, rest, offset + written)
             return
         stage = self._upload_stage(data)
         try:

@@ -3,42 +3,24 @@
 from __future__ import annotations
 
 import json
-import logging
 import threading
 import time
 from contextlib import ExitStack
-from urllib.parse import quote, urlsplit, urlunsplit
+from urllib.parse import quote
 
-from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidStatus
+from websockets.exceptions import ConnectionClosed
 from websockets.protocol import State
-from websockets.sync.client import ClientConnection, connect
+from websockets.sync.client import ClientConnection
 
-from ..errors import (
-    CommandTimeoutError,
-    ConnectionLostError,
-    GpuferryError,
-    NotAuthenticatedError,
-    RemoteCommandError,
-)
+from ..errors import CommandTimeoutError, ConnectionLostError, GpuferryError, RemoteCommandError
 from .jupyter_http import JupyterHttp
+from .jupyter_websocket import open_websocket, terminal_socket_path
 from .markers import Framing, normalise_newlines
-
-#: websockets logs handshake headers (the token) at DEBUG: give it a logger that never does.
-QUIET_WEBSOCKET_LOGGER = logging.getLogger("gpuferry.backends.jupyter.websocket")
-QUIET_WEBSOCKET_LOGGER.setLevel(logging.WARNING)
-QUIET_WEBSOCKET_LOGGER.propagate = False
 
 #: How long to wait for the shell's first prompt before typing anyway.
 PROMPT_WAIT = 5.0
 #: Characters kept from the end of the output to look for the end marker.
 TAIL_KEPT = 400
-
-
-def websocket_url(base_url: str, terminal_name: str) -> str:
-    parts = urlsplit(base_url)
-    scheme = "wss" if parts.scheme == "https" else "ws"
-    path = parts.path.rstrip("/") + "/terminals/websocket/" + quote(terminal_name, safe="")
-    return urlunsplit((scheme, parts.netloc, path, "", ""))
 
 
 def decode_message(message: str | bytes) -> tuple[str, str]:
@@ -76,22 +58,8 @@ class TerminalSession:
             raise
 
     def _connect(self, open_timeout: float) -> ClientConnection:
-        try:
-            return self._exit_stack.enter_context(connect(
-                websocket_url(self._http.base_url, self.name), additional_headers=self._http.auth_headers(),
-                open_timeout=open_timeout, max_size=None, logger=QUIET_WEBSOCKET_LOGGER,
-            ))
-        except InvalidStatus as error:
-            status = error.response.status_code
-            if status in (401, 403):
-                raise NotAuthenticatedError(
-                    f"the Jupyter server refused the terminal websocket (HTTP {status})", step="jupyter"
-                ) from None
-            raise ConnectionLostError(f"terminal websocket refused (HTTP {status})", step="jupyter") from None
-        except (OSError, TimeoutError, InvalidHandshake) as error:
-            raise ConnectionLostError(
-                f"cannot open the terminal websocket: {type(error).__name__}", step="jupyter"
-            ) from None
+        return self._exit_stack.enter_context(
+            open_websocket(self._http, terminal_socket_path(self.name), open_timeout, "terminal"))
 
     def _wait_for_prompt(self) -> None:
         """Let the shell start (its first output) before typing; bounded by PROMPT_WAIT."""

@@ -117,6 +117,9 @@ def target_checks(name: str, spec: TargetSpec,
                     f"python {caps.values.get('python')}; torch={caps.torch} cuda={caps.cuda} ncnn={caps.ncnn_ready}"
                     + (f"; missing {', '.join(missing)}" if missing else ""),
                     f"{python} -m pip install {' '.join(missing)}" if missing else "")
+        route = backend.upload_route()
+        if route is not None:
+            yield Check(stage, "upload route", *route)
         yield from _throughput(stage, backend)
     except GpuferryError as exc:
         yield Check(stage, "session", "fail", exc.one_line(), exc.hints[0] if exc.hints else "")
