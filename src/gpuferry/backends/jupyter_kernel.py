@@ -227,34 +227,49 @@ class KernelUploads:
         return json.loads(frame) if isinstance(frame, str) else {}
 
     def _read_replies(self) -> None:
+        """Hand each reply to the write waiting for it, until the socket drops or the kernel goes; whatever
+        ends this thread breaks the channel, so no write waits on a reader that is gone."""
         socket = self._socket
         assert socket is not None
-        while self.broken is None:
-            try:
-                frame = socket.recv()
-            except (ConnectionClosed, OSError):
-                self._break("the upload kernel's connection dropped")
-                return
-            if not isinstance(frame, str):
-                continue  # replies carry no buffers; nothing else this side asked for does either
-            message = json.loads(frame)
-            kind = message.get("msg_type")
-            content = message.get("content") or {}
-            if kind == "comm_msg" and content.get("comm_id") == self._comm_id:
-                data = content.get("data") or {}
-                with self._replied:
-                    piece_id = str(data.get("id"))
-                    if piece_id in self._abandoned:
-                        self._abandoned.discard(piece_id)
-                    else:
-                        self._replies[piece_id] = data
-                        self._replied.notify_all()
-            elif kind == "status" and content.get("execution_state") in ("dead", "restarting"):
-                self._break(f"the upload kernel is {content['execution_state']}")
-                return
-            elif kind == "comm_close" and content.get("comm_id") == self._comm_id:
-                self._break("the upload kernel closed its receiver")
-                return
+        ended = "the upload kernel's replies stopped"
+        try:
+            while self.broken is None:
+                try:
+                    frame = socket.recv()
+                except (ConnectionClosed, OSError):
+                    ended = "the upload kernel's connection dropped"
+                    return
+                if not isinstance(frame, str):
+                    continue  # replies carry no buffers; nothing else this side asked for does either
+                try:
+                    message = json.loads(frame)
+                except ValueError:
+                    continue  # not a kernel message: nothing this side waits for
+                reason = self._take(message)
+                if reason is not None:
+                    ended = reason
+                    return
+        finally:
+            self._break(ended)
+
+    def _take(self, message: dict[str, Any]) -> str | None:
+        """File one message from the kernel; why the channel is over, when it says so."""
+        kind = message.get("msg_type")
+        content = message.get("content") or {}
+        if kind == "comm_msg" and content.get("comm_id") == self._comm_id:
+            data = content.get("data") or {}
+            with self._replied:
+                piece_id = str(data.get("id"))
+                if piece_id in self._abandoned:
+                    self._abandoned.discard(piece_id)
+                else:
+                    self._replies[piece_id] = data
+                    self._replied.notify_all()
+        elif kind == "status" and content.get("execution_state") in ("dead", "restarting"):
+            return f"the upload kernel is {content['execution_state']}"
+        elif kind == "comm_close" and content.get("comm_id") == self._comm_id:
+            return "the upload kernel closed its receiver"
+        return None
 
     def _break(self, reason: str) -> None:
         with self._replied:
