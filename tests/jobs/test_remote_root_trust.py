@@ -65,7 +65,10 @@ def test_planted_code_never_runs_as_the_worker(job_clip, tmp_path, remote_option
     assert not marker.exists(), "code planted on the far side ran as our worker"
     assert probe(result.output).video.frames == FRAMES
     if attack.startswith("code zip"):
-        assert [e["kind"] for e in events if e["event"] == "recovery"] == ["transfer_integrity"]
+        # the swap is found once, as the first recovery, and the code is sent again once; a loaded machine
+        # may add a recovery of another kind later in the job (a CI run saw a worker_ended after it)
+        kinds = [e["kind"] for e in events if e["event"] == "recovery"]
+        assert kinds[:1] == ["transfer_integrity"] and kinds.count("transfer_integrity") == 1, events
 
 
 def test_our_folders_are_made_private_and_a_planted_link_is_refused(job_clip, tmp_path, remote_options):
