@@ -9,7 +9,7 @@ from pathlib import Path
 
 from policy_helpers import write_config
 
-import gpuferry.backends.ssh  # noqa: F401 - registers its error class
+import gpuferry.backends.ssh
 import gpuferry.jobs.policy  # noqa: F401 - registers its error class
 from gpuferry.errors import exit_code_table
 
@@ -95,19 +95,19 @@ def test_the_capability_probe_imports_torch_only_where_a_gpu_device_exists(tmp_p
         assert not caps.cuda
 
 
-def test_doctor_says_how_large_files_reach_a_jupyter_target(cli, env, jupyter_server, tmp_path):
-    from servers.jupyter import running_jupyter
+def test_doctor_says_how_large_files_reach_a_jupyter_target(cli, env, jupyter_server,
+                                                           jupyter_server_without_kernels, tmp_path):
+    from gpuferry.backends.jupyter import JupyterBackend
 
-    with running_jupyter(tmp_path / "bare", kernels=False) as bare:
-        targets = {}
-        for name, server in (("lab", jupyter_server), ("bare", bare)):
-            (tmp_path / f"{name}.token").write_text(server.token())
-            targets[name] = {"kind": "jupyter", "url": server.url, "token_file": str(tmp_path / f"{name}.token")}
-        write_config(Path(env["GPUFERRY_CONFIG"]), targets)
-        routes = {}
-        for name in targets:
-            completed = cli("doctor", "--target", name, "--json")
-            routes[name] = {check["name"]: check for check in json.loads(completed.stdout)}["upload route"]
-    assert routes["lab"]["status"] == "pass" and "raw bytes through a python3 kernel" in routes["lab"]["detail"]
-    assert routes["bare"]["status"] == "warn" and "base64" in routes["bare"]["detail"]
-    assert routes["bare"]["fix"] == "install one where the server runs: python -m pip install ipykernel"
+    bare = jupyter_server_without_kernels
+    (tmp_path / "bare.token").write_text(bare.token())
+    write_config(Path(env["GPUFERRY_CONFIG"]),
+                 {"bare": {"kind": "jupyter", "url": bare.url, "token_file": str(tmp_path / "bare.token")}})
+    completed = cli("doctor", "--target", "bare", "--json")
+    route = {check["name"]: check for check in json.loads(completed.stdout)}["upload route"]
+    assert route["status"] == "warn" and "base64" in route["detail"]
+    assert route["fix"] == "install one where the server runs: python -m pip install ipykernel"
+    with JupyterBackend(url=jupyter_server.url, token=jupyter_server.token(),
+                        root_dir=str(jupyter_server.root_dir)) as lab:
+        status, detail, _ = lab.upload_route()
+    assert status == "pass" and "raw bytes through a python3 kernel" in detail

@@ -29,6 +29,13 @@ def jupyter_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Jupyter
         yield server
 
 
+@pytest.fixture(scope="session")
+def jupyter_server_without_kernels(tmp_path_factory: pytest.TempPathFactory) -> Iterator[JupyterServer]:
+    """A jupyter_server that offers no kernel (as one where none is installed), for the upload fallback."""
+    with running_jupyter(tmp_path_factory.mktemp("jupyter-bare"), kernels=False) as server:
+        yield server
+
+
 @pytest.fixture
 def jupyter_folder(jupyter_server: JupyterServer) -> Iterator[Path]:
     """A fresh folder inside the shared server's root (where job folders go, and where the contents API

@@ -6,6 +6,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import random
+import tempfile
 import threading
 import time
 from collections.abc import Iterator
@@ -13,7 +14,7 @@ from pathlib import Path
 
 import httpx
 import pytest
-from servers.jupyter import JupyterServer, running_jupyter
+from servers.jupyter import JupyterServer
 from servers.proxy import FaultProxy, running_proxy
 
 from gpuferry.backends import jupyter_kernel
@@ -106,17 +107,16 @@ def test_small_uploads_never_start_a_kernel(jupyter_server: JupyterServer, jupyt
 
 
 def test_a_server_without_kernels_takes_uploads_through_its_contents_api_and_says_so(
-        tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+        jupyter_server_without_kernels: JupyterServer, tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    server = jupyter_server_without_kernels
     source = random_file(tmp_path / "source.bin", 4, 12 * MIB)
-    with running_jupyter(tmp_path / "server", kernels=False) as server:
-        folder = server.root_dir / "work"
-        folder.mkdir()
-        with caplog.at_level(logging.WARNING, logger="gpuferry"), \
-                JupyterBackend(url=server.url, token=server.token(), workdir=str(folder)) as backend:
-            upload(backend, source, "copy.bin")
-            upload(backend, source, "again.bin")  # the refusal is remembered: no second try, no second word
-            assert backend.payload_sent["kernel"] == 0
-        assert digest(folder / "copy.bin") == digest(source) == digest(folder / "again.bin")
+    folder = Path(tempfile.mkdtemp(prefix="test-", dir=server.root_dir))
+    with caplog.at_level(logging.WARNING, logger="gpuferry"), \
+            JupyterBackend(url=server.url, token=server.token(), workdir=str(folder)) as backend:
+        upload(backend, source, "copy.bin")
+        upload(backend, source, "again.bin")  # the refusal is remembered: no second try, no second word
+        assert backend.payload_sent["kernel"] == 0
+    assert digest(folder / "copy.bin") == digest(source) == digest(folder / "again.bin")
     refusals = [record.getMessage() for record in caplog.records if "contents API" in record.getMessage()]
     assert len(refusals) == 1 and "no kernel" in refusals[0], refusals
 
