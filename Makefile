@@ -18,7 +18,7 @@ $(VENV)/.installed: pyproject.toml | $(PY)
 	touch $@
 
 $(VENV)/.installed-test: pyproject.toml $(VENV)/.installed
-	$(PIP) install -q $(TORCH) -e '.[torch,remote,dev]'
+	$(PIP) install -q $(TORCH) -e '.[torch,remote,dev,cluster]'
 	touch $@
 
 install: $(VENV)/.installed
@@ -45,7 +45,7 @@ FAST_TESTS := tests/transfer/test_memory_backend.py tests/policy/test_one_reques
 
 # the suite on every core (pytest-xdist): most of its time is waiting on workers, servers and links
 test: lint types system-deps
-	$(PY) -m pytest -q -n auto --dist worksteal --durations=25
+	$(PY) -m pytest -q -n auto --dist loadgroup --durations=25
 
 check: lint types
 	$(PY) -m pytest -q -x $(FAST_TESTS)

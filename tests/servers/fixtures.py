@@ -12,6 +12,7 @@ import pytest
 
 from gpuferry.backends.cgpu import CgpuBackend
 from servers.jupyter import JupyterServer, running_jupyter
+from servers.ray_cluster import RayCluster
 from servers.sshd import SshServer, running_sshd
 
 FAKE_CGPU = Path(__file__).resolve().parents[1] / "fakes" / "cgpu"
@@ -100,3 +101,21 @@ def cgpu_runtime(tmp_path_factory: pytest.TempPathFactory) -> FakeCgpuRuntime:
 def fresh_cgpu_runtime(tmp_path: Path) -> FakeCgpuRuntime:
     """A runtime of its own, for tests that inject faults."""
     return FakeCgpuRuntime(tmp_path / "cgpu")
+
+
+@pytest.fixture(scope="session")
+def ray_cluster() -> Iterator[RayCluster]:
+    """A real Ray cluster on 127.0.0.1 (a head and two one-GPU worker nodes), stopped by its pids.
+    Its folder is short on purpose: Ray's sockets live under it (108-byte limit on a socket path)."""
+    from servers.ray_cluster import keep_loopback, running_ray_cluster
+
+    keep_loopback()  # this process joins the cluster as a client (the jobs' tests run it in process)
+    folder = Path(tempfile.mkdtemp(prefix="gf-ray-"))
+    try:
+        with running_ray_cluster(folder) as cluster:
+            yield cluster
+            import ray
+
+            ray.shutdown()  # this process joined as a client: leave before the nodes go
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
