@@ -77,7 +77,7 @@ def test_a_lost_node_costs_only_its_segments_in_flight(job_clip, tmp_path, ray_c
     client = threading.Thread(target=run)
     client.start()
     job_id = wait_until(lambda: next((e["job"] for e in events if e["event"] == "job"), None), attempts=2400)
-    doomed_id = wait_until(lambda: next((n["NodeID"] for n in ray.nodes() if n["Alive"]
+    doomed_id = wait_until(lambda: ray.is_initialized() and next((n["NodeID"] for n in ray.nodes() if n["Alive"]
                                          and "doomed" in n["Resources"]), None), attempts=2400)
     wait_until(lambda: any(e["node"] == doomed_id for e in starts(job_id)), attempts=2400)
     in_flight = {e["index"] for e in starts(job_id) if e["node"] == doomed_id} - verified(job_id)
