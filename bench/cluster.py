@@ -2,8 +2,8 @@
 against the local worker on the same real engine and one node, and what losing a node costs.
 
 The slots are logical GPUs of one node; every segment's engine costs a fixed time per frame (a sleep
-added to the resample engine in each Ray worker by a setup hook), so the 2-core machine measures the
-scheduler, not its CPU. Times run from the job's owner starting to its last segment verified here.
+added to the resample engine in each Ray worker by a setup hook, tests/servers/ray_frame_cost.py), so
+the 2-core machine measures the scheduler, not its CPU. Times run from the job's owner starting to its last segment verified here.
 The cluster listens on 127.0.0.1 only (tests/servers/ray_cluster.py).
 Usage: python bench/cluster.py [--segments 16] [--frame-ms 40]
 """
@@ -22,6 +22,7 @@ HERE = Path(__file__).resolve().parent
 sys.path[:0] = [str(HERE.parent / "tests"), str(HERE)]
 
 from servers.ray_cluster import add_worker, keep_loopback, running_ray_cluster, wait_started  # noqa: E402
+from servers.ray_frame_cost import runtime_env  # noqa: E402
 
 from gpuferry.api import upscale_on_target  # noqa: E402
 from gpuferry.jobs.runner import RemoteOptions  # noqa: E402
@@ -30,24 +31,6 @@ from gpuferry.jobs.targets import TargetSpec  # noqa: E402
 from gpuferry.media.synth import make_clip  # noqa: E402
 
 FPS, SEGMENT_FRAMES = 12, 12
-
-
-def fixed_cost_engine() -> None:
-    """Ray worker setup hook: the resample engine sleeps BENCH_FRAME_MS per frame before its work."""
-    from gpuferry.engines.resample import ResampleEngine
-
-    cost = float(os.environ.get("BENCH_FRAME_MS", "40")) / 1000
-    upscale, video = ResampleEngine.upscale, ResampleEngine.upscale_video_frames
-
-    def slow_upscale(self, frames):  # type: ignore[no-untyped-def]
-        time.sleep(cost * len(frames))
-        return upscale(self, frames)
-
-    def slow_video(self, frames):  # type: ignore[no-untyped-def]
-        time.sleep(cost * len(frames))
-        return video(self, frames)
-
-    ResampleEngine.upscale, ResampleEngine.upscale_video_frames = slow_upscale, slow_video
 
 
 def options() -> RemoteOptions:
@@ -80,7 +63,6 @@ def main() -> None:
     parser.add_argument("--segments", type=int, default=16)
     parser.add_argument("--frame-ms", type=float, default=40.0)
     args = parser.parse_args()
-    os.environ["BENCH_FRAME_MS"] = str(args.frame_ms)
     work = Path(tempfile.mkdtemp(prefix="gf-bench-"))
     os.environ["GPUFERRY_HOME"] = str(work / "home")
     (work / "home").mkdir()
@@ -95,9 +77,7 @@ def main() -> None:
         add_worker(cluster, "slots", cpus=8, gpus=8)
         wait_started(cluster.workers)
         ray.init(address=cluster.address, namespace="gpuferry", log_to_driver=False, logging_level="ERROR",
-                 runtime_env={"worker_process_setup_hook": "cluster.fixed_cost_engine",
-                              "env_vars": {"PYTHONPATH": os.pathsep.join([str(HERE), *sys.path]),
-                                           "BENCH_FRAME_MS": str(args.frame_ms)}})
+                 runtime_env=runtime_env(args.frame_ms))
         ideal_segment = SEGMENT_FRAMES * args.frame_ms / 1000
         times: dict[int, float] = {}
         for slots in (8, 1, 2, 4, 8):  # the first run starts the Ray workers; it is not counted

@@ -1,5 +1,6 @@
 """A real Ray cluster on 127.0.0.1: a head and worker nodes started with `ray start`, each node its own
-process group, stopped by those groups' pids (never `ray stop`, which would end every Ray on the machine)."""
+process group, every process of it stopped by its own pid (never `ray stop`, which would end every Ray on
+the machine). One start is bounded in time and tried once more when a node dies while starting."""
 
 from __future__ import annotations
 
@@ -9,7 +10,7 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -19,9 +20,9 @@ import psutil
 from .ports import free_port
 
 #: `ray start`, with one change: Ray turns --node-ip-address=127.0.0.1 into the machine's own address
-#: (services.resolve_ip_for_localhost), so the nodes would talk over the network; here they keep loopback
-#: (services.resolve_ip_for_localhost), in `ray start` and in ray.init alike: every process of the test
-#: cluster, and each client joining it, keeps loopback (``keep_loopback``)
+#: (services.resolve_ip_for_localhost), so the nodes would talk over the network; here they keep loopback,
+#: in `ray start` and in ray.init alike: every process of the test cluster, and each client joining it
+#: (``keep_loopback``)
 KEEP_LOOPBACK = ("import ray._private.services as services; "
                  "services.resolve_ip_for_localhost = lambda host: host")
 RAY_START = [sys.executable, "-c", f"import sys; {KEEP_LOOPBACK}; from ray.scripts.scripts import main; "
@@ -31,17 +32,20 @@ RAY_START = [sys.executable, "-c", f"import sys; {KEEP_LOOPBACK}; from ray.scrip
 def keep_loopback() -> None:
     """In this process: Ray joins 127.0.0.1 as given (see KEEP_LOOPBACK)."""
     exec(KEEP_LOOPBACK, {})
+
+
 LOOPBACK = "127.0.0.1"
 #: what `ray start` prints once its node runs
 STARTED = "Ray runtime started"
-#: a 2-core machine running the rest of the suite beside the cluster starts Ray's agents and workers in
-#: tens of seconds, past Ray's own start-up deadlines: wait longer rather than fail the start
+#: a busy 2-core machine starts Ray's agents and workers slowly: Ray's own start-up deadlines that can be
+#: set are set long (the raylet's ~15 s for its dashboard agent cannot: that death is retried instead)
 SLOW_MACHINE = {"RAY_USAGE_STATS_ENABLED": "0", "RAY_agent_register_timeout_ms": "300000",
-                "RAY_raylet_start_wait_time_s": "300", "RAY_worker_register_timeout_seconds": "300"}
-#: a raylet gives its dashboard agent about 15 s (fixed in Ray 2.60) to report its ports, and aborts
-#: after; the agent's imports take ~5 s of CPU, which a loaded 2-core machine does not give a normal
-#: process in 15 s. The nodes start ahead of the other tests (root may), then go back to 0.
-STARTUP_NICE = -10 if os.geteuid() == 0 else 0
+                "RAY_raylet_start_wait_time_s": "300", "RAY_worker_register_timeout_seconds": "300",
+                # a killed node is found out in ~5 s instead of ~15 s (a refused health check fails at
+                # once; a slow but live raylet still has the default 10 s to answer each one)
+                "RAY_health_check_period_ms": "1000"}
+#: how long one node may take to say its runtime started (a quiet 2-core machine: about 5 s)
+START_TIMEOUT_S = 120.0
 
 
 @dataclass
@@ -57,7 +61,8 @@ class RayNode:
         return self.process.pid
 
     def pids(self) -> set[int]:
-        """Every live process of this node (the group leader and whatever its group started)."""
+        """Every live process of this node: the members of its group, and the descendants of its leader
+        (a process that left the group is still found through its parent)."""
         found = set()
         for proc in psutil.process_iter(["pid"]):
             try:
@@ -65,18 +70,43 @@ class RayNode:
                     found.add(proc.pid)
             except (ProcessLookupError, PermissionError):
                 continue
+        try:
+            found.update(child.pid for child in psutil.Process(self.pgid).children(recursive=True))
+        except psutil.NoSuchProcess:
+            pass
         return found
 
     def kill(self) -> None:
-        """SIGKILL the node's whole group: what a machine that loses power looks like to the cluster."""
-        try:
-            os.killpg(self.pgid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
+        """SIGKILL every process of the node, each by its pid: what a machine that loses power looks like
+        to the cluster."""
+        _kill_until_gone(self.pids, seconds=10)
         try:
             self.process.wait(timeout=10)
         except subprocess.TimeoutExpired:
             pass
+
+    def freeze(self) -> None:
+        """SIGSTOP every process of the node: its tasks stop where they are (a node that stopped answering)."""
+        for pid in self.pids():
+            _kill_pid(pid, signal.SIGSTOP)
+
+
+def _kill_pid(pid: int, sig: int) -> None:
+    try:
+        os.kill(pid, sig)
+    except (ProcessLookupError, PermissionError):
+        pass
+
+
+def _kill_until_gone(find: Callable[[], set[int]], seconds: float) -> set[int]:
+    """SIGKILL by pid whatever ``find`` lists until it lists nothing (a process may start a child while
+    its siblings die), for at most ``seconds``; what is left then."""
+    deadline = time.monotonic() + seconds
+    while (left := find()) and time.monotonic() < deadline:
+        for pid in left:
+            _kill_pid(pid, signal.SIGKILL)
+        time.sleep(0.05)
+    return left
 
 
 @dataclass
@@ -113,45 +143,36 @@ def _node_argv(temp_dir: Path, *, head_port: int | None, address: str | None, cp
     return argv
 
 
-def _set_group_nice(pid: int | str, nice: int) -> None:
-    """The scheduling weight of the session ``pid`` leads (Linux autogroups: a new session is one group,
-    and a process's own nice only counts inside its group)."""
-    try:
-        Path(f"/proc/{pid}/autogroup").write_text(str(nice))
-    except OSError:
-        pass  # no autogroups here (or not root): the start simply gets the usual share
-
-
-def _settle_priority(nodes: list[RayNode]) -> None:
-    """Back to the usual weight once started: the tasks a node runs later compete like any test."""
-    for node in nodes:
-        _set_group_nice(node.pgid, 0)
-
-
 def _start(name: str, argv: list[str], temp_dir: Path) -> RayNode:
-    log = temp_dir.parent / f"{name}.log"
+    log = temp_dir.parent / f"{temp_dir.name}-{name}.log"  # outside Ray's folder, one per try
     env = {**os.environ, **SLOW_MACHINE}
     with log.open("wb") as out:
         process = subprocess.Popen(argv, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
                                    start_new_session=True, env=env)
-    _set_group_nice(process.pid, STARTUP_NICE)  # its own session is its own group, children included
     return RayNode(name, process, log)
 
 
-def wait_started(nodes: list[RayNode], attempts: int = 3000) -> None:
-    """Poll (bounded: attempts x 0.1 s) until each node's `ray start` says its runtime started."""
+def wait_started(nodes: list[RayNode], timeout_s: float = START_TIMEOUT_S) -> None:
+    """Poll until each node's `ray start` says its runtime started (bounded by ``timeout_s``);
+    NodeStartError with the log's tail when a node exits (its raylet died) or takes longer."""
     waiting = list(nodes)
-    for _ in range(attempts):
+    deadline = time.monotonic() + timeout_s
+    while waiting:
         for node in list(waiting):
             if node.process.poll() is not None:
-                raise RuntimeError(f"ray node {node.name} exited: {node.log.read_text(errors='replace')[-3000:]}")
+                raise NodeStartError(f"ray node {node.name} exited with {node.process.returncode} while starting "
+                                     f"(its log {node.log}): {node.log.read_text(errors='replace')[-3000:]}")
             if STARTED in node.log.read_text(errors="replace"):
                 waiting.remove(node)
-        if not waiting:
-            return
-        time.sleep(0.1)
-    tails = {node.name: node.log.read_text(errors="replace")[-1500:] for node in waiting}
-    raise RuntimeError(f"ray nodes never started: {tails}")
+        if waiting and time.monotonic() > deadline:
+            tails = {node.name: node.log.read_text(errors="replace")[-1500:] for node in waiting}
+            raise NodeStartError(f"ray nodes {[n.name for n in waiting]} did not start in {timeout_s:g} s: {tails}")
+        if waiting:
+            time.sleep(0.1)
+
+
+class NodeStartError(RuntimeError):
+    """A Ray node of the test cluster did not start (its process exited, or the wait ran out)."""
 
 
 def add_worker(cluster: RayCluster, name: str, *, cpus: int = 1, gpus: int = 1) -> RayNode:
@@ -163,48 +184,54 @@ def add_worker(cluster: RayCluster, name: str, *, cpus: int = 1, gpus: int = 1) 
 
 
 def stop_cluster(cluster: RayCluster) -> None:
-    """SIGTERM then SIGKILL each node's group, workers before the head; no process of it may remain."""
+    """SIGTERM each node's processes by pid (workers before the head), then SIGKILL whatever is left;
+    no process of the cluster may remain."""
     for node in [*cluster.workers, cluster.head]:
-        for sig in (signal.SIGTERM, signal.SIGKILL):
-            try:
-                os.killpg(node.pgid, sig)
-            except ProcessLookupError:
-                break
-            try:
-                node.process.wait(timeout=5)
-            except subprocess.TimeoutExpired:
-                continue
-            break
-    # a raylet's workers may linger a moment after their group leader: reap the group
-    deadline = time.monotonic() + 10
-    while time.monotonic() < deadline and cluster.all_pids():
-        for node in cluster.nodes:
-            try:
-                os.killpg(node.pgid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
-        time.sleep(0.1)
-    left = cluster.all_pids()
+        for pid in node.pids():
+            _kill_pid(pid, signal.SIGTERM)
+        try:
+            node.process.wait(timeout=5)
+        except subprocess.TimeoutExpired:
+            pass
+    left = _kill_until_gone(cluster.all_pids, seconds=15)  # a raylet's workers may linger a moment
     if left:
         raise RuntimeError(f"ray processes outlived the cluster: {sorted(left)}")
 
 
-@contextmanager
-def running_ray_cluster(directory: Path, workers: int = 2) -> Iterator[RayCluster]:
-    """A head (no task slots of its own beyond one CPU for the job's owner) and ``workers`` nodes with one
-    logical GPU each, all on 127.0.0.1, until the block ends."""
-    temp_dir = directory / "ray"
-    temp_dir.mkdir(parents=True, exist_ok=True)
+def _start_cluster(temp_dir: Path, workers: int) -> RayCluster:
+    """A head, then ``workers`` nodes one at a time (a worker that starts before the head's GCS answers
+    gives up); on a failed start every process started so far is stopped before the error goes on."""
     port = free_port()
     address = f"{LOOPBACK}:{port}"
     head = _start("head", _node_argv(temp_dir, head_port=port, address=None, cpus=1, gpus=0, resources={}),
                   temp_dir)
     cluster = RayCluster(address, temp_dir, head)
     try:
-        wait_started([head])  # a worker that starts before the head's GCS answers gives up
-        for number in range(workers):  # one at a time: a 2-core machine starts one node's agents in time
+        wait_started([head])
+        for number in range(workers):
             wait_started([add_worker(cluster, f"worker{number + 1}")])
-        _settle_priority(cluster.nodes)
+    except BaseException:
+        stop_cluster(cluster)
+        raise
+    return cluster
+
+
+@contextmanager
+def running_ray_cluster(directory: Path, workers: int = 2) -> Iterator[RayCluster]:
+    """A head (no task slots of its own beyond one CPU for the job's owner) and ``workers`` nodes with one
+    logical GPU each, all on 127.0.0.1, until the block ends. A start whose node dies or hangs (a raylet
+    that lost its agent on a busy machine) is stopped and tried once more, afresh."""
+    for attempt in (1, 2):
+        temp_dir = directory / f"ray{attempt}"
+        temp_dir.mkdir(parents=True, exist_ok=True)
+        try:
+            cluster = _start_cluster(temp_dir, workers)
+        except NodeStartError:
+            if attempt == 2:
+                raise
+            continue
+        break
+    try:
         yield cluster
     finally:
         stop_cluster(cluster)
