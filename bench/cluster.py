@@ -3,7 +3,8 @@ against the local worker on the same real engine and one node, and what losing a
 
 The slots are logical GPUs of one node; every segment's engine costs a fixed time per frame (a sleep
 added to the resample engine in each Ray worker by a setup hook, tests/servers/ray_frame_cost.py), so
-the 2-core machine measures the scheduler, not its CPU. Times run from the job's owner starting to its last segment verified here.
+the 2-core machine measures the scheduler, not its CPU. Times run from the job's owner starting to its
+last segment verified here.
 The cluster listens on 127.0.0.1 only (tests/servers/ray_cluster.py).
 Usage: python bench/cluster.py [--segments 16] [--frame-ms 40]
 """
