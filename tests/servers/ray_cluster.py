@@ -30,8 +30,18 @@ RAY_START = [sys.executable, "-c", f"import sys; {KEEP_LOOPBACK}; from ray.scrip
 
 
 def keep_loopback() -> None:
-    """In this process: Ray joins 127.0.0.1 as given (see KEEP_LOOPBACK)."""
+    """In this process: Ray joins 127.0.0.1 as given (see KEEP_LOOPBACK), with NODE_PATH first on the
+    path (call it before Ray is imported), here and in the client processes it starts."""
+    if str(NODE_PATH) not in sys.path:
+        sys.path.insert(0, str(NODE_PATH))
+    os.environ["PYTHONPATH"] = with_node_path(os.environ.get("PYTHONPATH", ""))
     exec(KEEP_LOOPBACK, {})
+
+
+def with_node_path(pythonpath: str) -> str:
+    """``pythonpath`` with NODE_PATH first (once)."""
+    parts = [part for part in pythonpath.split(os.pathsep) if part and part != str(NODE_PATH)]
+    return os.pathsep.join([str(NODE_PATH), *parts])
 
 
 LOOPBACK = "127.0.0.1"
@@ -44,6 +54,8 @@ SLOW_MACHINE = {"RAY_USAGE_STATS_ENABLED": "0", "RAY_agent_register_timeout_ms":
                 # a killed node is found out in ~5 s instead of ~15 s (a refused health check fails at
                 # once; a slow but live raylet still has the default 10 s to answer each one)
                 "RAY_health_check_period_ms": "1000"}
+#: put first on the path of every process of the test cluster and of its clients (ray_node_path/*)
+NODE_PATH = Path(__file__).resolve().parent / "ray_node_path"
 #: how long one node may take to say its runtime started (a quiet 2-core machine: about 5 s)
 START_TIMEOUT_S = 120.0
 
@@ -63,6 +75,7 @@ class RayNode:
     def pids(self) -> set[int]:
         """Every live process of this node: the members of its group, and the descendants of its leader
         (a process that left the group is still found through its parent)."""
+        self.process.poll()  # the leader is this process's child: reap it once it is dead
         found = set()
         for proc in psutil.process_iter(["pid"]):
             try:
@@ -74,7 +87,7 @@ class RayNode:
             found.update(child.pid for child in psutil.Process(self.pgid).children(recursive=True))
         except psutil.NoSuchProcess:
             pass
-        return found
+        return {pid for pid in found if not _dead(pid)}
 
     def kill(self) -> None:
         """SIGKILL every process of the node, each by its pid: what a machine that loses power looks like
@@ -89,6 +102,14 @@ class RayNode:
         """SIGSTOP every process of the node: its tasks stop where they are (a node that stopped answering)."""
         for pid in self.pids():
             _kill_pid(pid, signal.SIGSTOP)
+
+
+def _dead(pid: int) -> bool:
+    """Gone, or a zombie that only waits for its parent to read its status."""
+    try:
+        return psutil.Process(pid).status() == psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return True
 
 
 def _kill_pid(pid: int, sig: int) -> None:
@@ -145,7 +166,7 @@ def _node_argv(temp_dir: Path, *, head_port: int | None, address: str | None, cp
 
 def _start(name: str, argv: list[str], temp_dir: Path) -> RayNode:
     log = temp_dir.parent / f"{temp_dir.name}-{name}.log"  # outside Ray's folder, one per try
-    env = {**os.environ, **SLOW_MACHINE}
+    env = {**os.environ, **SLOW_MACHINE, "PYTHONPATH": with_node_path(os.environ.get("PYTHONPATH", ""))}
     with log.open("wb") as out:
         process = subprocess.Popen(argv, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
                                    start_new_session=True, env=env)
@@ -184,13 +205,15 @@ def add_worker(cluster: RayCluster, name: str, *, cpus: int = 1, gpus: int = 1) 
 
 
 def stop_cluster(cluster: RayCluster) -> None:
-    """SIGTERM each node's processes by pid (workers before the head), then SIGKILL whatever is left;
-    no process of the cluster may remain."""
+    """SIGTERM every process of the cluster by its pid, give the nodes a few seconds together to end (a
+    node drains on SIGTERM, for up to 30 s), then SIGKILL whatever is left; no process may remain."""
     for node in [*cluster.workers, cluster.head]:
         for pid in node.pids():
             _kill_pid(pid, signal.SIGTERM)
+    deadline = time.monotonic() + 5
+    for node in cluster.nodes:
         try:
-            node.process.wait(timeout=5)
+            node.process.wait(timeout=max(0.1, deadline - time.monotonic()))
         except subprocess.TimeoutExpired:
             pass
     left = _kill_until_gone(cluster.all_pids, seconds=15)  # a raylet's workers may linger a moment

@@ -34,8 +34,11 @@ def fixed_frame_cost() -> None:
 
 def runtime_env(frame_ms: float) -> dict:
     """The runtime env that gives every task of a job the fixed frame cost."""
+    from servers.ray_cluster import NODE_PATH  # a task's PYTHONPATH replaces its node's
+
     return {"worker_process_setup_hook": HOOK,
-            "env_vars": {"PYTHONPATH": str(TESTS_DIR), FRAME_MS_ENV: f"{frame_ms:g}"}}
+            "env_vars": {"PYTHONPATH": os.pathsep.join([str(NODE_PATH), str(TESTS_DIR)]),
+                         FRAME_MS_ENV: f"{frame_ms:g}"}}
 
 
 def job_config_env(frame_ms: float) -> dict[str, str]:
