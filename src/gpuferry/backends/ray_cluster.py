@@ -15,7 +15,7 @@ from .base import Backend
 from .features import BackendFeatures
 from .registry import BackendEntry
 
-#: Ray's own resource that only the head node holds: the job owner lives there (a node lost takes
+#: Ray's own resource that only the head node holds: the owner hub lives there (a node lost takes
 #: its tasks, which Ray retries elsewhere, never the owner that tracks them)
 HEAD_RESOURCE = "node:__internal_head__"
 
@@ -119,7 +119,7 @@ class RayCluster:
         return self.settings.window or 2 * self.slots()
 
     def owner_options(self) -> dict[str, Any]:
-        """Where the job's owner actor goes: the head (no CPU slot taken from segments)."""
+        """Where the owner hub (every job's owner) goes: the head (no CPU slot taken from segments)."""
         return {"num_cpus": 0, "resources": {HEAD_RESOURCE: 0.001}}
 
 

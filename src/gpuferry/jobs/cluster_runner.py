@@ -61,7 +61,7 @@ class ClusterJobRunner(RemoteJobRunner):
 
     def _attempt(self) -> None:
         cluster = self._cluster()
-        from gpuferry.worker.cluster_owner import find_owner, start_owner
+        from gpuferry.worker.owner_hub import find_owner, start_owner
 
         todo = [segment.index for segment in self._pending()]
         spec_json = self._spec_json()
@@ -71,12 +71,13 @@ class ClusterJobRunner(RemoteJobRunner):
             # the owner's list of starts is append-only and every client records it in order: an earlier
             # client of this owner (killed, then resumed) recorded the first ones
             self._starts_seen = len(self._stored_starts()) - self._starts_before_owner()
-            self.emit(make_event("reattached", job=self.job.id, owner=f"ray actor for job {self.job.id}"))
+            self.emit(make_event("reattached", job=self.job.id, owner=f"ray owner of job {self.job.id}"))
             self.store.event(self.job.id, "reattached", owner="ray")
         else:
             source = self._source(cluster)
-            owner = start_owner(self.job.id, spec_json, todo, source, cluster.segment_resources(), cluster.window(),
-                                cluster.owner_options())
+            owner, started = start_owner(self.job.id, spec_json, todo, source, cluster.segment_resources(),
+                                         cluster.window(), cluster.owner_options())
+            self._call(started)
             self._starts_seen = 0
             self.store.event(self.job.id, "spawned", owner="ray", todo=todo, window=cluster.window(),
                              starts_before=len(self._stored_starts()))
@@ -190,6 +191,10 @@ class ClusterJobRunner(RemoteJobRunner):
             return ray.get(ref, timeout=CALL_TIMEOUT)
         except ray.exceptions.RayActorError as exc:
             raise WorkerEndedError(f"the job's owner on the cluster is gone: {exc}", step="cluster") from exc
+        except ray.exceptions.RayTaskError as exc:
+            if isinstance(exc.cause, KeyError):  # the hub runs, without this job (cancelled, or hub restarted)
+                raise WorkerEndedError(f"the job's owner on the cluster is gone: {exc.cause}", step="cluster") from exc
+            raise
         except ray.exceptions.GetTimeoutError as exc:
             raise ConnectionLostError(f"the cluster did not answer in {CALL_TIMEOUT:g} s", step="cluster") from exc
 
@@ -211,17 +216,14 @@ class ClusterJobRunner(RemoteJobRunner):
 
 
 def stop_owner(job_id: str, cluster: RayCluster) -> bool:
-    """Cancel the job's tasks and end its owner; True when there was one."""
-    from gpuferry.worker.cluster_owner import find_owner
+    """Cancel the job's tasks and drop its owner and input copy from the hub; True when there was one."""
+    from gpuferry.worker.owner_hub import find_owner
 
     owner = find_owner(job_id)
     if owner is None:
         return False
     ray = cluster.ray
     try:
-        ray.get(owner.cancel.remote(), timeout=CALL_TIMEOUT)
-        ray.get(owner.forget_inputs.remote(), timeout=CALL_TIMEOUT)
+        return bool(ray.get(owner.finish.remote(), timeout=CALL_TIMEOUT))
     except (ray.exceptions.RayActorError, ray.exceptions.GetTimeoutError):
-        pass
-    ray.kill(owner, no_restart=True)
-    return True
+        return True

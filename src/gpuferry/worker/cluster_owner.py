@@ -1,6 +1,7 @@
-"""The job's owner on a Ray cluster: a detached, named actor that keeps the input in the object store,
-runs one task per unfinished segment (Ray places them and retries those a lost node took), and holds
-each finished segment until the client has it verified. Imported only where Ray runs (client or node)."""
+"""A job's owner on a Ray cluster: it keeps the input in the object store, runs one task per unfinished
+segment (Ray places them and retries those a lost node took), and holds each finished segment until the
+client has it verified. Owners live in the cluster's one owner hub (owner_hub.py), which outlives their
+clients. Imported only where Ray runs (client or node)."""
 
 from __future__ import annotations
 
@@ -14,13 +15,10 @@ from ray.exceptions import RayTaskError
 from gpuferry.errors import GpuferryError
 from gpuferry.worker.cluster_task import forget_job, run_segment
 
-#: where every gpuferry job owner is registered on the cluster
+#: where the owner hub is registered on the cluster
 NAMESPACE = "gpuferry"
-
-
-def owner_name(job_id: str) -> str:
-    """The owner actor's name for a job (``ray.get_actor(owner_name(id), namespace=NAMESPACE)``)."""
-    return f"gpuferry-job-{job_id}"
+#: the owner hub's name: one detached actor per cluster holds every job's owner (owner_hub.py)
+HUB_NAME = "gpuferry-owners"
 
 
 @ray.remote
@@ -28,10 +26,10 @@ def segment_task(job_id: str, spec_json: str, index: int, source: bytes | str) -
     """One segment on whichever node Ray chose; the owner hears of each start (a retry shows twice)."""
     node = ray.get_runtime_context().get_node_id()
     try:
-        owner = ray.get_actor(owner_name(job_id), namespace=NAMESPACE)
-        owner.started.remote(index, node)
+        hub = ray.get_actor(HUB_NAME, namespace=NAMESPACE)
+        hub.started.remote(job_id, index, node)
     except ValueError:
-        pass  # the owner is gone (cancelled): the segment is computed for nobody, and the result dropped
+        pass  # the hub is gone: the segment is computed for nobody, and the result dropped
     result = run_segment(job_id, spec_json, index, source)
     result["node"] = node
     return result
@@ -49,7 +47,8 @@ def _error_record(error: BaseException) -> dict[str, Any]:
 
 
 class JobOwner:
-    """Runs a job's segments as tasks; ``status``/``take``/``drop`` are the client's side of it."""
+    """Runs a job's segments as tasks (a thread of the hub's process); ``status``/``take``/``drop`` are the
+    client's side of it, through the hub."""
 
     def __init__(self, job_id: str, spec_json: str, todo: list[int], source: bytes | str,
                  options: dict[str, Any], window: int) -> None:
@@ -67,7 +66,7 @@ class JobOwner:
         self.failed: dict[int, dict[str, Any]] = {}
         self.lock = threading.Lock()
         self.stopping = threading.Event()
-        self.thread = threading.Thread(target=self._loop, name="gpuferry-owner", daemon=True)
+        self.thread = threading.Thread(target=self._loop, name=f"gpuferry-owner-{job_id}", daemon=True)
         self.thread.start()
 
     # --- the client's calls -------------------------------------------------------------------
@@ -153,23 +152,6 @@ class JobOwner:
                     else:
                         assert error is not None
                         self.failed[index] = error
-
-
-def start_owner(job_id: str, spec_json: str, todo: list[int], source: bytes | str, task_options: dict[str, Any],
-                window: int, owner_options: dict[str, Any]) -> Any:
-    """A new detached owner for the job (named, in NAMESPACE), started with ``todo``."""
-    actor = ray.remote(JobOwner).options(
-        name=owner_name(job_id), namespace=NAMESPACE, lifetime="detached", max_concurrency=8,
-        max_restarts=0, **owner_options)
-    return actor.remote(job_id, spec_json, todo, source, task_options, window)
-
-
-def find_owner(job_id: str) -> Any | None:
-    """The job's live owner, or None."""
-    try:
-        return ray.get_actor(owner_name(job_id), namespace=NAMESPACE)
-    except ValueError:
-        return None
 
 
 @ray.remote
