@@ -103,7 +103,7 @@ def test_a_lost_node_costs_only_its_segments_in_flight(cluster_clip, tmp_path, r
     segments in flight are known exactly, then killed (SIGKILL): only those are computed again."""
     import ray
 
-    from gpuferry.worker.cluster_owner import find_owner
+    from gpuferry.worker.owner_hub import find_owner
 
     doomed = add_worker(ray_cluster, "doomed")
     wait_started([doomed])
@@ -177,7 +177,7 @@ def test_killed_client_resumes_from_the_verified_segments(cluster_clip, tmp_path
 
 
 def test_cancel_stops_the_jobs_tasks(long_clip, tmp_path, ray_cluster):
-    from gpuferry.worker.cluster_owner import find_owner
+    from gpuferry.worker.owner_hub import find_owner
 
     client = start_client(long_clip, tmp_path / "out.mp4", ray_cluster.address)
     try:
