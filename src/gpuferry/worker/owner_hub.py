@@ -87,8 +87,11 @@ class OwnerRef:
 
     def __init__(self, hub: Any, job_id: str) -> None:
         self.hub, self.job_id = hub, job_id
-        for method in ("status", "take", "drop", "ensure", "finish"):
-            setattr(self, method, _Call(hub, method, job_id))
+        self.status = _Call(hub, "status", job_id)
+        self.take = _Call(hub, "take", job_id)
+        self.drop = _Call(hub, "drop", job_id)
+        self.ensure = _Call(hub, "ensure", job_id)
+        self.finish = _Call(hub, "finish", job_id)
 
 
 def _hub() -> Any | None:
