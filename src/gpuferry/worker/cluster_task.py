@@ -9,10 +9,14 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
+from gpuferry.engines.base import Engine
 from gpuferry.media.probe import probe
 from gpuferry.worker.heartbeat import Heartbeat
 from gpuferry.worker.run import build_engine, encode_segment
 from gpuferry.worker.spec import JobSpec, segment_file, segment_marker
+
+#: the engine this process built for its last segment, with the request and frame size it was built for
+_KEPT: dict[str, tuple[str, Engine]] = {}
 
 
 def node_job_dir(job_id: str) -> Path:
@@ -43,14 +47,14 @@ def run_segment(job_id: str, spec_json: str, index: int, source: bytes | str) ->
         _place_input(job_dir, spec.input, source)
     segment = next(s for s in spec.segments if s.index == index)
     info = probe(job_dir / spec.input)
-    engine = build_engine(spec, job_dir)
+    assert info.video is not None
+    engine = _engine_for(spec, job_dir, info.video.width, info.video.height)
     try:
-        assert info.video is not None
-        engine.prepare(info.video.width, info.video.height)
         heartbeat = Heartbeat(job_dir / f"progress-{index}.json", spec.heartbeat_s)  # state only, never started
         done = encode_segment(job_dir, spec, info, engine, segment, heartbeat)
-    finally:
-        engine.close()
+    except BaseException:
+        _drop_kept_engine()  # a failed engine (out of memory, a broken model) is built afresh next time
+        raise
     video, marker = job_dir / segment_file(segment), job_dir / segment_marker(segment)
     try:
         data = video.read_bytes()
@@ -58,6 +62,31 @@ def run_segment(job_id: str, spec_json: str, index: int, source: bytes | str) ->
         video.unlink(missing_ok=True)
         marker.unlink(missing_ok=True)
     return {"done": done.to_json(), "data": data}
+
+
+def _engine_for(spec: JobSpec, job_dir: Path, width: int, height: int) -> Engine:
+    """The engine for this request and frame size, prepared: the one this process kept from its last
+    segment when they match (a Ray worker runs segment after segment: a model loads once, not once a
+    segment), else a new one, kept in its place."""
+    key = f"{spec.engine!r} {width}x{height}"
+    kept = _KEPT.get("engine")
+    if kept is not None and kept[0] == key:
+        return kept[1]
+    _drop_kept_engine()
+    engine = build_engine(spec, job_dir)
+    try:
+        engine.prepare(width, height)
+    except BaseException:
+        engine.close()
+        raise
+    _KEPT["engine"] = (key, engine)
+    return engine
+
+
+def _drop_kept_engine() -> None:
+    kept = _KEPT.pop("engine", None)
+    if kept is not None:
+        kept[1].close()
 
 
 def forget_job(job_id: str) -> None:
