@@ -7,7 +7,7 @@ the 2-core machine measures the scheduler, not its CPU: tiny frames (32x24), and
 (a real one is minutes of a GPU). Times run from the job's owner starting to its last segment verified
 here; a warm-up job first starts the Ray worker processes, which every later job reuses (one owner hub).
 The cluster listens on 127.0.0.1 only (tests/servers/ray_cluster.py).
-Usage: python bench/cluster.py [--segments 16] [--frame-ms 250]
+Usage: python bench/cluster.py [--segments 16] [--frame-ms 500]
 """
 
 from __future__ import annotations
@@ -70,7 +70,7 @@ def run(clip: Path, out: Path, target: TargetSpec, engine: str, on_event=None) -
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--segments", type=int, default=16)
-    parser.add_argument("--frame-ms", type=float, default=250.0)
+    parser.add_argument("--frame-ms", type=float, default=500.0)
     args = parser.parse_args()
     work = Path(tempfile.mkdtemp(prefix="gf-bench-"))
     os.environ["GPUFERRY_HOME"] = str(work / "home")
