@@ -7,7 +7,7 @@ PIP    := $(PY) -m pip --disable-pip-version-check
 # the CPU build of torch that this machine kind keeps on disk; an unpinned torch pulls a multi-GB CUDA build
 TORCH  := torch==2.13.0
 
-.PHONY: demo test check lint types install install-test system-deps bench clean
+.PHONY: demo test test-cluster check lint types install install-test system-deps bench clean
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -18,7 +18,7 @@ $(VENV)/.installed: pyproject.toml | $(PY)
 	touch $@
 
 $(VENV)/.installed-test: pyproject.toml $(VENV)/.installed
-	$(PIP) install -q $(TORCH) -e '.[torch,remote,dev]'
+	$(PIP) install -q $(TORCH) -e '.[torch,remote,dev,cluster]'
 	touch $@
 
 install: $(VENV)/.installed
@@ -43,9 +43,19 @@ types: install-test
 FAST_TESTS := tests/transfer/test_memory_backend.py tests/policy/test_one_request.py \
 	tests/policy/test_configuration.py tests/backends/test_targets.py tests/backends/test_secrets.py
 
-# the suite on every core (pytest-xdist): most of its time is waiting on workers, servers and links
+# two phases, both run, either failing fails the target (pytest's "no tests ran", exit 5, included):
+# the suite on every core (pytest-xdist; most of its time is waiting on workers, servers and links),
+# then the Ray cluster tests alone and serially: one real cluster in one process, never beside the
+# rest of the suite (a 2-core machine does not start Ray's nodes in time under that load)
 test: lint types system-deps
-	$(PY) -m pytest -q -n auto --dist worksteal --durations=25
+	@suite=0; cluster=0; \
+	$(PY) -m pytest -q -n auto --dist worksteal -m "not cluster" --durations=25 || suite=$$?; \
+	$(PY) -m pytest -q -p no:xdist -m cluster --durations=10 || cluster=$$?; \
+	if [ $$suite -ne 0 ]; then exit $$suite; fi; exit $$cluster
+
+# the Ray cluster phase of `make test` alone
+test-cluster: install-test
+	$(PY) -m pytest -q -p no:xdist -m cluster --durations=10
 
 check: lint types
 	$(PY) -m pytest -q -x $(FAST_TESTS)

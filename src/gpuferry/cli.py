@@ -31,7 +31,7 @@ from gpuferry.engines.select import DEVICE_NAMES, ENGINE_NAMES, EngineRequest
 from gpuferry.errors import CancelledError, EngineUnavailableError, GpuferryError, UsageError
 from gpuferry.events import Event, JsonLines
 from gpuferry.jobs.batch import BatchSettings
-from gpuferry.jobs.chain import places_from_settings, remote_options
+from gpuferry.jobs.chain import locked, places_from_settings, remote_options, run_in_turn, run_side_by_side
 from gpuferry.jobs.fallback import LocalEngine, Stage
 from gpuferry.jobs.targets import TargetSpec
 from gpuferry.media.encode import EncodeOptions
@@ -108,7 +108,7 @@ def cli() -> None:
     "--backend",
     type=click.Choice(BACKEND_KINDS),
     default=None,
-    help="Run as a resumable job on this backend (local worker, ssh, jupyter, cgpu), then fall back.",
+    help="Run as a resumable job on this backend (local worker, ssh, jupyter, cgpu, ray: a cluster), then fall back.",
 )
 @click.option(
     "--backend-opt",
@@ -116,8 +116,8 @@ def cli() -> None:
     multiple=True,
     metavar="KEY=VALUE",
     help="Setting for --backend, repeatable (ssh: host=, port=, username=, client_keys=; jupyter: url=, "
-    "token_file=; cgpu: executable=, config_dir=, config_file=, remote_root=; any: workdir=). Tokens never on "
-    "the command line.",
+    "token_file=; cgpu: executable=, config_dir=, config_file=, remote_root=; ray: address=auto|ray://HOST:10001, "
+    "num_gpus=, num_cpus=, shared_input=; any: workdir=). Tokens never on the command line.",
 )
 @click.option("--target", "target_name", default=None, help="A target from the config file ([targets.NAME]).")
 @click.option("--strict", is_flag=True, default=None,
@@ -173,7 +173,7 @@ def upscale(
     as_json: bool,
     verbose: bool,
 ) -> None:
-    """Upscale one or more videos or images (processed in turn), or a whole folder.
+    """Upscale one or more videos or images (processed in turn; side by side on a Ray cluster), or a whole folder.
 
     A folder is one resumable batch (see `gpuferry jobs`): every video and image under it (or those
     matching --glob), outputs in the same tree under -o (default: FOLDER_x<scale> beside it), a table
@@ -227,7 +227,10 @@ def upscale(
         if folder is not None:
             batch = _batch_settings(config, engine, threads, model_path, encode, chain)
             sys.exit(_run_folder(folder, output, globs, batch, run_chain_for, overwrite, view, sink))
-        sys.exit(_each_input(targets, run_chain_for, view, as_json, sink))
+        # a cluster schedules segments itself: every input's job runs at once, their tasks interleaved
+        cluster = any(s.target is not None and features_of(s.target.kind).cluster for s in chain[:1])
+        sys.exit(_each_input(targets, run_chain_for, view, as_json, locked(sink) if cluster else sink,
+                             side_by_side=cluster))
     upscaler = Upscaler(
         scale=config.scale,
         model=config.model,
@@ -271,14 +274,15 @@ def _each_input(
     view: ProgressView | None,
     as_json: bool,
     sink: Callable[[Event], None],
+    side_by_side: bool = False,
 ) -> int:
-    """Process inputs in turn; one bad input does not stop the others. Returns the exit code."""
+    """Process inputs in turn (side by side on a cluster); one bad input does not stop the others.
+    Returns the exit code."""
     exit_code = 0
     try:
-        for source, target in plans:
-            try:
-                result = run_one(source, target)
-            except GpuferryError as exc:
+        for result in (run_side_by_side if side_by_side else run_in_turn)(plans, run_one):
+            if isinstance(result, GpuferryError):
+                exc = result
                 _print_error(exc)
                 exit_code = exit_code or exc.exit_code
                 if isinstance(exc, (UsageError, EngineUnavailableError)):

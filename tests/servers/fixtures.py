@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import tempfile
 from collections.abc import Iterator
@@ -12,9 +13,12 @@ import pytest
 
 from gpuferry.backends.cgpu import CgpuBackend
 from servers.jupyter import JupyterServer, running_jupyter
+from servers.ray_cluster import RayCluster
 from servers.sshd import SshServer, running_sshd
 
 FAKE_CGPU = Path(__file__).resolve().parents[1] / "fakes" / "cgpu"
+#: the resample engine's cost per frame in the cluster tests' jobs (a segment of 12 frames: about 1 s)
+CLUSTER_FRAME_MS = 80.0
 
 
 @pytest.fixture(scope="session")
@@ -107,3 +111,29 @@ def cgpu_runtime(tmp_path_factory: pytest.TempPathFactory) -> FakeCgpuRuntime:
 def fresh_cgpu_runtime(tmp_path: Path) -> FakeCgpuRuntime:
     """A runtime of its own, for tests that inject faults."""
     return FakeCgpuRuntime(tmp_path / "cgpu")
+
+
+@pytest.fixture(scope="session")
+def ray_cluster() -> Iterator[RayCluster]:
+    """A real Ray cluster on 127.0.0.1 (a head and two one-GPU worker nodes), stopped by its pids: one per
+    pytest process, so the cluster tests run in a phase of their own, without xdist (`make test`).
+    Jobs joined from this process (and client processes started from it) carry a fixed cost per frame in
+    the resample engine (servers.ray_frame_cost), so a segment is in flight long enough to be caught.
+    Its folder is short on purpose: Ray's sockets live under it (108-byte limit on a socket path)."""
+    from servers.ray_cluster import keep_loopback, running_ray_cluster
+    from servers.ray_frame_cost import job_config_env
+
+    if os.environ.get("PYTEST_XDIST_WORKER"):
+        pytest.fail("the Ray cluster tests start one cluster per pytest process: run them apart from xdist "
+                    "(`pytest -m cluster -p no:xdist`, as `make test` does)", pytrace=False)
+    keep_loopback()  # this process joins the cluster as a client (the jobs' tests run it in process)
+    os.environ.update(job_config_env(CLUSTER_FRAME_MS))
+    folder = Path(tempfile.mkdtemp(prefix="gf-ray-"))
+    try:
+        with running_ray_cluster(folder) as cluster:
+            yield cluster
+            import ray
+
+            ray.shutdown()  # this process joined as a client: leave before the nodes go
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)

@@ -56,6 +56,9 @@ class BackendFeatures:
     #: switched on by a setting of its own (CGPU_GPU_ENABLED) and tried at its own step of the fallback
     #: order, before the configured targets; it is then usable without a ``[targets.NAME]`` table
     own_fallback_step: bool = False
+    #: segments run as tasks of a cluster's own scheduler (Ray): no shell, no far-side folder; jobs run
+    #: through jobs/cluster_runner.py and the entry's ``cluster`` connects
+    cluster: bool = False
 
 
 @dataclass(frozen=True)

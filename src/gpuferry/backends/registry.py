@@ -23,6 +23,7 @@ MODULES: dict[str, str] = {
     "jupyter": "gpuferry.backends.jupyter",
     "cgpu": "gpuferry.backends.cgpu",
     "memory": "gpuferry.backends.memory",
+    "ray": "gpuferry.backends.ray_cluster",
 }
 BACKEND_KINDS = tuple(MODULES)
 _TRUE, _FALSE = ("1", "true", "yes", "on"), ("0", "false", "no", "off")
@@ -46,6 +47,16 @@ class BackendEntry:
     app_settings: Mapping[str, str] = field(default_factory=dict)
     #: checks on this machine before connecting (a CLI installed, its login present)
     preflight: Callable[[Mapping[str, Any]], Iterator[PreflightCheck]] | None = None
+    #: a cluster kind (``features.cluster``): builds its connection from an instance of ``settings``
+    cluster: Callable[[Any], Any] | None = None
+
+    def open_cluster(self, **settings: Any) -> Any:
+        """The cluster connection of a cluster kind, from its settings (checked as for ``open``)."""
+        unknown = set(settings) - self.known_keys()
+        if unknown or self.cluster is None:
+            raise UsageError(f"the {self.kind} backend has no setting {', '.join(map(repr, sorted(unknown)))}"
+                             if unknown else f"the {self.kind} backend is not a cluster", step="target")
+        return self.cluster(self.settings(**settings))
 
     def open(self, **settings: Any) -> Backend:
         """A connected backend built from ``settings`` (the settings class's field names)."""

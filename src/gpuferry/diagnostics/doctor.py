@@ -87,6 +87,11 @@ def target_checks(name: str, spec: TargetSpec,
                   connect: Callable[[TargetSpec], Backend] | None = None) -> Iterator[Check]:
     """Reachable, session valid, GPU and memory, disk, Python and throughput of one target."""
     stage = f"target {name}"
+    if backend_entry(spec.kind).features.cluster:
+        from gpuferry.diagnostics.cluster_doctor import cluster_checks
+
+        yield from cluster_checks(name, spec, Check)
+        return
     started = time.monotonic()
     try:
         backend = (connect or TargetSpec.connect)(spec)

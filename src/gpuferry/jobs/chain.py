@@ -11,6 +11,8 @@ from __future__ import annotations
 import logging
 import sqlite3
 import threading
+from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor, as_completed
 from dataclasses import replace
 from pathlib import Path
 
@@ -18,7 +20,7 @@ from gpuferry.backends.registry import features_of
 from gpuferry.config import Settings
 from gpuferry.engines import EngineRequest, create_engine
 from gpuferry.engines.base import Engine, check_size
-from gpuferry.errors import UsageError
+from gpuferry.errors import GpuferryError, UsageError
 from gpuferry.events import EventSink, ignore, make_event
 from gpuferry.jobs.estimate import check_estimate
 from gpuferry.jobs.fallback import (
@@ -132,6 +134,10 @@ def check_estimate_quietly(source: Path, place: str, result: FileResult, emit: E
 def run_job(store: JobStore, job: JobRecord, remote: RemoteOptions, emit: EventSink, overwrite: bool) -> FileResult:
     """Drive one stored job to its output on its own target."""
     target = TargetSpec.from_json(job.target)
+    if features_of(target.kind).cluster:
+        from gpuferry.jobs.cluster_runner import ClusterJobRunner
+
+        return ClusterJobRunner(store, job, target, remote, emit=emit).run(overwrite=overwrite)
     runner = RemoteJobRunner(store, job, target.connect, remote, emit=emit)
     return runner.run(overwrite=overwrite)
 
@@ -237,3 +243,41 @@ def run_file(
     check_estimate_quietly(source, outcome.stage, outcome.result, emit)
     emit(make_event("finished", **outcome.result.to_json()))
     return outcome
+
+
+#: inputs run side by side on a cluster at most (each is one client thread; the cluster does the work)
+MAX_SIDE_BY_SIDE = 16
+RunOne = Callable[[Path, Path], FileResult]
+
+
+def run_in_turn(plans: list[tuple[Path, Path]], run_one: RunOne) -> Iterator[FileResult | GpuferryError]:
+    """Each (source, output) run after the other; a failure is yielded, not raised."""
+    for source, output in plans:
+        try:
+            yield run_one(source, output)
+        except GpuferryError as exc:
+            yield exc
+
+
+def run_side_by_side(plans: list[tuple[Path, Path]], run_one: RunOne) -> Iterator[FileResult | GpuferryError]:
+    """Every (source, output) at once, each as its own job (on a cluster their segments interleave);
+    results and failures as they come."""
+    with ThreadPoolExecutor(max_workers=max(1, min(len(plans), MAX_SIDE_BY_SIDE)),
+                            thread_name_prefix="gpuferry-input") as pool:
+        futures = [pool.submit(run_one, source, output) for source, output in plans]
+        for future in as_completed(futures):
+            error = future.exception()
+            if error is not None and not isinstance(error, GpuferryError):
+                raise error
+            yield error if isinstance(error, GpuferryError) else future.result()
+
+
+def locked(sink: EventSink) -> EventSink:
+    """``sink`` called by one thread at a time (inputs running side by side share it)."""
+    lock = threading.Lock()
+
+    def call(event: dict[str, object]) -> None:
+        with lock:
+            sink(event)
+
+    return call

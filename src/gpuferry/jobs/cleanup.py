@@ -6,6 +6,7 @@ import shutil
 import signal
 
 from gpuferry.backends.process_id import parse_pid_file
+from gpuferry.backends.registry import features_of
 from gpuferry.errors import GpuferryError
 from gpuferry.events import EventSink, ignore, make_event
 from gpuferry.jobs.lock import JobLock
@@ -20,6 +21,8 @@ def remove_job_leftovers(
 ) -> bool:
     """True when everything is gone; a target that cannot be reached is reported and kept for later."""
     local_dir = store.job_dir(job.id)
+    if stop_worker and features_of(str(job.target.get("kind"))).cluster and not _stop_cluster_owner(job, on_event):
+        return False
     if job.remote_dir:
         try:
             with TargetSpec.from_json(job.target).connect() as backend:
@@ -47,4 +50,17 @@ def remove_job_leftovers(
                     store.mark_pending(job.id, record.segment.index)
     except GpuferryError:
         return False  # a client still holds the job; its own cleanup will run
+    return True
+
+
+def _stop_cluster_owner(job: JobRecord, on_event: EventSink) -> bool:
+    """A cluster job's tasks cancelled and its owner ended; False when the cluster cannot be reached."""
+    from gpuferry.jobs.cluster_runner import open_cluster, stop_owner
+
+    try:
+        if stop_owner(job.id, open_cluster(TargetSpec.from_json(job.target))):
+            on_event(make_event("worker_stopped", job=job.id, owner="ray"))
+    except GpuferryError as exc:
+        on_event(make_event("warning", job=job.id, message=f"the job's tasks were not stopped: {exc.one_line()}"))
+        return False
     return True
