@@ -303,9 +303,9 @@ class KernelUploads:
                 self._await(*pending.popleft(), path)
         finally:
             with self._replied:  # replies still due for a write that failed are dropped when they come
-                self._abandoned.update(piece_id for piece_id, _ in pending)
                 for piece_id, _ in pending:
-                    self._replies.pop(piece_id, None)
+                    if self._replies.pop(piece_id, None) is None:
+                        self._abandoned.add(piece_id)
 
     def _send(self, piece_id: str, path: str, at: int, piece: memoryview) -> None:
         if self.broken is not None:
