@@ -158,6 +158,31 @@ def test_an_upload_outlives_its_kernel(jupyter_server: JupyterServer, jupyter_fo
     assert not kernel_ids(jupyter_server) & {ended[0], str(replacement.kernel_id)}
 
 
+def test_a_cut_link_reconnects_to_the_same_kernel(jupyter_server: JupyterServer, jupyter_folder: Path,
+                                                 link: FaultProxy, tmp_path: Path) -> None:
+    warm, source = random_file(tmp_path / "warm.bin", 9), random_file(tmp_path / "source.bin", 10, 48 * MIB)
+    backend = open_backend(jupyter_server, link, jupyter_folder)
+    cut: list[int] = []
+
+    def cut_the_link(progress: TransferProgress) -> None:
+        if not cut and progress.done_bytes >= source.stat().st_size // 3:
+            cut.append(progress.done_bytes)
+            link.cut()  # every connection through the link drops, the kernel's socket among them
+
+    try:
+        upload(backend, warm, "warm.bin")
+        kernel = wait_for_kernel(backend)
+        upload(backend, source, "copy.bin", on_progress=cut_the_link)
+        assert cut
+        assert backend.payload_sent["kernel"] > 0
+        again = wait_for_kernel(backend)
+    finally:
+        backend.close()
+    assert digest(jupyter_folder / "copy.bin") == digest(source)
+    assert again is not kernel and again.kernel_id == kernel.kernel_id  # a new socket, the same kernel
+    assert kernel.kernel_id not in kernel_ids(jupyter_server)
+
+
 def test_a_kernel_left_by_a_client_that_died_is_ended_by_the_next(jupyter_server: JupyterServer,
                                                                   monkeypatch: pytest.MonkeyPatch) -> None:
     http = JupyterHttp(jupyter_server.url, Secret(jupyter_server.token()), 30.0)

@@ -4,6 +4,7 @@ contents API) for uploads."""
 from __future__ import annotations
 
 import base64
+import functools
 import hashlib
 import json
 import logging
@@ -23,7 +24,7 @@ from .features import MIB, BackendFeatures, ChunkShape
 from .framed_commands import FramedCommands
 from .helper_call import encode_arguments, helper_source, parse_reply, script_helper_argv
 from .jupyter_http import JupyterHttp
-from .jupyter_kernel import KernelUnavailable, KernelUploads
+from .jupyter_kernel import KernelUnavailable, KernelUploads, default_kernel
 from .jupyter_terminal import LineNotSent, TerminalProgram, TerminalSession
 from .markers import Framing, parse_framed
 from .program_sessions import TERMINAL_READY, ProgramSessions
@@ -141,6 +142,7 @@ class JupyterBackend(FramedCommands):
         #: what a cut costs is measured in these, whatever the encoding on the wire
         self.payload_sent = {"kernel": 0, "contents": 0}
         self._payload_lock = threading.Lock()
+        self._kernel_counter = functools.partial(self._count_payload, "kernel")
         if settings.root_dir is None or settings.workdir is None:
             reply = self._run_argv([self.python, "-c", ROOT_PROBE], self.operation_timeout)
             info = parse_reply(reply.output, "find the server root", None, self.kind)
@@ -326,9 +328,8 @@ class JupyterBackend(FramedCommands):
         if not self.settings.kernel_uploads:
             return ("warn", "kernel uploads are off: files go as base64 through the contents API (about 0.7 "
                     "of the link)", "drop kernel_uploads=false to send them as raw bytes through a kernel")
-        spec = self._http.request("GET", "api/kernelspecs", what="list the server's kernels").json()
-        name = spec.get("default")
-        if not name or name not in (spec.get("kernelspecs") or {}):
+        name = default_kernel(self._http)
+        if name is None:
             return ("warn", "the server has no kernel: files go as base64 through the contents API (about 0.7 "
                     "of the link)", "install one where the server runs: python -m pip install ipykernel")
         return ("pass", f"large files go as raw bytes through a {name} kernel of gpuferry's own", "")
@@ -336,9 +337,6 @@ class JupyterBackend(FramedCommands):
     def _count_payload(self, channel: str, size: int) -> None:
         with self._payload_lock:
             self.payload_sent[channel] += size
-
-    def _count_kernel_piece(self, size: int) -> None:
-        self._count_payload("kernel", size)
 
     def _ready_kernel(self) -> KernelUploads | None:
         kernel = self._kernel
@@ -486,7 +484,7 @@ class JupyterBackend(FramedCommands):
         absolute = self.resolve(path)
         kernel = self._upload_kernel(len(data))
         if kernel is not None:
-            kernel.write(absolute, data, offset, on_piece=self._count_kernel_piece)
+            kernel.write(absolute, data, offset, on_piece=self._kernel_counter)
             return
         api_path = self._api_path(absolute)
         if api_path is not None and (offset == 0 or self._api_size(api_path) == offset):
@@ -498,7 +496,7 @@ class JupyterBackend(FramedCommands):
                 rest = memoryview(data)[written:]
                 kernel = self._ready_kernel()
                 if kernel is not None:
-                    kernel.write(absolute, rest, offset + written, on_piece=self._count_kernel_piece)
+                    kernel.write(absolute, rest, offset + written, on_piece=self._kernel_counter)
                 else:  # it broke again in between
                     self._upload_to(api_path, rest, offset + written)
             return

@@ -96,6 +96,13 @@ class KernelUnavailable(Exception):
     """The server runs no kernel that can take uploads (none installed, or refused): use the contents API."""
 
 
+def default_kernel(http: JupyterHttp) -> str | None:
+    """The name of the kernel the server starts by default; None when it offers none."""
+    spec = http.request("GET", "api/kernelspecs", what="list the server's kernels").json()
+    name = spec.get("default")
+    return str(name) if name and name in (spec.get("kernelspecs") or {}) else None
+
+
 def binary_message(session: str, msg_type: str, content: dict[str, Any],
                    buffers: tuple[bytes | memoryview, ...] = ()) -> tuple[str, bytes]:
     """(message id, frame) in jupyter_server's binary websocket framing: the part count, each part's
@@ -179,9 +186,8 @@ class KernelUploads:
 
     def _new_session(self) -> None:
         try:
-            spec = self._http.request("GET", "api/kernelspecs", what="list the server's kernels").json()
-            name = spec.get("default")
-            if not name or name not in (spec.get("kernelspecs") or {}):
+            name = default_kernel(self._http)
+            if name is None:
                 raise KernelUnavailable("the server has no kernel installed")
             created = self._http.request(
                 "POST", "api/sessions", what="start a kernel for uploads", remote_path="api/sessions",

@@ -5,8 +5,7 @@ from __future__ import annotations
 import functools
 import hashlib
 import os
-import threading
-from concurrent.futures import Future
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -254,18 +253,17 @@ class ChunkSender:
 def read_first_chunk(local_path: Path, chunk: Chunk) -> Future[tuple[bytes, str]]:
     """The first chunk's bytes and sha256, read on a thread of its own (hashing releases the interpreter
     lock, so it runs beside the far call that waits on the link)."""
-    future: Future[tuple[bytes, str]] = Future()
 
-    def read() -> None:
-        try:
-            with open(local_path, "rb") as handle:
-                data = handle.read(chunk.length)
-            future.set_result((data, hashlib.sha256(data).hexdigest()))
-        except BaseException as error:  # noqa: BLE001 - handed to the reader of the future
-            future.set_exception(error)
+    def read() -> tuple[bytes, str]:
+        with open(local_path, "rb") as handle:
+            data = handle.read(chunk.length)
+        return data, hashlib.sha256(data).hexdigest()
 
-    threading.Thread(target=read, name="gpuferry-first-chunk", daemon=True).start()
-    return future
+    pool = ThreadPoolExecutor(1, thread_name_prefix="gpuferry-first-chunk")
+    try:
+        return pool.submit(read)
+    finally:
+        pool.shutdown(wait=False)  # the one read goes on; nothing else is ever queued here
 
 
 def resend(session: TransferSession, sender: ChunkSender, local_path: Path, plan: ChunkPlan,
