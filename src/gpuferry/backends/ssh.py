@@ -8,7 +8,7 @@ import re
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 import asyncssh
 
@@ -545,19 +545,26 @@ class SshProgramSession:
         where, kind = self._backend.where, self._backend.kind
         skipped: list[str] = []
 
+        async def ended() -> NoReturn:
+            status = await self._exit_status()
+            if status is None:  # no exit status: the channel went with the link, not the program
+                raise ConnectionLostError(f"connection to {where} lost while `{self._program}` ran", step=kind)
+            # the program itself ended (not found, crashed): like a command that exited non-zero
+            tail = "".join(skipped)[-300:].strip()
+            raise RemoteCommandError(f"`{self._program}` on {where} ended (exit {status}) without "
+                                     "answering" + (f": {tail}" if tail else ""), step=kind)
+
         async def reply() -> str:
-            self._process.stdin.write(line + "\n")
+            try:
+                self._process.stdin.write(line + "\n")
+            except BrokenPipeError:
+                # a program that cannot start (no such python) can be gone before its request is written:
+                # its exit status says so, where a lost link leaves none
+                await ended()
             while True:
                 answer = await self._process.stdout.readline()
                 if not answer:
-                    status = await self._exit_status()
-                    if status is None:  # no exit status: the channel went with the link, not the program
-                        raise ConnectionLostError(f"connection to {where} lost while `{self._program}` ran",
-                                                  step=kind)
-                    # the program itself ended (not found, crashed): like a command that exited non-zero
-                    tail = "".join(skipped)[-300:].strip()
-                    raise RemoteCommandError(f"`{self._program}` on {where} ended (exit {status}) without "
-                                             "answering" + (f": {tail}" if tail else ""), step=kind)
+                    await ended()
                 if answer.lstrip().startswith("{"):
                     return answer
                 skipped.append(answer)
