@@ -22,6 +22,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 
 from servers.proxy import running_proxy  # noqa: E402
+from servers.far_python import use_plain_python3  # noqa: E402
 from servers.sshd import running_sshd  # noqa: E402
 
 from gpuferry.api import upscale_on_target  # noqa: E402
@@ -108,6 +109,7 @@ class Bench:
 
 
 def main() -> None:
+    use_plain_python3()  # far-side commands start python3 as a real far side does, not through a shim
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--seconds", type=float, default=6.0)
     parser.add_argument("--segment-seconds", type=float, default=2.0)

@@ -39,6 +39,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 
 import av  # noqa: E402
 from servers.fixtures import FAKE_CGPU, write_cgpu_login  # noqa: E402
+from servers.far_python import use_plain_python3  # noqa: E402
 
 from gpuferry.media.synth import make_clip  # noqa: E402
 
@@ -301,6 +302,7 @@ def soak(args: argparse.Namespace) -> dict[str, object]:
 
 
 def main() -> None:
+    use_plain_python3()  # far-side commands start python3 as a real far side does, not through a shim
     result = soak(parse_args())
     print("RESULT " + " ".join(f"{key}={value}" for key, value in result.items()))
 

@@ -33,6 +33,7 @@ sys.path.insert(0, str(ROOT / "tests"))
 sys.path.insert(0, str(ROOT / "src"))
 
 from servers.fixtures import write_cgpu_login  # noqa: E402
+from servers.far_python import use_plain_python3  # noqa: E402
 from servers.jupyter import running_jupyter  # noqa: E402
 from servers.proxy import running_proxy, running_proxy_process  # noqa: E402
 from servers.sshd import running_sshd  # noqa: E402
@@ -249,6 +250,7 @@ def resent_after_drop(link: Link, source: Path) -> tuple[int, float, int]:
 
 
 def main() -> None:
+    use_plain_python3()  # far-side commands start python3 as a real far side does, not through a shim
     parser = argparse.ArgumentParser(description=__doc__)
     # 256 MB by default: a video worth moving is hundreds of MB to a few GB, and each transfer's fixed
     # far-side steps (survey, final commit, whole-file hash: 0.3-0.5 s) would weigh 3-4x more at 64 MB

@@ -7,6 +7,7 @@ import subprocess
 from pathlib import Path
 
 import pytest
+from servers.far_python import use_plain_python3
 
 from gpuferry.media.synth import make_clip
 
@@ -17,6 +18,10 @@ pytest_plugins = ["servers.fixtures"]
 # sshd sets it too): the suite runs on every core at once, and an engine with more threads than free
 # cores waits on its slowest thread at every layer (ncnn ran ten times slower on a loaded 2-core machine)
 os.environ.setdefault("OMP_NUM_THREADS", "1")
+
+
+# far-side commands find the machine's own `python3` first, not a version manager's shim
+use_plain_python3()
 
 
 @pytest.fixture(scope="session")

@@ -2,12 +2,8 @@
 
 from __future__ import annotations
 
-from importlib.metadata import PackageNotFoundError, version
-
-try:
-    __version__ = version("gpuferry")
-except PackageNotFoundError:  # pragma: no cover - running from a source tree without install
-    __version__ = "0.0.0"
+#: the installed version, read on first use (see __getattr__)
+__version__: str
 
 __all__ = ["__version__"]
 
@@ -20,6 +16,17 @@ __all__ += list(API)
 def __getattr__(name: str) -> object:
     """The API is imported on first use: the remote worker imports this package too, and must not
     pull in the client's dependencies (ssh, http) that a GPU host may lack."""
+    if name == "__version__":
+        # read on first use, not at import: importlib.metadata scans every installed distribution (80 ms),
+        # which each worker, follower and command-line start paid whether it showed a version or not
+        from importlib.metadata import PackageNotFoundError, version
+
+        try:
+            found = version("gpuferry")
+        except PackageNotFoundError:  # pragma: no cover - running from a source tree without install
+            found = "0.0.0"
+        globals()["__version__"] = found
+        return found
     if name in API:
         from gpuferry import api
 

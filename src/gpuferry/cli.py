@@ -12,7 +12,6 @@ from typing import Any
 
 import click
 
-from gpuferry import __version__
 from gpuferry.api import (
     Upscaler,
     UpscaleResult,
@@ -60,7 +59,7 @@ def _print_error(error: GpuferryError) -> None:
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
-@click.version_option(__version__, prog_name="gpuferry")
+@click.version_option(package_name="gpuferry", prog_name="gpuferry")
 def cli() -> None:
     """Upscale videos and images with Real-ESRGAN, on whatever GPU you can reach, or on this
     machine's CPU when there is none. Nothing is lost: outputs appear only when complete and

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import secrets
 import subprocess
@@ -46,6 +47,12 @@ def running_jupyter(directory: Path, kernels: bool = True) -> Iterator[JupyterSe
         "JUPYTER_CONFIG_DIR": str(runtime / "config"),
         "SHELL": "/bin/bash",
     }
+    # a terminal is an interactive bash, without the login files: jupyter_server starts `bash -l` when it has
+    # no terminal of its own, and this machine's profile runs pyenv's init plus a prompt hook that starts
+    # a dozen processes before every command a terminal is given (a Colab terminal's bash does neither)
+    (runtime / "config").mkdir(exist_ok=True)
+    (runtime / "config" / "jupyter_server_config.json").write_text(json.dumps(
+        {"ServerApp": {"terminado_settings": {"shell_command": ["/bin/bash", "--noprofile", "--norc", "-i"]}}}))
     log = directory / "jupyter.log"
     with open(log, "wb") as log_handle:
         process = subprocess.Popen(

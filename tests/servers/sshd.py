@@ -94,7 +94,10 @@ def running_sshd(directory: Path) -> Iterator[SshServer]:
                 "MaxSessions 50",
                 "LogLevel VERBOSE",
                 # the suite's one engine thread per process (tests/conftest.py) for workers started here too
-                "SetEnv OMP_NUM_THREADS=1",
+                # and no ~/.bashrc: bash sources it for every command sshd starts unless SHLVL says it is
+                # nested, and this machine's runs `pyenv init` there, 0.2 s on each of the suite's
+                # thousands of ssh commands (a box whose .bashrc returns early when not interactive)
+                "SetEnv OMP_NUM_THREADS=1 SHLVL=1",
                 "",
             ]
         )
