@@ -130,3 +130,42 @@ def test_a_file_over_one_chunk_is_checked_here_even_when_asked_to_check_later(tm
                     check_later=True)
     assert report.pending_check is None
     assert (workdir / "input.mp4").read_bytes() == source.read_bytes()
+
+
+def test_a_download_over_one_chunk_crosses_the_link_once(tmp_path: Path) -> None:
+    """The one-call read for a small file is tried first; for a larger one the agent answers with its size
+    alone, so the file's bytes cross once (its first chunk used to come whole, be dropped, and come again)."""
+    runtime = FakeCgpuRuntime(tmp_path / "cgpu")
+    workdir = runtime.content / "work"
+    workdir.mkdir(parents=True)
+    far_file = workdir / "output.mp4"
+    far_file.write_bytes(hashlib.sha256(b"down").digest() * (3 * TEST_CHUNK // 32))
+    backend = runtime.backend(workdir)
+    relayed: list[int] = []
+    original = backend.run_program_lines
+
+    def counted(argv: Any, timeout: float, on_line: Any) -> Any:
+        def line(raw: str) -> None:
+            relayed.append(len(raw.strip()))
+            on_line(raw)
+
+        return original(argv, timeout, line)
+
+    backend.run_program_lines = counted  # type: ignore[method-assign]
+    report = download(backend, "output.mp4", tmp_path / "back.mp4", options=TransferOptions(chunk_size=TEST_CHUNK))
+    assert (tmp_path / "back.mp4").read_bytes() == far_file.read_bytes()
+    assert report.sha256 == hashlib.sha256(far_file.read_bytes()).hexdigest()
+    base64_of_the_file = 4 * far_file.stat().st_size / 3
+    assert sum(relayed) < 1.05 * base64_of_the_file, "each byte crosses once (markers and replies aside)"
+
+
+def test_a_file_of_exactly_one_chunk_comes_back_in_one_call(tmp_path: Path) -> None:
+    runtime = FakeCgpuRuntime(tmp_path / "cgpu")
+    workdir = runtime.content / "work"
+    workdir.mkdir(parents=True)
+    (workdir / "output.mp4").write_bytes(hashlib.sha256(b"one").digest() * (TEST_CHUNK // 32))
+    backend = runtime.backend(workdir)
+    calls = counting_calls(backend)
+    download(backend, "output.mp4", tmp_path / "back.mp4", options=TransferOptions(chunk_size=TEST_CHUNK))
+    assert (tmp_path / "back.mp4").read_bytes() == (workdir / "output.mp4").read_bytes()
+    assert calls == ["run"]

@@ -49,20 +49,22 @@ class FarSide:
 
     def read_whole(self, path: str, limit: int, timeout: float) -> tuple[bytes | bytearray, str] | None:
         """A whole small file and the far side's sha256 of it in one call; None when it is over ``limit``
-        bytes or the reply lacks what proves it whole (then the chunked path does the work)."""
-        data, reply = self.read_range_reply(path, 0, limit, timeout)
-        if not isinstance(reply, dict) or reply.get("size") != len(data) or len(data) >= limit:
+        bytes or the reply lacks what proves it whole (then the chunked path does the work). A larger file
+        sends nothing: the agent only says its size (it sent a whole chunk of it, for nothing, before)."""
+        data, reply = self.read_range_reply(path, 0, limit, timeout, whole_only=True)
+        if not isinstance(reply, dict) or reply.get("size") != len(data) or len(data) > limit:
             return None
         if hashlib.sha256(data).hexdigest() != reply.get("sha256"):
             raise ConnectionLostError(f"read of {path!r} arrived damaged", step=self.backend.kind)
         return data, reply["sha256"]
 
     def read_range_reply(
-        self, path: str, offset: int, length: int, timeout: float
+        self, path: str, offset: int, length: int, timeout: float, whole_only: bool = False
     ) -> tuple[bytes | bytearray, Any]:
-        """A file range and the agent's reply (length, sha256, the file's size)."""
+        """A file range and the agent's reply (length, sha256, the file's size); ``whole_only``: no bytes
+        at all when the rest of the file is longer than ``length``."""
         start = "GPUFERRY-DATA-" + uuid.uuid4().hex
-        arguments = {"path": path, "offset": offset, "length": length, "start": start}
+        arguments = {"path": path, "offset": offset, "length": length, "start": start, "whole_only": whole_only}
         argv = [*self.program(), "read", json.dumps(arguments)]
         if self.backend.features.streams_output and self.backend.features.line_based_reads:
             return self._read_streamed(argv, start, path, timeout)

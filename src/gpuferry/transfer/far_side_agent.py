@@ -272,13 +272,15 @@ def op_forget(args):
 
 
 def op_read(args):
-    """Print a file range as base64 in short lines (line-based links carry them well) after a start line."""
+    """Print a file range as base64 in short lines (line-based links carry them well) after a start line;
+    with ``whole_only``, nothing when the rest of the file is longer than the range (the size says so)."""
     import base64
 
     with open(args["path"], "rb") as handle:
         size = os.fstat(handle.fileno()).st_size
         handle.seek(args["offset"])
-        data = handle.read(args["length"])
+        whole = not args.get("whole_only") or size - args["offset"] <= args["length"]
+        data = handle.read(args["length"]) if whole else b""
     encoded = base64.b64encode(data)
     out = sys.stdout.buffer
     out.write(b"\n" + args["start"].encode("ascii") + b"\n")
