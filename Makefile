@@ -45,7 +45,8 @@ FAST_TESTS := tests/transfer/test_memory_backend.py tests/policy/test_one_reques
 
 # pytest-xdist workers for the suite: one more than the cores, since part of each test is waiting (a stall
 # limit waited out, a link's pace, a worker's start) and a third worker fills that time on 2 cores
-# (594 tests: 645 s with 2 workers, 571 s with 3, 681 s with 4 on the same machine)
+# (594 tests on one build: 645 s with 2 workers, 571 s with 3; from 3 on the CPU is saturated, so more
+# workers only add contention)
 TEST_WORKERS ?= $(shell echo $$(( $$(nproc) + 1 )))
 
 # two phases, both run, either failing fails the target (pytest's "no tests ran", exit 5, included):
