@@ -24,14 +24,15 @@ def use_plain_python3() -> None:
         return found.stdout.strip()
 
     first = shutil.which("python3")
-    if first is None or Path(reported(first)).resolve() == Path(first).resolve():
-        return  # no python3, or the first one is the interpreter itself
+    started = reported(first) if first else ""
+    if not started or Path(started).resolve() == Path(first or "").resolve():
+        return  # no working python3, or the first one is the interpreter itself
     for folder in os.environ.get("PATH", "").split(os.pathsep):
         candidate = Path(folder or ".") / "python3"
         if os.access(candidate, os.X_OK) and Path(reported(str(candidate))).resolve() == candidate.resolve():
             break
     else:
-        candidate = Path(reported(first))  # only wrappers: the interpreter the first one starts
+        candidate = Path(started)  # only wrappers: the interpreter the first one starts
     chosen = Path(tempfile.mkdtemp(prefix="gpuferry-test-python3-"))
     (chosen / "python3").symlink_to(candidate)
     atexit.register(shutil.rmtree, chosen, True)
