@@ -101,7 +101,10 @@ def _interrupted_run(clips, tmp_path: Path, signal_number: int) -> tuple[subproc
     events = tmp_path / "events.jsonl"
     with events.open("w") as sink:
         process = subprocess.Popen(
-            [sys.executable, "-c", AS_FROM_A_TERMINAL, "upscale", "--json", "--engine", "ncnn", str(source)],
+            # ultrafast: x264 has no lookahead then, so the partial output appears with the first frames
+            # (at the default preset its first packet waits ~50 frames: 16 s of the model on one thread)
+            [sys.executable, "-c", AS_FROM_A_TERMINAL, "upscale", "--json", "--engine", "ncnn", "--preset",
+             "ultrafast", str(source)],
             stdout=sink, stderr=subprocess.PIPE, text=True,
         )
     deadline = time.monotonic() + 240
