@@ -175,3 +175,15 @@ def test_model_path_runs_a_users_own_weights(clips, tmp_path):
     assert "torch" in events[0]["engine"]
     assert any(e["event"] == "preflight" for e in events)
     assert probe(tmp_path / "in_x4.mp4").video.width == 128
+
+
+def test_version_is_the_installed_one_on_the_command_line_and_in_python():
+    """``__version__`` is read on first use, not at import: both faces still give the installed version."""
+    from importlib.metadata import version
+
+    import gpuferry as package
+
+    installed = version("gpuferry")
+    assert package.__version__ == installed
+    completed = gpuferry("--version")
+    assert completed.returncode == 0 and completed.stdout.strip() == f"gpuferry, version {installed}"
