@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 from job_shape import FRAMES, SEGMENT_SECONDS
 from media_checks import audio_packets
+from servers.waiting import wait_until
 from servers.proxy import running_proxy
 
 from gpuferry.api import upscale_on_target
@@ -194,6 +195,10 @@ def test_cancel_stops_the_worker_and_removes_the_remote_folder(job_clip, tmp_pat
     client = _start_job(job_clip, output, root, cli_env)
     seen = _read_until(client, lambda e: e["event"] == "spawned")
     job_id = next(e["job"] for e in seen if e["event"] == "job")
+    # the worker is held, so the job cannot finish before the cancel (a new CLI process) reaches it
+    pid_file = root / "gpuferry" / "jobs" / job_id / "worker.pid"
+    wait_until(pid_file.exists, attempts=600)
+    os.killpg(int(pid_file.read_text().split()[0]), signal.SIGSTOP)
     cancelled = subprocess.run(_cli("cancel", job_id), capture_output=True, text=True, env=cli_env, timeout=60)
     assert cancelled.returncode == 0, cancelled.stderr
     client.communicate(timeout=60)
