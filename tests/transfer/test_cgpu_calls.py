@@ -3,10 +3,14 @@
 from __future__ import annotations
 
 import hashlib
+import tempfile
 from pathlib import Path
 from typing import Any
 
+import pytest
+
 from gpuferry.backends.cgpu import CgpuBackend
+from gpuferry.errors import RemoteFileError
 from gpuferry.transfer import TransferOptions, download, upload
 from gpuferry.transfer.far_side import FarSide
 from gpuferry.transfer.upload import WHOLE_UPLOAD_MIN
@@ -45,14 +49,20 @@ def test_upload_into_the_runtime_costs_one_call_per_chunk(tmp_path: Path) -> Non
     assert sorted(path.name for path in workdir.iterdir()) == ["input.mp4"]
 
 
-def one_chunk_file(tmp_path: Path, seed: bytes) -> tuple[Path, Path, CgpuBackend]:
-    """A stand-in runtime's work folder, a local file of one chunk just over WHOLE_UPLOAD_MIN, a backend."""
+def work_folder(tmp_path: Path) -> tuple[Path, CgpuBackend]:
+    """A stand-in runtime's work folder (under /content, where cgpu copy writes) and a backend on it."""
     runtime = FakeCgpuRuntime(tmp_path / "cgpu")
     workdir = runtime.content / "work"
     workdir.mkdir(parents=True)
+    return workdir, runtime.backend(workdir)
+
+
+def one_chunk_file(tmp_path: Path, seed: bytes) -> tuple[Path, Path, CgpuBackend]:
+    """A stand-in runtime's work folder, a local file of one chunk just over WHOLE_UPLOAD_MIN, a backend."""
+    workdir, backend = work_folder(tmp_path)
     source = tmp_path / "clip.mp4"
     source.write_bytes(hashlib.sha256(seed).digest() * ((WHOLE_UPLOAD_MIN + 4096) // 32))
-    return workdir, source, runtime.backend(workdir)
+    return workdir, source, backend
 
 
 def test_a_one_chunk_file_goes_up_in_two_calls_and_back_in_one(tmp_path: Path) -> None:
@@ -76,16 +86,18 @@ def test_a_damaged_whole_copy_is_sent_again_through_the_chunked_path(tmp_path: P
     """The settle call finds the copy's sha256 wrong: it removes it, and the upload sends the chunk again,
     verified (the destination never holds the damaged bytes)."""
     workdir, source, backend = one_chunk_file(tmp_path, b"damaged")
-    original = backend.write_bytes
+    original = backend.write_file
     damaged: list[str] = []
 
-    def write_once_damaged(path: str, data: bytes, offset: int = 0) -> None:
+    def write_once_damaged(path: str, local_path: str) -> None:
         if not damaged:
             damaged.append(path)
-            data = b"x" + bytes(data[1:])
-        original(path, data, offset)
+            data = Path(local_path).read_bytes()
+            local_path = str(tmp_path / "damaged copy")
+            Path(local_path).write_bytes(b"x" + data[1:])
+        original(path, local_path)
 
-    backend.write_bytes = write_once_damaged  # type: ignore[method-assign]
+    backend.write_file = write_once_damaged  # type: ignore[method-assign]
     report = upload(backend, source, "input.mp4")
     assert damaged and damaged[0].endswith(".gpuferry-part")
     assert (workdir / "input.mp4").read_bytes() == source.read_bytes()
@@ -135,12 +147,9 @@ def test_a_file_over_one_chunk_is_checked_here_even_when_asked_to_check_later(tm
 def test_a_download_over_one_chunk_crosses_the_link_once(tmp_path: Path) -> None:
     """The one-call read for a small file is tried first; for a larger one the agent answers with its size
     alone, so the file's bytes cross once (its first chunk used to come whole, be dropped, and come again)."""
-    runtime = FakeCgpuRuntime(tmp_path / "cgpu")
-    workdir = runtime.content / "work"
-    workdir.mkdir(parents=True)
+    workdir, backend = work_folder(tmp_path)
     far_file = workdir / "output.mp4"
     far_file.write_bytes(hashlib.sha256(b"down").digest() * (3 * TEST_CHUNK // 32))
-    backend = runtime.backend(workdir)
     relayed: list[int] = []
     original = backend.run_program_lines
 
@@ -169,3 +178,37 @@ def test_a_file_of_exactly_one_chunk_comes_back_in_one_call(tmp_path: Path) -> N
     download(backend, "output.mp4", tmp_path / "back.mp4", options=TransferOptions(chunk_size=TEST_CHUNK))
     assert (tmp_path / "back.mp4").read_bytes() == (workdir / "output.mp4").read_bytes()
     assert calls == ["run"]
+
+
+def test_chunks_go_up_from_spool_files_that_never_outlive_the_upload(tmp_path: Path,
+                                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    """cgpu copy sends a file: each chunk is spooled to one (hashed on the way) while the one before it
+    moves, and the spool folder is gone after the upload, whether it finished or failed."""
+    spool_root = tmp_path / "local tmp"
+    spool_root.mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(spool_root))
+    workdir, backend = work_folder(tmp_path)
+    source = tmp_path / "clip.mp4"
+    source.write_bytes(hashlib.sha256(b"spool").digest() * (3 * TEST_CHUNK // 32))
+    sent: list[bytes] = []
+    write_file = backend.write_file
+
+    def sending(path: str, local_path: str) -> None:
+        sent.append(Path(local_path).read_bytes())
+        write_file(path, local_path)
+
+    backend.write_file = sending  # type: ignore[method-assign]
+    upload(backend, source, "input.mp4", options=TransferOptions(chunk_size=TEST_CHUNK))
+    assert (workdir / "input.mp4").read_bytes() == source.read_bytes()
+    assert b"".join(sent) == source.read_bytes()  # every chunk went up from a spool file, in order
+    assert not list(spool_root.glob("gpuferry-spool-*"))
+
+    def failing(path: str, local_path: str) -> None:
+        if path.endswith("00000001"):
+            raise RemoteFileError("No space left on device", path=path, step="cgpu", remote=True)
+        write_file(path, local_path)
+
+    backend.write_file = failing  # type: ignore[method-assign]
+    with pytest.raises(RemoteFileError):
+        upload(backend, source, "again.mp4", options=TransferOptions(chunk_size=TEST_CHUNK))
+    assert not list(spool_root.glob("gpuferry-spool-*"))

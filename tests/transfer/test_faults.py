@@ -142,7 +142,7 @@ def test_damaged_partial_download_is_caught_and_resent(rig: Rig, make_file: Make
 def test_chunk_damaged_in_transit_is_sent_again(rig: Rig, make_file: MakeFile, monkeypatch: pytest.MonkeyPatch) -> None:
     source = make_file("source.bin", 4 * TEST_CHUNK)
     backend = rig.open()
-    write, read = backend.write_bytes, backend.read_bytes
+    write, write_file, read = backend.write_bytes, backend.write_file, backend.read_bytes
     damaged: list[int] = []
 
     def damaging_write(path: str, data: bytes, offset: int = 0) -> None:
@@ -151,15 +151,25 @@ def test_chunk_damaged_in_transit_is_sent_again(rig: Rig, make_file: MakeFile, m
             data = data[:100] + bytes([data[100] ^ 1]) + data[101:]
         write(path, data, offset)
 
+    def damaging_write_file(path: str, local_path: str) -> None:
+        if path.endswith("00000002") and not damaged:
+            data = Path(local_path).read_bytes()
+            local_path = str(rig.local_dir / "damaged chunk")
+            Path(local_path).write_bytes(data[:100] + bytes([data[100] ^ 1]) + data[101:])
+            damaged.append(2)
+        write_file(path, local_path)
+
     def damage_on_read(data: bytes | None, offset: int) -> bytes | None:
         if data is not None and offset == 2 * TEST_CHUNK and len(damaged) == 1:
             damaged.append(2)
             return data[:-1]  # a short chunk
         return data
 
-    # every way a chunk can come back: a binary channel, the backend's own read, the agent's base64 lines
+    # every way a chunk can go up (its bytes, or its spool file where the backend sends files) and come
+    # back (a binary channel, the backend's own read, the agent's base64 lines)
     read_direct, read_range = backend.read_direct, FarSide.read_range
     backend.write_bytes = damaging_write  # type: ignore[method-assign]
+    backend.write_file = damaging_write_file  # type: ignore[method-assign]
     backend.read_direct = lambda path, offset, length: damage_on_read(  # type: ignore[method-assign]
         read_direct(path, offset, length), offset)
     backend.read_bytes = lambda path, offset=0, length=None: damage_on_read(  # type: ignore[method-assign]

@@ -196,6 +196,12 @@ class Backend(ABC):
         transfer needs: ask ``stat`` for the size, then continue from there.
         """
 
+    def write_file(self, path: str, local_path: str) -> None:
+        """Create or replace ``path`` with the bytes of the local file ``local_path`` (a chunk's spool file).
+        Backends that move files as they are (``uploads_from_files``) send it without reading it here."""
+        with open(local_path, "rb") as handle:
+            self.write_bytes(path, handle.read())
+
     @abstractmethod
     def stat(self, path: str) -> FileStat | None:
         """Size and mtime of ``path``, or None when it does not exist."""

@@ -121,17 +121,20 @@ class CgpuBackend(FramedCommands):
 
     kind = "cgpu"
     #: every cgpu call costs a process, a login and a runtime look-up (0.7 s and 5 control-plane requests
-    #: unloaded), so chunks are as large as memory allows: 64 MiB both ways, one call at a time. Uploads:
-    #: one copy per chunk (a cut costs that copy), committed 256 MiB per call, the last batch by the call
-    #: that verifies and renames; a file of one chunk over 4 MiB: its copy, then one call that checks its
+    #: unloaded), so chunks are as large as cgpu's memory allows: 64 MiB both ways, one call at a time.
+    #: Uploads: one copy per chunk (a cut costs that copy) of a spool file that was written and hashed
+    #: while the chunk before it moved, committed 256 MiB per call, the last batch by the call that
+    #: verifies and renames; a file of one chunk over 4 MiB: its copy, then one call that checks its
     #: sha256 and renames it (no survey: a drop re-sends that one chunk). Downloads: the agent's base64
-    #: lines, decoded as they arrive (a file under 64 MiB whole in ONE call, sha256 with it). Memory: one
-    #: chunk here (64 MiB plus a line); cgpu itself holds a copied chunk, its base64 and the JSON body
-    #: (about 3x the chunk, ~200 MB of node heap), which is why chunks stop at 64 MiB. Switched on by
-    #: CGPU_GPU_ENABLED, with a step of its own in the fallback order.
-    features = BackendFeatures(upload=ChunkShape(64 * MIB), download=ChunkShape(64 * MIB),
-                               commit_batch_bytes=256 * MIB, whole_uploads=True, line_based_reads=True,
-                               whole_small_downloads=True, streams_output=True, own_fallback_step=True)
+    #: lines, decoded as they arrive (a file under 64 MiB whole in ONE call, sha256 with it). Memory here:
+    #: one chunk for a download (64 MiB plus a line), none for an upload (two spool files on disk); cgpu
+    #: itself holds a copied chunk, its base64 and the JSON body (about 3x the chunk, ~200 MB of node
+    #: heap), which is why chunks stop at 64 MiB. Switched on by CGPU_GPU_ENABLED, with a step of its own
+    #: in the fallback order.
+    features = BackendFeatures(upload=ChunkShape(64 * MIB, read_ahead=1), download=ChunkShape(64 * MIB),
+                               commit_batch_bytes=256 * MIB, whole_uploads=True, uploads_from_files=True,
+                               line_based_reads=True, whole_small_downloads=True, streams_output=True,
+                               own_fallback_step=True)
 
     def __init__(self, settings: CgpuSettings | None = None, **options: Any) -> None:
         self.settings = settings or CgpuSettings(**options)
@@ -347,11 +350,19 @@ class CgpuBackend(FramedCommands):
     # --- files ----------------------------------------------------------------------------------
 
     def write_bytes(self, path: str, data: bytes, offset: int = 0) -> None:
-        absolute = self.resolve(path)
+        self._place(self.resolve(path), offset, lambda destination, shown: self._copy(data, destination, shown))
+
+    def write_file(self, path: str, local_path: str) -> None:
+        self._place(self.resolve(path), 0,
+                    lambda destination, shown: self._copy_file(local_path, destination, shown))
+
+    def _place(self, absolute: str, offset: int, copy: Callable[[str, str], None]) -> None:
+        """Bytes to ``absolute`` from ``offset`` on, ``copy(destination, shown_path)`` being one cgpu copy:
+        straight there when copy can write that name and ``offset`` is 0 (copy replaces the whole file, one
+        call instead of two), else to a stage that the far side splices in at ``offset``."""
         direct = self._copy_destination(absolute) if offset == 0 else None
         if direct is not None:
-            # one cgpu call instead of two: copy replaces the whole file, which is what offset 0 asks for
-            self._copy(data, direct, absolute)
+            copy(direct, absolute)
             return
         stage = self._stage_path()
         stage_destination = self._copy_destination(stage)
@@ -361,7 +372,7 @@ class CgpuBackend(FramedCommands):
                 "(hidden or unusual names in it, or outside the runtime's Jupyter root)",
                 path=absolute, step=self.kind, remote=True,
                 hints=["Use a plain workdir under /content (the default), e.g. --backend-opt workdir=/content."])
-        self._copy(data, stage_destination, absolute)
+        copy(stage_destination, absolute)
         try:
             self._splice_stage(stage, absolute, offset)
         except RemoteFileError:
@@ -395,7 +406,11 @@ class CgpuBackend(FramedCommands):
             local = os.path.join(local_dir, "gpuferry-upload")
             with open(local, "wb") as handle:
                 handle.write(data)
-            exit_code, output = self._cgpu(["copy", local, destination], self.operation_timeout)
+            self._copy_file(local, destination, shown_path)
+
+    def _copy_file(self, local: str, destination: str, shown_path: str) -> None:
+        """Upload the local file ``local`` with one ``cgpu copy`` to ``destination`` (relative to ``remote_root``)."""
+        exit_code, output = self._cgpu(["copy", local, destination], self.operation_timeout)
         if exit_code != 0 or "Uploaded:" not in output:
             raise self._failure(exit_code, output, "copy", path=shown_path)
 

@@ -15,6 +15,7 @@ class ChunkShape:
     parallel: int = 1
     #: chunks read and hashed ahead of the ones moving (uploads): with one chunk at a time, reading and
     #: hashing the next one would otherwise leave the link idle between chunks; each costs a chunk of memory
+    #: (of disk where the backend uploads from files: see ``BackendFeatures.uploads_from_files``)
     read_ahead: int = 0
 
 
@@ -37,6 +38,10 @@ class BackendFeatures:
     #: call, with no survey first: two calls instead of three, where a call costs more than re-sending one
     #: chunk after a drop (or sending a file the far side already holds)
     whole_uploads: bool = False
+    #: the backend sends a local file as it is (``write_file``; cgpu copy takes a path): an upload copies each
+    #: chunk into a spool file of its own, hashing it on the way, while the chunk before it moves, so the
+    #: link never waits on reading, hashing or writing a chunk, and no chunk is held in memory
+    uploads_from_files: bool = False
     #: reads travel as text through a terminal or a line relay: read through the transfer agent's base64
     #: lines (the backend's own read_bytes prints one long line, which such relays handle slowly)
     line_based_reads: bool = False

@@ -11,6 +11,7 @@ from typing import Any
 
 from ..backends.base import Backend
 from ..errors import BadInputError, StallError, TransferIntegrityError
+from .chunk_reader import ChunkPayload, ChunkReader, SpooledChunk
 from .chunks import Chunk, ChunkPlan, PartNames, sha256_of_file
 from .commits import Committer
 from .options import TransferOptions
@@ -59,38 +60,53 @@ def upload(
     # a whole copy skips the survey (and so the "identical content is not sent again" check): worth it
     # above WHOLE_UPLOAD_MIN, and always when the check rides on the caller's next command (one call)
     whole_size = 0 < info.st_size <= options.chunk_size and (check_later or info.st_size > WHOLE_UPLOAD_MIN)
-    if backend.features.whole_uploads and whole_size:
-        whole = upload_whole(session, local_path, names, info.st_size, check_later)
-        if whole is not None:
-            return whole
+    reader = ChunkReader(local_path, spool=backend.features.uploads_from_files)
+    try:
+        if backend.features.whole_uploads and whole_size:
+            whole = upload_whole(session, reader, names, info.st_size, check_later)
+            if whole is not None:
+                return whole
+        return upload_in_chunks(session, reader, plan, names, header, info.st_size)
+    finally:
+        reader.close()
+
+
+def upload_in_chunks(session: TransferSession, reader: ChunkReader, plan: ChunkPlan, names: PartNames,
+                     header: dict[str, Any], size: int) -> TransferReport:
+    """The chunked upload: survey the far side, send the chunks it lacks, commit, finish (and repair)."""
+    local_path, options = reader.local_path, session.options
 
     def survey(hash_dest: bool) -> dict[str, Any]:
         return session.far_call(
             "survey",
             {"dest": names.dest, "part": names.part, "manifest": names.manifest, "chunk_dir": names.chunk_dir,
-             "size": info.st_size, "hash_dest": hash_dest, "header": header},
-            touched_bytes=info.st_size, path=names.dest,
+             "size": size, "hash_dest": hash_dest, "header": header},
+            touched_bytes=size, path=names.dest,
         )
 
     # the first chunk is read and hashed while the survey's far call runs (it is needed unless the far
     # side has it already, and a resumed upload's survey is as long as a fresh one's)
-    first = read_first_chunk(local_path, plan.chunk(0)) if plan.count else None
-    found = survey(options.skip_identical)
-    if found["dest_sha256"] is not None:
-        local_sha = sha256_of_file(local_path)
-        if local_sha == found["dest_sha256"]:
-            session.tally.skipped(plan.count)
-            session.report.skipped_identical = True
-            session.meter.advance(plan.count - 1, info.st_size, moved=False)
-            return session.finish(local_sha)
-        found = survey(False)  # same size, other bytes: now prepare the partial file
-    verified = {int(index): digest for index, digest in found["verified"].items()}
-    sender = ChunkSender(session, names)
+    first = read_first_chunk(reader, plan.chunk(0)) if plan.count else None
     try:
-        staged = {int(index): int(size) for index, size in (found.get("staged") or {}).items()}
+        found = survey(options.skip_identical)
+        if found["dest_sha256"] is not None:
+            local_sha = sha256_of_file(local_path)
+            if local_sha == found["dest_sha256"]:
+                session.tally.skipped(plan.count)
+                session.report.skipped_identical = True
+                session.meter.advance(plan.count - 1, size, moved=False)
+                return session.finish(local_sha)
+            found = survey(False)  # same size, other bytes: now prepare the partial file
+    finally:
+        if first is not None:
+            first.exception()  # read by now, so no spool file is being written when the reader's folder goes
+    verified = {int(index): digest for index, digest in found["verified"].items()}
+    sender = ChunkSender(session, names, reader)
+    try:
+        staged = {int(index): int(length) for index, length in (found.get("staged") or {}).items()}
         verified.update(sender.adopt_staged(local_path, plan, staged, verified))
         chunk_sha, whole_sha = sender.send_missing(local_path, plan, verified, first)
-        repair_until_whole(session, sender, local_path, plan, chunk_sha, whole_sha)
+        repair_until_whole(session, sender, plan, chunk_sha, whole_sha)
     except BaseException as error:
         if isinstance(error, StallError):
             sender.committer.abandon()
@@ -101,20 +117,23 @@ def upload(
     return session.finish(whole_sha)
 
 
-def upload_whole(session: TransferSession, local_path: Path, names: PartNames, size: int,
+def upload_whole(session: TransferSession, reader: ChunkReader, names: PartNames, size: int,
                  check_later: bool = False) -> TransferReport | None:
     """A file of one chunk in two calls: copied to its partial name, then checked (sha256), renamed and
     tidied by one far call (with ``check_later``, by the caller's next command). None when the copy
     arrived wrong (the chunked path then sends it again, one chunk re-sent); a drop is retried like any
-    chunk. Memory: the one chunk."""
-    data = local_path.read_bytes()
-    if len(data) != size:
-        raise BadInputError("the file changed size while it was being uploaded", path=str(local_path))
-    digest = hashlib.sha256(data).hexdigest()
+    chunk. Memory: the one chunk, or none where the reader spools it."""
+    with open(reader.local_path, "rb") as handle:
+        payload, digest = reader.read(handle.fileno(), Chunk(0, 0, size), into_whole=False)
+        if os.fstat(handle.fileno()).st_size != size:
+            reader.discard(payload)
+            raise BadInputError("the file changed size while it was being uploaded", path=str(reader.local_path))
+    assert payload is not None
     check = PendingCheck(names, size, digest)
     try:
-        session.retrying(lambda: session.timed_move(0, size, lambda: session.backend.write_bytes(names.part, data),
-                                                    "upload chunk 0"))
+        session.retrying(lambda: session.timed_move(0, size, lambda: write_payload(session.backend, names.part,
+                                                                                   payload), "upload chunk 0"))
+        reader.discard(payload)
         if check_later:
             session.meter.advance(0, size)
             report = session.finish(digest)
@@ -131,12 +150,22 @@ def upload_whole(session: TransferSession, local_path: Path, names: PartNames, s
     return session.finish(digest)
 
 
+def write_payload(backend: Backend, path: str, payload: ChunkPayload, offset: int = 0) -> None:
+    """Write a chunk's payload to the far side's ``path`` (a spool file is sent whole: ``offset`` 0 only)."""
+    if isinstance(payload, SpooledChunk):
+        assert offset == 0, "a spooled chunk is sent whole"
+        backend.write_file(path, str(payload.path))
+    else:
+        backend.write_bytes(path, payload, offset)
+
+
 class ChunkSender:
     """Moves one chunk into a staged file; the committer then has the far side check and commit it."""
 
-    def __init__(self, session: TransferSession, names: PartNames) -> None:
+    def __init__(self, session: TransferSession, names: PartNames, reader: ChunkReader) -> None:
         self.session = session
         self.names = names
+        self.reader = reader
         self.backend = session.backend
         features = self.backend.features
         self.committer = Committer(session, names, features.background_commits, features.commit_batch_bytes)
@@ -147,28 +176,29 @@ class ChunkSender:
         return {"stage": f"{self.names.chunk_dir}/{chunk.index:08d}", "index": chunk.index, "offset": chunk.offset,
                 "length": chunk.length, "sha256": sha256}
 
-    def move(self, chunk: Chunk, data: bytes, sha256: str, counted: bool = True,
+    def move(self, chunk: Chunk, payload: ChunkPayload, sha256: str, counted: bool = True,
              resume_from: int = 0) -> dict[str, object]:
-        """Stage the chunk's bytes on the far side (retried on transient errors); its commit entry.
+        """Stage the chunk's payload on the far side (retried on transient errors); its commit entry.
 
         ``counted``: progress counts the staged bytes now (a failed commit takes them back later).
         ``resume_from``: bytes of the chunk an earlier cut left staged (continued on piecewise backends);
         a retry after a cut continues the same way from what the far side holds then. Bytes kept this way
         are checked with the rest when the chunk is committed, so a wrong prefix costs a re-send, no more.
+        A spooled chunk is sent whole each time (a file copy has no middle to continue from).
         """
         entry = self.entry(chunk, sha256)
         stage = str(entry["stage"])
         session = self.session
-        piecewise = self.backend.features.piecewise_upload
+        piecewise = self.backend.features.piecewise_upload and isinstance(payload, bytes)
         tries = 0
 
         def attempt() -> None:
             nonlocal tries
-            start = (resume_from if tries == 0 else self.staged_length(stage, len(data))) if piecewise else 0
+            start = (resume_from if tries == 0 else self.staged_length(stage, chunk.length)) if piecewise else 0
             tries += 1
-            rest = data[start:] if start else data  # no copy of the whole chunk for a first try
-            session.timed_move(chunk.index, chunk.length - start, lambda: self.backend.write_bytes(stage, rest, start),
-                               f"upload chunk {chunk.index}")
+            rest = payload[start:] if start and isinstance(payload, bytes) else payload  # no copy for a first try
+            session.timed_move(chunk.index, chunk.length - start,
+                               lambda: write_payload(self.backend, stage, rest, start), f"upload chunk {chunk.index}")
 
         session.retrying(attempt)
         if counted:
@@ -180,11 +210,13 @@ class ChunkSender:
         found = self.backend.stat(stage)
         return found.size if found is not None and not found.is_dir and found.size <= length else 0
 
-    def send(self, chunk: Chunk, data: bytes, sha256: str, last: bool = False) -> None:
+    def send(self, chunk: Chunk, payload: ChunkPayload, sha256: str, last: bool = False) -> None:
         if self.committer.error is not None:
             raise self.committer.error
-        self.committer.add(self.move(chunk, data, sha256, counted=self.committer.counts_on_staging,
-                                     resume_from=self.partly_staged.pop(chunk.index, 0)), last=last)
+        entry = self.move(chunk, payload, sha256, counted=self.committer.counts_on_staging,
+                          resume_from=self.partly_staged.pop(chunk.index, 0))
+        self.reader.discard(payload)
+        self.committer.add(entry, last=last)
 
     def adopt_staged(self, local_path: Path, plan: ChunkPlan, staged: dict[int, int],
                      verified: dict[int, str]) -> dict[int, str]:
@@ -212,52 +244,55 @@ class ChunkSender:
                 if str(entry["index"]) not in reply["failed"]}
 
     def send_missing(self, local_path: Path, plan: ChunkPlan, verified: dict[int, str],
-                     first: Future[tuple[bytes, str]] | None = None) -> tuple[list[str], str]:
+                     first: Future[tuple[ChunkPayload | None, str]] | None = None) -> tuple[list[str], str]:
         """Read the file once in order (hashing every chunk and the whole), sending what is not verified;
         ``first``: the first chunk already read and hashed (``read_first_chunk``)."""
-        whole = hashlib.sha256()
+        reader = self.reader
         chunk_sha: list[str] = []
         options = self.session.options
         workers = ChunkWorkers(options.parallel or 1, "gpuferry-upload", ahead=options.read_ahead or 0)
         try:
             with open(local_path, "rb") as handle:
+                descriptor = handle.fileno()
                 for chunk in plan:
                     workers.reserve()  # read a chunk only once a slot is free: parallel + read-ahead in memory
+                    held = verified.get(chunk.index)
                     if chunk.index == 0 and first is not None:
-                        data, digest = first.result()
-                        handle.seek(len(data))
-                    else:
-                        data = handle.read(chunk.length)
-                        digest = hashlib.sha256(data).hexdigest()
-                    if len(data) != chunk.length:
-                        workers.release()
-                        raise BadInputError("the file shrank while it was being uploaded", path=str(local_path))
-                    whole.update(data)
+                        payload, digest = first.result()
+                    else:  # a chunk the far side holds is only hashed where spooling it would be wasted
+                        payload, digest = reader.read(descriptor, chunk, keep=held is None or not reader.spools)
                     chunk_sha.append(digest)
-                    if verified.get(chunk.index) == digest:
+                    if held == digest:
+                        reader.discard(payload)
                         workers.release()
                         self.session.tally.skipped()
                         self.session.meter.advance(chunk.index, chunk.length, moved=False)
                         continue
+                    if payload is None:  # held there with other bytes: read it again, to send
+                        payload, again = reader.read(descriptor, chunk, into_whole=False)
+                        if again != digest:
+                            reader.discard(payload)
+                            workers.release()
+                            raise BadInputError("the file changed while it was being uploaded", path=str(local_path))
+                    assert payload is not None  # kept: read with keep, or again just above
                     last = chunk.index == plan.count - 1
-                    if not workers.submit(functools.partial(self.send, chunk, data, digest, last), reserved=True):
+                    if not workers.submit(functools.partial(self.send, chunk, payload, digest, last), reserved=True):
                         break
-                    del data
+                    del payload
         except BaseException:
             workers.abandon()
             raise
         workers.wait()
-        return chunk_sha, whole.hexdigest()
+        return chunk_sha, reader.whole.hexdigest()
 
 
-def read_first_chunk(local_path: Path, chunk: Chunk) -> Future[tuple[bytes, str]]:
-    """The first chunk's bytes and sha256, read on a thread of its own (hashing releases the interpreter
+def read_first_chunk(reader: ChunkReader, chunk: Chunk) -> Future[tuple[ChunkPayload | None, str]]:
+    """The first chunk's payload and sha256, read on a thread of its own (hashing releases the interpreter
     lock, so it runs beside the far call that waits on the link)."""
 
-    def read() -> tuple[bytes, str]:
-        with open(local_path, "rb") as handle:
-            data = handle.read(chunk.length)
-        return data, hashlib.sha256(data).hexdigest()
+    def read() -> tuple[ChunkPayload | None, str]:
+        with open(reader.local_path, "rb") as handle:
+            return reader.read(handle.fileno(), chunk)
 
     pool = ThreadPoolExecutor(1, thread_name_prefix="gpuferry-first-chunk")
     try:
@@ -266,23 +301,26 @@ def read_first_chunk(local_path: Path, chunk: Chunk) -> Future[tuple[bytes, str]
         pool.shutdown(wait=False)  # the one read goes on; nothing else is ever queued here
 
 
-def resend(session: TransferSession, sender: ChunkSender, local_path: Path, plan: ChunkPlan,
-           chunk_sha: list[str], indices: list[int]) -> list[dict[str, object]]:
+def resend(sender: ChunkSender, plan: ChunkPlan, chunk_sha: list[str], indices: list[int]) -> list[dict[str, object]]:
     """Stage the chunks ``indices`` again; their commit entries."""
     entries = []
-    with open(local_path, "rb") as handle:
+    reader = sender.reader
+    with open(reader.local_path, "rb") as handle:
         for index in sorted(indices):
             chunk = plan.chunk(index)
-            data = os.pread(handle.fileno(), chunk.length, chunk.offset)
-            digest = hashlib.sha256(data).hexdigest()
-            if digest != chunk_sha[index]:
-                raise BadInputError("the file changed while it was being uploaded", path=str(local_path))
-            entries.append(sender.move(chunk, data, digest))
+            payload, digest = reader.read(handle.fileno(), chunk, into_whole=False)
+            assert payload is not None
+            try:
+                if digest != chunk_sha[index]:
+                    raise BadInputError("the file changed while it was being uploaded", path=str(reader.local_path))
+                entries.append(sender.move(chunk, payload, digest))
+            finally:
+                reader.discard(payload)
     return entries
 
 
-def repair_until_whole(session: TransferSession, sender: ChunkSender, local_path: Path, plan: ChunkPlan,
-                       chunk_sha: list[str], whole_sha: str) -> None:
+def repair_until_whole(session: TransferSession, sender: ChunkSender, plan: ChunkPlan, chunk_sha: list[str],
+                       whole_sha: str) -> None:
     """Commit what is left and finish on the far side; send again what failed its check or proved damaged."""
     names = sender.names
     committer = sender.committer
@@ -292,7 +330,7 @@ def repair_until_whole(session: TransferSession, sender: ChunkSender, local_path
                         "chunk_dir": names.chunk_dir, "size": plan.size, "sha256": whole_sha}
     for _ in range(REPAIR_ROUNDS + 1):
         if failed:
-            commits += resend(session, sender, local_path, plan, chunk_sha, list(failed))
+            commits += resend(sender, plan, chunk_sha, list(failed))
         reply = session.far_call("finish", {**finish_arguments, "chunks": commits}, plan.size, path=names.dest)
         committer.settle(commits, reply.get("failed") or {})
         commits = []
