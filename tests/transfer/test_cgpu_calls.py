@@ -212,3 +212,41 @@ def test_chunks_go_up_from_spool_files_that_never_outlive_the_upload(tmp_path: P
     with pytest.raises(RemoteFileError):
         upload(backend, source, "again.mp4", options=TransferOptions(chunk_size=TEST_CHUNK))
     assert not list(spool_root.glob("gpuferry-spool-*"))
+
+
+def test_a_download_over_one_chunk_is_one_call_per_chunk_and_one_more(tmp_path: Path) -> None:
+    """The one-call read's answer gives a larger file's size and mtime (no stat), each chunk's read carries
+    its sha256 and the last one the whole file's (no far hashing call): N + 1 calls, each chunk straight
+    into the partial file."""
+    workdir, backend = work_folder(tmp_path)
+    far_file = workdir / "output.mp4"
+    far_file.write_bytes(hashlib.sha256(b"calls").digest() * (3 * TEST_CHUNK // 32) + b"tail")
+    calls = counting_calls(backend)
+    report = download(backend, "output.mp4", tmp_path / "back.mp4", options=TransferOptions(chunk_size=TEST_CHUNK))
+    assert (tmp_path / "back.mp4").read_bytes() == far_file.read_bytes()
+    assert report.sha256 == hashlib.sha256(far_file.read_bytes()).hexdigest()
+    assert calls == ["run"] * (1 + 4)
+
+
+def test_a_far_file_that_changes_between_reads_is_caught_by_the_whole_files_check(tmp_path: Path,
+                                                                                    monkeypatch: pytest.MonkeyPatch
+                                                                                    ) -> None:
+    """Each chunk is checked against what its own read sent: a far file rewritten after its first chunk
+    came is caught by the whole file's sha256 (from the last read), and that chunk is fetched again."""
+    workdir, backend = work_folder(tmp_path)
+    far_file = workdir / "output.mp4"
+    far_file.write_bytes(hashlib.sha256(b"before").digest() * (3 * TEST_CHUNK // 32))
+    read_range_into = FarSide.read_range_into
+
+    def rewriting_after_the_first_chunk(self: FarSide, path: str, offset: int, *more: Any, **named: Any) -> Any:
+        reply = read_range_into(self, path, offset, *more, **named)
+        if offset == 0 and far_file.read_bytes()[:6] != b"after ":
+            with open(far_file, "r+b") as handle:
+                handle.write(b"after ")
+        return reply
+
+    monkeypatch.setattr(FarSide, "read_range_into", rewriting_after_the_first_chunk)
+    report = download(backend, "output.mp4", tmp_path / "back.mp4", options=TransferOptions(chunk_size=TEST_CHUNK))
+    assert (tmp_path / "back.mp4").read_bytes() == far_file.read_bytes()
+    assert far_file.read_bytes().startswith(b"after ")
+    assert report.resent_chunks == 1

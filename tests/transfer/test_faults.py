@@ -5,7 +5,9 @@ from __future__ import annotations
 import hashlib
 import json
 import time
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -176,6 +178,23 @@ def test_chunk_damaged_in_transit_is_sent_again(rig: Rig, make_file: MakeFile, m
         read(path, offset, length), offset)
     monkeypatch.setattr(FarSide, "read_range", lambda self, path, offset, length, timeout: damage_on_read(
         read_range(self, path, offset, length, timeout), offset))
+    read_range_into = FarSide.read_range_into
+
+    def damaging_read_into(self: FarSide, path: str, offset: int, length: int, timeout: float,
+                           sink: Callable[[bytes], None], file_sha256: bool = False) -> dict[str, Any]:
+        """The agent's lines streamed into the file (cgpu): the first piece of chunk 2 comes a byte short."""
+        pieces: list[int] = []
+
+        def short_sink(piece: bytes) -> None:
+            if offset == 2 * TEST_CHUNK and len(damaged) == 1 and not pieces:
+                damaged.append(2)
+                piece = piece[1:]
+            pieces.append(len(piece))
+            sink(piece)
+
+        return read_range_into(self, path, offset, length, timeout, short_sink, file_sha256)
+
+    monkeypatch.setattr(FarSide, "read_range_into", damaging_read_into)
     sent = upload(backend, source, "copy.bin", options=STEADY)
     assert sha256(rig.remote_dir / "copy.bin") == sha256(source)
     assert (sent.resent_chunks, sent.chunks_sent, sent.bytes_sent) == (1, 5, 5 * TEST_CHUNK)

@@ -6,11 +6,12 @@ import base64
 import hashlib
 import json
 import uuid
+from collections.abc import Callable
 from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
-from ..backends.base import Backend, CommandResult
+from ..backends.base import Backend, CommandResult, FileStat
 from ..errors import ConnectionLostError, RemoteCommandError, RemoteFileError
 
 AGENT_PATH = Path(__file__).with_name("far_side_agent.py")
@@ -24,6 +25,12 @@ def agent_source() -> str:
 def far_python(backend: Backend) -> str:
     """The python that runs the agent where ``backend`` runs commands."""
     return backend.far_python
+
+
+def reads_stream(backend: Backend) -> bool:
+    """Whether reads through the agent stream: its base64 lines are taken as they arrive (the backend
+    hands over output as it comes, and reads travel as lines), not from the command's whole output."""
+    return backend.features.streams_output and backend.features.line_based_reads
 
 
 class FarSide:
@@ -47,12 +54,16 @@ class FarSide:
         """A file range through the command channel, as base64 lines (for backends whose reads are helper calls)."""
         return self.read_range_reply(path, offset, length, timeout)[0]
 
-    def read_whole(self, path: str, limit: int, timeout: float) -> tuple[bytes | bytearray, str] | None:
-        """A whole small file and the far side's sha256 of it in one call; None when it is over ``limit``
-        bytes or the reply lacks what proves it whole (then the chunked path does the work). A larger file
-        sends nothing: the agent only says its size (it sent a whole chunk of it, for nothing, before)."""
+    def read_whole(self, path: str, limit: int, timeout: float) -> tuple[bytes | bytearray, str] | FileStat | None:
+        """A whole small file and the far side's sha256 of it in one call. A larger file sends nothing: the
+        agent only says its size and mtime, returned as a FileStat (the chunked path needs no stat then).
+        None when the reply lacks what proves it whole."""
         data, reply = self.read_range_reply(path, 0, limit, timeout, whole_only=True)
-        if not isinstance(reply, dict) or reply.get("size") != len(data) or len(data) > limit:
+        if not isinstance(reply, dict) or not isinstance(reply.get("size"), int):
+            return None
+        if reply["size"] > limit and not data and isinstance(reply.get("mtime"), (int, float)):
+            return FileStat(size=reply["size"], mtime=float(reply["mtime"]))
+        if reply["size"] != len(data) or len(data) > limit:
             return None
         if hashlib.sha256(data).hexdigest() != reply.get("sha256"):
             raise ConnectionLostError(f"read of {path!r} arrived damaged", step=self.backend.kind)
@@ -61,13 +72,14 @@ class FarSide:
     def read_range_reply(
         self, path: str, offset: int, length: int, timeout: float, whole_only: bool = False
     ) -> tuple[bytes | bytearray, Any]:
-        """A file range and the agent's reply (length, sha256, the file's size); ``whole_only``: no bytes
-        at all when the rest of the file is longer than ``length``."""
+        """A file range and the agent's reply (length, sha256, the file's size and mtime); ``whole_only``: no
+        bytes at all when the rest of the file is longer than ``length``."""
         start = "GPUFERRY-DATA-" + uuid.uuid4().hex
         arguments = {"path": path, "offset": offset, "length": length, "start": start, "whole_only": whole_only}
         argv = [*self.program(), "read", json.dumps(arguments)]
-        if self.backend.features.streams_output and self.backend.features.line_based_reads:
-            return self._read_streamed(argv, start, path, timeout)
+        if reads_stream(self.backend):
+            data = bytearray()  # a bytearray: copying 64 MiB into bytes would double the peak
+            return data, self._read_streamed(argv, start, path, timeout, data.extend)
         result = self.backend.run_program(argv, timeout)
         output = result.output
         begin = output.rfind(start + "\n")
@@ -86,10 +98,22 @@ class FarSide:
         # b64decode drops the line breaks itself (non-alphabet characters are discarded)
         return base64.b64decode(body[:end] if end >= 0 else body), reply
 
-    def _read_streamed(self, argv: list[str], start: str, path: str, timeout: float) -> tuple[bytes | bytearray, Any]:
-        """``read_range_reply`` with the base64 lines decoded as they arrive: memory holds the range's bytes
-        and one line, not its text (cgpu: a 64 MiB range is 87 MB of base64)."""
-        data = bytearray()
+    def read_range_into(self, path: str, offset: int, length: int, timeout: float,
+                        sink: Callable[[bytes], None], file_sha256: bool = False) -> dict[str, Any]:
+        """A file range through the agent's base64 lines, each line's bytes handed to ``sink`` as it arrives
+        (nothing held here but a line; backends where ``reads_stream``). The agent's reply: the length and
+        sha256 of what it sent, the file's size and mtime, with ``file_sha256`` the whole file's sha256."""
+        start = "GPUFERRY-DATA-" + uuid.uuid4().hex
+        arguments = {"path": path, "offset": offset, "length": length, "start": start, "file_sha256": file_sha256}
+        reply = self._read_streamed([*self.program(), "read", json.dumps(arguments)], start, path, timeout, sink)
+        if not isinstance(reply, dict):
+            raise ConnectionLostError(f"read of {path!r} returned no reply", step=self.backend.kind)
+        return reply
+
+    def _read_streamed(self, argv: list[str], start: str, path: str, timeout: float,
+                       sink: Callable[[bytes], None]) -> Any:
+        """Run the agent's read with its base64 lines decoded as they arrive, each line's bytes to ``sink``
+        (memory never holds the range's text: cgpu's 64 MiB range is 87 MB of base64); its reply."""
         state: dict[str, Any] = {"started": False, "reply": None, "damaged": False}
 
         def on_line(raw: str) -> None:
@@ -103,9 +127,11 @@ class FarSide:
                     state["reply"] = None
             elif line and not state["damaged"]:
                 try:
-                    data.extend(base64.b64decode(line, validate=True))
+                    decoded = base64.b64decode(line, validate=True)
                 except ValueError:  # a line cut or mangled on the way: the read is tried again
                     state["damaged"] = True
+                else:
+                    sink(decoded)
 
         result = self.backend.run_program_lines(argv, timeout, on_line)
         reply = state["reply"]
@@ -116,7 +142,7 @@ class FarSide:
             raise ConnectionLostError(f"read of {path!r} arrived damaged", step=self.backend.kind)
         if not reply.get("ok"):
             raise RemoteFileError(f"transfer read failed: {reply.get('message')}", path=path, step=self.backend.kind)
-        return data, reply.get("result")  # a bytearray: copying 64 MiB into bytes would double the peak
+        return reply.get("result")
 
     def call(self, operation: str, arguments: dict[str, Any], timeout: float, path: str | None = None) -> Any:
         if self.backend.features.program_sessions:

@@ -71,6 +71,12 @@ def read_manifest(path):
 
 def hash_file(path, offset=0, length=None):
     digest = hashlib.sha256()
+    feed_file(digest, path, offset, length)
+    return digest.hexdigest()
+
+
+def feed_file(digest, path, offset=0, length=None):
+    """Add ``length`` bytes of the file from ``offset`` (None: to its end) to ``digest``."""
     remaining = length
     with open(path, "rb") as handle:
         handle.seek(offset)
@@ -81,7 +87,6 @@ def hash_file(path, offset=0, length=None):
             digest.update(block)
             if remaining is not None:
                 remaining -= len(block)
-    return digest.hexdigest()
 
 
 def op_survey(args):
@@ -273,13 +278,15 @@ def op_forget(args):
 
 def op_read(args):
     """Print a file range as base64 in short lines (line-based links carry them well) after a start line;
-    with ``whole_only``, nothing when the rest of the file is longer than the range (the size says so)."""
+    with ``whole_only``, nothing when the rest of the file is longer than the range (the size says so).
+    The reply: the range's length and sha256, the file's size and mtime, and with ``file_sha256`` the
+    whole file's sha256, hashed once the range is sent (the relay still carries its last lines then)."""
     import base64
 
     with open(args["path"], "rb") as handle:
-        size = os.fstat(handle.fileno()).st_size
+        info = os.fstat(handle.fileno())
         handle.seek(args["offset"])
-        whole = not args.get("whole_only") or size - args["offset"] <= args["length"]
+        whole = not args.get("whole_only") or info.st_size - args["offset"] <= args["length"]
         data = handle.read(args["length"]) if whole else b""
     encoded = base64.b64encode(data)
     out = sys.stdout.buffer
@@ -288,7 +295,17 @@ def op_read(args):
     for position in range(0, len(encoded), width):
         out.write(encoded[position:position + width] + b"\n")
     out.flush()
-    return {"length": len(data), "sha256": hashlib.sha256(data).hexdigest(), "size": size}
+    del encoded
+    reply = {"length": len(data), "sha256": hashlib.sha256(data).hexdigest(), "size": info.st_size,
+             "mtime": info.st_mtime}
+    if args.get("file_sha256"):
+        # the bytes before the range from the file, the range from memory, the rest (if any) from the file
+        digest = hashlib.sha256()
+        feed_file(digest, args["path"], 0, args["offset"])
+        digest.update(data)
+        feed_file(digest, args["path"], args["offset"] + len(data), None)
+        reply["file_sha256"] = digest.hexdigest()
+    return reply
 
 
 OPERATIONS = {
