@@ -136,9 +136,7 @@ def commit_one(part, entry):
     if size != entry["length"] or digest != entry["sha256"]:
         os.remove(stage)
         return "staged chunk has %d bytes, sha256 %s" % (size, digest[:12])
-    with open(part, "r+b") as target, open(stage, "rb") as source:
-        target.seek(entry["offset"])
-        shutil.copyfileobj(source, target, BLOCK)
+    copy_stage(part, entry)
     follow_commits(part, entry["offset"], size)
     return None
 
@@ -164,25 +162,67 @@ def op_commit(args):
         if reason is not None:
             failed[str(entry["index"])] = reason
             continue
-        with open(args["manifest"], "a") as manifest:  # one open per chunk: chunks are megabytes
-            fcntl.flock(manifest.fileno(), fcntl.LOCK_EX)
-            manifest.write(json.dumps({"chunk": entry["index"], "sha256": entry["sha256"]}) + "\n")
-            manifest.flush()
+        record_chunk(args["manifest"], entry)
         os.remove(entry["stage"])
     return {"failed": failed}
+
+
+def record_chunk(manifest_path, entry):
+    with open(manifest_path, "a") as manifest:  # one open per chunk: chunks are megabytes
+        fcntl.flock(manifest.fileno(), fcntl.LOCK_EX)
+        manifest.write(json.dumps({"chunk": entry["index"], "sha256": entry["sha256"]}) + "\n")
+        manifest.flush()
+
+
+def copy_stage(part, entry):
+    with open(part, "r+b") as target, open(entry["stage"], "rb") as source:
+        target.seek(entry["offset"])
+        shutil.copyfileobj(source, target, BLOCK)
+
+
+def staged_whole(entry):
+    try:
+        return os.path.getsize(entry["stage"]) == entry["length"]
+    except OSError:
+        return False
+
+
+def check_copied(args):
+    """After a whole-file mismatch, check the chunks a finish copied in unchecked, each in its range of the
+    partial file: record the ones that fit, as ``op_commit`` would have; the others failed (sent again)."""
+    failed = {}
+    for entry in args["chunks"]:
+        digest = hash_file(args["part"], entry["offset"], entry["length"])
+        if digest == entry["sha256"]:
+            record_chunk(args["manifest"], entry)
+        else:
+            failed[str(entry["index"])] = "staged chunk has sha256 %s" % digest[:12]
+        os.remove(entry["stage"])
+    return failed
 
 
 def op_finish(args):
     """Whole-file sha256 of the partial file; when it is the expected one, rename it into place.
 
     Idempotent: a finish whose reply was lost (the link dropped after the rename) finds no partial file
-    and the destination in place, and checks that instead of failing on the missing file."""
+    and the destination in place, and checks that instead of failing on the missing file.
+
+    The chunks it commits (``chunks``) are copied in unchecked when this agent has no running hash of the
+    file (a one-call agent: cgpu): the whole file is hashed anyway, and when it matches every chunk was
+    right, so each chunk's own check would only hash its bytes a second time. Only after a mismatch is
+    each checked (``check_copied``). Their staged files stay until then, so a finish cut half way leaves
+    them for the resumed upload to commit, checked."""
     part, dest = args["part"], args["dest"]
     if not os.path.exists(part) and os.path.isfile(dest) and os.path.getsize(dest) == args["size"]:
         digest = hash_file(dest)
         if digest == args["sha256"]:
             return {"done": True, "sha256": digest, "size": args["size"]}
-    if args.get("chunks"):
+    chunks = args.get("chunks") or []
+    unchecked = bool(chunks) and part not in RUNNING and all(staged_whole(entry) for entry in chunks)
+    if unchecked:
+        for entry in chunks:
+            copy_stage(part, entry)
+    elif chunks:
         failed = op_commit(args)["failed"]
         if failed:
             return {"done": False, "failed": failed}
@@ -204,6 +244,10 @@ def op_finish(args):
                 pass
         shutil.rmtree(args["chunk_dir"], ignore_errors=True)
         return {"done": True, "sha256": digest, "size": size}
+    if unchecked:
+        failed = check_copied(args)
+        if failed:
+            return {"done": False, "failed": failed}
     return {"done": False, "sha256": digest, "size": size, "failed": {}}
 
 
@@ -280,14 +324,21 @@ def op_read(args):
     """Print a file range as base64 in short lines (line-based links carry them well) after a start line;
     with ``whole_only``, nothing when the rest of the file is longer than the range (the size says so).
     The reply: the range's length and sha256, the file's size and mtime, and with ``file_sha256`` the
-    whole file's sha256, hashed once the range is sent (the relay still carries its last lines then)."""
+    whole file's sha256: the bytes before the range are hashed on a thread while the range is sent
+    (hashing lets go of the interpreter lock), the range from memory, the rest (if any) after."""
     import base64
+    import threading
 
     with open(args["path"], "rb") as handle:
         info = os.fstat(handle.fileno())
         handle.seek(args["offset"])
         whole = not args.get("whole_only") or info.st_size - args["offset"] <= args["length"]
         data = handle.read(args["length"]) if whole else b""
+    file_digest = hashlib.sha256() if args.get("file_sha256") else None
+    before = None
+    if file_digest is not None:
+        before = threading.Thread(target=feed_file, args=(file_digest, args["path"], 0, args["offset"]))
+        before.start()
     encoded = base64.b64encode(data)
     out = sys.stdout.buffer
     out.write(b"\n" + args["start"].encode("ascii") + b"\n")
@@ -298,13 +349,11 @@ def op_read(args):
     del encoded
     reply = {"length": len(data), "sha256": hashlib.sha256(data).hexdigest(), "size": info.st_size,
              "mtime": info.st_mtime}
-    if args.get("file_sha256"):
-        # the bytes before the range from the file, the range from memory, the rest (if any) from the file
-        digest = hashlib.sha256()
-        feed_file(digest, args["path"], 0, args["offset"])
-        digest.update(data)
-        feed_file(digest, args["path"], args["offset"] + len(data), None)
-        reply["file_sha256"] = digest.hexdigest()
+    if file_digest is not None:
+        before.join()
+        file_digest.update(data)
+        feed_file(file_digest, args["path"], args["offset"] + len(data), None)
+        reply["file_sha256"] = file_digest.hexdigest()
     return reply
 
 
