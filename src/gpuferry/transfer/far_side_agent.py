@@ -341,11 +341,17 @@ def op_read(args):
         before.start()
     encoded = base64.b64encode(data)
     out = sys.stdout.buffer
-    out.write(b"\n" + args["start"].encode("ascii") + b"\n")
-    width = 4096
-    for position in range(0, len(encoded), width):
-        out.write(encoded[position:position + width] + b"\n")
     out.flush()
+    terminal = plain_terminal_output(out.fileno())
+    try:
+        out.write(b"\n" + args["start"].encode("ascii") + b"\n")
+        width = 4096
+        for position in range(0, len(encoded), width):
+            out.write(encoded[position:position + width] + b"\n")
+        out.flush()
+    finally:
+        if terminal is not None:
+            terminal()
     del encoded
     reply = {"length": len(data), "sha256": hashlib.sha256(data).hexdigest(), "size": info.st_size,
              "mtime": info.st_mtime}
@@ -355,6 +361,34 @@ def op_read(args):
         feed_file(file_digest, args["path"], args["offset"] + len(data), None)
         reply["file_sha256"] = file_digest.hexdigest()
     return reply
+
+
+def plain_terminal_output(descriptor):
+    """Where the output is a terminal (cgpu's, a Jupyter terminal's), switch its output processing off
+    until the returned function switches it back on; else None. The kernel turns every "\\n" into "\\r\\n"
+    byte by byte (a third of the CPU time a terminal spends relaying a read's 87 MB of base64), and the
+    relays split lines at "\\n" and drop "\\r" either way."""
+    try:
+        import termios
+    except ImportError:
+        return None
+    try:
+        if not os.isatty(descriptor):
+            return None
+        saved = termios.tcgetattr(descriptor)
+        plain = list(saved)
+        plain[1] &= ~termios.OPOST
+        termios.tcsetattr(descriptor, termios.TCSANOW, plain)
+    except (OSError, ValueError, termios.error):
+        return None
+
+    def restore():
+        try:
+            termios.tcsetattr(descriptor, termios.TCSANOW, saved)
+        except (OSError, termios.error):
+            pass
+
+    return restore
 
 
 OPERATIONS = {
