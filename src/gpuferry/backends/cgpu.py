@@ -9,12 +9,14 @@ base64 chunks printed by the helper, and uploads are staged by ``cgpu copy`` the
 from __future__ import annotations
 
 import base64
+import fcntl
 import os
 import posixpath
 import select
 import shlex
 import signal
 import subprocess
+import sys
 import tempfile
 import time
 import uuid
@@ -200,6 +202,7 @@ class CgpuBackend(FramedCommands):
             raise NotInstalledError(f"cgpu is not executable ({self.settings.executable!r})",
                                     step=self.kind) from None
         assert process.stdout is not None
+        widen_pipe(process.stdout.fileno())
         output = bytearray()
         seen = 0  # bytes read in all (``output`` keeps only both ends when ``keep_output`` is False)
         try:
@@ -413,6 +416,24 @@ class CgpuBackend(FramedCommands):
         exit_code, output = self._cgpu(["copy", local, destination], self.operation_timeout)
         if exit_code != 0 or "Uploaded:" not in output:
             raise self._failure(exit_code, output, "copy", path=shown_path)
+
+
+#: fcntl's F_SETPIPE_SZ (Linux; the fcntl module names it from Python 3.10 on, on Linux only)
+SET_PIPE_SIZE = getattr(fcntl, "F_SETPIPE_SZ", 1031)
+#: the pipe buffer asked for cgpu's output (the default most users may set: /proc/sys/fs/pipe-max-size)
+PIPE_SIZE = 1 << 20
+
+
+def widen_pipe(descriptor: int) -> None:
+    """A 1 MiB pipe for cgpu's output instead of 64 KiB: a read's 87 MB of base64 lines then cross in
+    larger writes and reads, with fewer wake-ups on both sides. Where the system refuses (another OS, a
+    lower limit), the pipe stays as it is."""
+    if not sys.platform.startswith("linux"):
+        return
+    try:
+        fcntl.fcntl(descriptor, SET_PIPE_SIZE, PIPE_SIZE)
+    except OSError:
+        pass
 
 
 ENTRY = BackendEntry("cgpu", CgpuSettings, CgpuBackend, CgpuBackend.features,

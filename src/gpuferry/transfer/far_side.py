@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import base64
 import hashlib
 import json
 import uuid
@@ -10,6 +9,8 @@ from collections.abc import Callable
 from functools import lru_cache
 from pathlib import Path
 from typing import Any
+
+import pybase64
 
 from ..backends.base import Backend, CommandResult, FileStat
 from ..errors import ConnectionLostError, RemoteCommandError, RemoteFileError
@@ -96,7 +97,7 @@ class FarSide:
             except (ValueError, IndexError, AttributeError):
                 reply = None
         # b64decode drops the line breaks itself (non-alphabet characters are discarded)
-        return base64.b64decode(body[:end] if end >= 0 else body), reply
+        return pybase64.b64decode(body[:end] if end >= 0 else body), reply
 
     def read_range_into(self, path: str, offset: int, length: int, timeout: float,
                         sink: Callable[[bytes], None], file_sha256: bool = False) -> dict[str, Any]:
@@ -127,7 +128,7 @@ class FarSide:
                     state["reply"] = None
             elif line and not state["damaged"]:
                 try:
-                    decoded = base64.b64decode(line, validate=True)
+                    decoded = pybase64.b64decode(line, validate=True)
                 except ValueError:  # a line cut or mangled on the way: the read is tried again
                     state["damaged"] = True
                 else:
