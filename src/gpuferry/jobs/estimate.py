@@ -20,7 +20,7 @@ from gpuferry.errors import EngineUnavailableError, GpuferryError
 from gpuferry.jobs.fallback import LocalEngine, Stage
 from gpuferry.jobs.store import EstimateRecords, JobStore
 from gpuferry.media.decode import iter_video_frames
-from gpuferry.media.encode import EncodeOptions, add_video_stream
+from gpuferry.media.encode import EncodeOptions, add_video_stream, encoder_settings
 from gpuferry.media.formats import default_codec_for
 from gpuferry.media.probe import MediaInfo, probe
 from gpuferry.media.segments import plan_segments, presentation_timestamps
@@ -152,8 +152,7 @@ def _measure_encode(frames: list[Any], info: MediaInfo, encode: EncodeOptions, s
     with av.open(buffer, "w", format="matroska") as container:
         stream = add_video_stream(container, codec, info.video.fps)
         stream.width, stream.height, stream.pix_fmt = width, height, encode.pix_fmt or pix_fmt
-        if codec in ("libx264", "libx265"):
-            stream.options = {"crf": str(encode.crf), "preset": encode.preset}
+        stream.options = encoder_settings(codec, encode)
         for index, rgb in enumerate(frames):
             frame = av.VideoFrame.from_ndarray(rgb, format="rgb24")
             frame.pts = index

@@ -32,6 +32,7 @@ from gpuferry.media.colour import (
 )
 from gpuferry.media.formats import default_codec_for
 from gpuferry.media.probe import MediaInfo, VideoInfo
+from gpuferry.media.x264_cpu import x264_options
 
 log = logging.getLogger(__name__)
 
@@ -84,6 +85,18 @@ def add_video_stream(
         raise EncodeError(f"{codec_name} is not a video encoder", step="encode",
                           hints=["Pass a video encoder to --codec (e.g. libx264, libx265, libvpx-vp9)."])
     return stream
+
+
+def encoder_settings(codec_name: str, options: EncodeOptions) -> dict[str, object]:
+    """The encoder's private options for these settings (quality, speed, repeatable output), typed as
+    PyAV's ``stream.options`` takes them."""
+    if codec_name == "libx264":  # repeatable: a segment encoded again is the same bytes
+        return x264_options({"crf": str(options.crf), "preset": options.preset})
+    if codec_name in _X26X:
+        return {"crf": str(options.crf), "preset": options.preset}
+    if codec_name.startswith("libvpx"):
+        return {"crf": str(options.crf), "b": "0", "row-mt": "1", "deadline": "good"}
+    return {}
 
 
 def _check_size(width: int, height: int, pix_fmt: str, path: str) -> None:
@@ -239,12 +252,7 @@ class VideoWriter:
             ctx.colorspace, ctx.color_range = self._colour.matrix, self._colour.range_tag
         if video.rotation:
             stream.set_display_rotation(video.rotation)
-        settings: dict[str, object] = {}  # the type PyAV gives stream.options
-        if codec_name in _X26X:
-            settings = {"crf": str(options.crf), "preset": options.preset}
-        elif codec_name.startswith("libvpx"):
-            settings = {"crf": str(options.crf), "b": "0", "row-mt": "1", "deadline": "good"}
-        stream.options = settings
+        stream.options = encoder_settings(codec_name, options)
         return stream
 
     def write(self, picture: np.ndarray | av.VideoFrame, pts: int | None, index: int) -> None:

@@ -11,6 +11,8 @@ from fractions import Fraction
 import av
 import numpy as np
 
+from gpuferry.media.x264_cpu import x264_options
+
 
 def pattern_frame(index: int, width: int, height: int) -> np.ndarray:
     """A detailed, moving RGB test picture: gradients, a checkerboard, rings and a sliding bar."""
@@ -59,7 +61,9 @@ def make_clip(
         stream.width, stream.height, stream.pix_fmt = width, height, pix_fmt
         stream.time_base = time_base
         stream.codec_context.time_base = time_base
-        if codec in ("libx264", "libx265"):
+        if codec == "libx264":  # the same clip every time (see media.x264_cpu)
+            stream.options = x264_options({"preset": "veryfast", "crf": str(crf)})
+        elif codec == "libx265":
             stream.options = {"preset": "veryfast", "crf": str(crf)}
         if rotation:
             stream.set_display_rotation(rotation)
