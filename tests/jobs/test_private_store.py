@@ -6,6 +6,7 @@ from __future__ import annotations
 import os
 import sqlite3
 import stat
+import threading
 from pathlib import Path
 
 from gpuferry.jobs.store import JobStore
@@ -49,3 +50,32 @@ def test_an_older_readable_store_is_narrowed_and_gets_the_new_column(tmp_path: P
     assert _mode(home) == 0o700 and _mode(home / "jobs") == 0o700 and _mode(home / "jobs" / "old") == 0o700
     assert _mode(home / "jobs.sqlite3") == 0o600
     store.close()
+
+
+def test_stores_opened_at_once_on_a_new_folder_all_open(tmp_path: Path) -> None:
+    """Several inputs side by side (or several commands started together) on a machine that has no
+    store yet: SQLite refuses the concurrent switch to WAL at once, without its busy wait."""
+    failures: list[str] = []
+    for round_ in range(30):
+        home = tmp_path / f"home-{round_}"
+        home.mkdir()
+        barrier = threading.Barrier(6)
+
+        def open_store(home: Path = home, barrier: threading.Barrier = barrier) -> None:
+            barrier.wait()
+            try:
+                store = JobStore(home)
+                store.event("job", "opened")
+                store.close()
+            except sqlite3.OperationalError as exc:
+                failures.append(f"round {round_}: {exc}")
+
+        threads = [threading.Thread(target=open_store) for _ in range(6)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join(timeout=60)
+        assert not failures, failures[:3]
+        store = JobStore(home)
+        assert len(store.events("job")) == 6, "every store wrote its event"
+        store.close()
