@@ -25,7 +25,7 @@ from gpuferry.hashing import file_sha256
 from gpuferry.jobs.local_segments import segment_path
 from gpuferry.jobs.plan import encode_from_record
 from gpuferry.jobs.policy import WorkerEndedError
-from gpuferry.jobs.runner import OOM_EXIT, RemoteJobRunner, RemoteOptions
+from gpuferry.jobs.runner import RemoteJobRunner, RemoteOptions
 from gpuferry.jobs.store import JobRecord, JobStore
 from gpuferry.jobs.targets import TargetSpec
 from gpuferry.jobs.watch import WorkerOutcome
@@ -169,12 +169,12 @@ class ClusterJobRunner(RemoteJobRunner):
     def _failed(self, failed: dict[Any, dict[str, Any]]) -> None:
         """A task failed in our code (or beyond Ray's retries): the worker's outcome, the same policy."""
         index, error = sorted(failed.items())[0]
-        kind = str(error.get("kind") or "error")
-        exit_code = OOM_EXIT if kind == "gpu_out_of_memory" else int(error.get("exit_code") or 1)
-        if kind == "worker_ended":
-            raise WorkerEndedError(f"segment {index}: {error.get('message')}", step="cluster")
-        self._handle_outcome(WorkerOutcome(exit_code=exit_code, error={**error, "message":
-                                           f"segment {index}: {error.get('message')}"}))
+        message = f"segment {index}: {error.get('message')}"
+        if error.get("kind") == WorkerEndedError.kind:  # a lost node or process Ray's retries did not cure
+            raise WorkerEndedError(message, step="cluster")
+        # our failures keep their class's exit code, so a GPU out of memory is OOM_EXIT (the tile halves)
+        self._handle_outcome(WorkerOutcome(exit_code=int(error.get("exit_code") or 1),
+                                           error={**error, "message": message}))
 
     # --- the cluster ----------------------------------------------------------------------------
 

@@ -79,8 +79,8 @@ from gpuferry.worker.spec import (
 
 log = logging.getLogger(__name__)
 
-#: the exit code the worker uses for GPU out-of-memory (GpuOutOfMemoryError)
-OOM_EXIT = 7
+#: the exit code the worker (and a cluster task's error record) gives a GPU out of memory
+OOM_EXIT = GpuOutOfMemoryError.exit_code
 MIN_TILE = 32
 
 
