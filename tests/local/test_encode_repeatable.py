@@ -6,13 +6,14 @@ from __future__ import annotations
 import hashlib
 import random
 
+import av.logging
 import numpy as np
 
 from gpuferry.media import probe
 from gpuferry.media.decode import iter_video_frames
 from gpuferry.media.encode import EncodeOptions, VideoWriter
 from gpuferry.media.synth import make_clip
-from gpuferry.media.x264_cpu import capabilities_without_avx512
+from gpuferry.media.x264_cpu import capabilities_without_avx512, x264_asm_setting
 
 
 class Churn:
@@ -62,3 +63,10 @@ def test_avx512_is_left_out_of_what_x264_detected_and_nothing_else_is_touched():
     assert capabilities_without_avx512("using cpu capabilities: MMX2 SSE2Fast SSSE3 SSE4.2 AVX AVX2") is None
     assert capabilities_without_avx512("using cpu capabilities: none!") is None
     assert capabilities_without_avx512("profile High, level 1.0, 4:2:0, 8-bit") is None
+
+
+def test_asking_x264_leaves_ffmpegs_log_level_as_it_was():
+    x264_asm_setting.cache_clear()
+    before = av.logging.get_level()
+    x264_asm_setting()
+    assert av.logging.get_level() == before

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import functools
 import logging
+import threading
 from collections.abc import Mapping
 from fractions import Fraction
 
@@ -25,6 +26,7 @@ log = logging.getLogger(__name__)
 
 _CAPABILITIES = "using cpu capabilities:"
 _LEFT_OUT = "AVX512"
+_PROBING = threading.Lock()
 
 
 def capabilities_without_avx512(message: str) -> str | None:
@@ -45,22 +47,12 @@ def x264_asm_setting() -> str | None:
 
     Opens a 16x16 encoder once per process with FFmpeg's log captured at INFO on this thread: x264
     says there what it detected (about a millisecond)."""
-    previous = av.logging.get_level()
-    messages: list[str] = []
     try:
-        av.logging.set_level(av.logging.INFO)
-        with av.logging.Capture() as captured:
-            context = av.CodecContext.create("libx264", "w")
-            context.width, context.height, context.pix_fmt = 16, 16, "yuv420p"
-            context.time_base = Fraction(1, 25)
-            context.open()
-            del context
-        messages = [message.strip() for _level, name, message in captured if name == "libx264"]
-    except (av.FFmpegError, ValueError) as exc:  # no libx264 in this FFmpeg: nothing to set
+        messages = _x264_messages()
+    except Exception as exc:  # noqa: BLE001 - a best-effort probe: no libx264, or a PyAV (a far side's) that
+        # logs differently; x264 then keeps its own choice, as it did before this module
         log.debug("x264 capabilities not read: %s", exc)
         return None
-    finally:
-        av.logging.set_level(previous)
     for message in messages:
         setting = capabilities_without_avx512(message)
         if setting is not None:
@@ -75,3 +67,21 @@ def x264_options(options: Mapping[str, str]) -> dict[str, object]:
     setting = x264_asm_setting()
     added = {} if setting is None else {"x264-params": f"asm={setting}"}
     return {**options, **added}
+
+
+def _x264_messages() -> list[str]:
+    """What libx264 logs when a 16x16 encoder opens, FFmpeg's log level put back after (under a lock:
+    two first encoders at once must not leave the level raised)."""
+    with _PROBING:
+        previous = av.logging.get_level()
+        av.logging.set_level(av.logging.INFO)
+        try:
+            with av.logging.Capture() as captured:
+                context = av.CodecContext.create("libx264", "w")
+                context.width, context.height, context.pix_fmt = 16, 16, "yuv420p"
+                context.time_base = Fraction(1, 25)
+                context.open()
+                del context
+        finally:
+            av.logging.set_level(previous)
+    return [message.strip() for _level, name, message in captured if name == "libx264"]
