@@ -61,7 +61,7 @@ def test_stores_opened_at_once_on_a_new_folder_all_open(tmp_path: Path) -> None:
         home.mkdir()
         barrier = threading.Barrier(6)
 
-        def open_store(home: Path = home, barrier: threading.Barrier = barrier) -> None:
+        def open_store(home: Path = home, barrier: threading.Barrier = barrier, round_: int = round_) -> None:
             barrier.wait()
             try:
                 store = JobStore(home)
